@@ -1,0 +1,526 @@
+#!/usr/bin/env bash
+# bench/compare.sh: levee, nginx and HAProxy side by side, plus the direct
+# path (client -> backend), on one box, one backend, one load generator.
+#
+# Every proxy candidate gets one worker pinned to CPU 0; the backend (one
+# nginx process) and wrk share CPU 1. Candidates run one at a time.
+#
+# Environment:
+#   RUNS=3                  measured runs per candidate (median + spread reported)
+#   DURATION=10s            length of each measured wrk run (N, Ns, Nm)
+#   CONNS=64                wrk connections
+#   CANDIDATES="direct levee nginx haproxy"   subset / order to run
+#   WARMUP=2s               warm-up wrk run before the measured runs
+#   LEVEE_BIN=path          use this levee binary, skip `cargo build`
+#   LEVEE_READY_TIMEOUT=20  seconds to wait for levee's /readyz
+#   CARGO=cargo             cargo executable used for the build
+#
+# Output: facts + markdown table on stdout, progress on stderr; the report is
+# also written to bench/out/compare-<timestamp>.md and the raw wrk output to
+# bench/out/compare-<timestamp>.wrk.log.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+CONF_DIR="$BENCH_DIR/conf"
+OUT_DIR="$BENCH_DIR/out"
+
+RUNS="${RUNS:-3}"
+DURATION="${DURATION:-10s}"
+CONNS="${CONNS:-64}"
+CANDIDATES="${CANDIDATES:-direct levee nginx haproxy}"
+WARMUP="${WARMUP:-2s}"
+LEVEE_BIN="${LEVEE_BIN:-}"
+LEVEE_READY_TIMEOUT="${LEVEE_READY_TIMEOUT:-20}"
+CARGO="${CARGO:-cargo}"
+
+PROXY_CPU=0   # candidates
+LOAD_CPU=1    # backend + wrk
+
+BACKEND_PORT=18000
+LEVEE_PORT=18080
+NGINX_PORT=18081
+HAPROXY_PORT=18082
+LEVEE_ADMIN_PORT=18901
+
+EXPECTED_BODY="hello from backend"
+
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- arguments
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got '$RUNS')"
+[[ "$CONNS" =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
+[[ "$DURATION" =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10s, 1m or 10 (got '$DURATION')"
+[[ "$WARMUP" =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s (got '$WARMUP')"
+[[ "$LEVEE_READY_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "LEVEE_READY_TIMEOUT must be a positive integer"
+read -r -a CANDS <<<"$CANDIDATES"
+((${#CANDS[@]} > 0)) || die "CANDIDATES is empty"
+for c in "${CANDS[@]}"; do
+  case "$c" in direct | levee | nginx | haproxy) ;; *) die "unknown candidate '$c' (known: direct levee nginx haproxy)" ;; esac
+done
+has_cand() { [[ " ${CANDS[*]} " == *" $1 "* ]]; }
+
+# seconds in a wrk duration string
+dur_secs() {
+  local d=$1
+  case "$d" in
+    *s) echo "${d%s}" ;;
+    *m) echo $((${d%m} * 60)) ;;
+    *h) echo $((${d%h} * 3600)) ;;
+    *) echo "$d" ;;
+  esac
+}
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+TMP=""
+
+is_alive() {
+  local pid=$1 state
+  [[ -r /proc/$pid/stat ]] || return 1
+  state=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$pid/stat" 2>/dev/null || true)
+  [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
+stop_pid() {
+  local pid=$1 i
+  if is_alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      is_alive "$pid" || break
+      sleep 0.1
+    done
+    if is_alive "$pid"; then
+      log "pid $pid did not stop on TERM, sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+  local keep=() p
+  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ -n "$TMP" && -d "$TMP" ]]; then rm -rf "$TMP"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_bg CPU LOGFILE CMD...: start CMD pinned to CPU; sets LAST_PID.
+# taskset (and env, when used in CMD) exec the command, so $! is its PID.
+LAST_PID=""
+start_bg() {
+  local cpu=$1 logf=$2
+  shift 2
+  taskset -c "$cpu" "$@" >"$logf" 2>&1 </dev/null &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http URL TIMEOUT_S [PID]: 0 ready, 1 timed out, 2 process exited
+wait_http() {
+  local url=$1 timeout=$2 pid=${3:-} deadline
+  deadline=$((SECONDS + timeout))
+  while ((SECONDS < deadline)); do
+    if [[ -n "$pid" ]] && ! is_alive "$pid"; then return 2; fi
+    if curl -fsS -m 1 -o /dev/null "$url" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  return 1
+}
+
+# render TEMPLATE OUT KEY=VALUE...: replace @KEY@ by VALUE
+render() {
+  local tmpl=$1 out=$2
+  shift 2
+  [[ -f "$tmpl" ]] || die "missing template $tmpl"
+  local args=() kv
+  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+  sed "${args[@]}" "$tmpl" >"$out"
+  if grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z][A-Z_]*@'; then die "unfilled placeholder in $out"; fi
+}
+
+tail_log() {
+  if [[ -f "$1" ]]; then tail -n "${2:-15}" "$1" | sed 's/^/    | /' >&2 || true; fi
+}
+
+# ---------------------------------------------------------------- tools
+ensure_tools() {
+  local pkgs=() apt=()
+  command -v nginx >/dev/null || pkgs+=(nginx)
+  command -v wrk >/dev/null || pkgs+=(wrk)
+  if has_cand haproxy; then command -v haproxy >/dev/null || pkgs+=(haproxy); fi
+  command -v curl >/dev/null || pkgs+=(curl)
+  command -v taskset >/dev/null || pkgs+=(util-linux)
+  command -v flock >/dev/null || pkgs+=(util-linux)
+  ((${#pkgs[@]} == 0)) && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || die "need to install ${pkgs[*]} but not root and no sudo"
+    apt=(sudo)
+  fi
+  log "installing ${pkgs[*]} (apt-get)"
+  apt+=(env DEBIAN_FRONTEND=noninteractive apt-get)
+  if ! "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}" >&2; then
+    log "install failed, running apt-get update and retrying"
+    "${apt[@]}" update >&2
+    "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}" >&2
+  fi
+  local b
+  for b in nginx wrk curl taskset flock; do command -v "$b" >/dev/null || die "$b still missing after install"; done
+  if has_cand haproxy; then command -v haproxy >/dev/null || die "haproxy still missing after install"; fi
+}
+
+# ---------------------------------------------------------------- results
+declare -A STATUS=() REASON=() RPS=() RPS_MIN=() RPS_MAX=() P50=() P99=() CPU_US=() ERRS=() PORT_OF=()
+PORT_OF[direct]=$BACKEND_PORT
+PORT_OF[levee]=$LEVEE_PORT
+PORT_OF[nginx]=$NGINX_PORT
+PORT_OF[haproxy]=$HAPROXY_PORT
+
+skip() { # skip CANDIDATE REASON: could not be started
+  STATUS[$1]=skipped
+  REASON[$1]=$2
+  log "SKIP $1: $2"
+}
+fail() { # fail CANDIDATE REASON: started, but answered wrongly or broke under load
+  STATUS[$1]=failed
+  REASON[$1]=$2
+  log "FAIL $1: $2"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# wrk time value (e.g. 310.00us, 1.20ms, 2.00s, 1.00m) -> milliseconds
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+    f = (u=="us") ? 0.001 : (u=="ms") ? 1 : (u=="s") ? 1000 : (u=="m") ? 60000 : (u=="h") ? 3600000 : -1
+    if (f < 0 || n == "") exit 1
+    printf "%.3f\n", n * f }'
+}
+
+cpu_ticks() { # utime+stime of a process (all threads), in clock ticks
+  local pid=$1
+  [[ -n "$pid" && -r /proc/$pid/stat ]] || { echo 0; return; }
+  sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}'
+}
+
+# check CANDIDATE: one request must return 200 and the backend's body
+check_answer() {
+  local name=$1 url="http://127.0.0.1:${PORT_OF[$1]}/" resp code body
+  resp=$(curl -sS -m 5 -w '\n%{http_code}' "$url" 2>&1) || {
+    fail "$name" "check request to $url failed: $(tail -n1 <<<"$resp")"
+    return 1
+  }
+  code=$(tail -n1 <<<"$resp")
+  body=$(sed '$d' <<<"$resp")
+  if [[ "$code" != 200 || "$body" != *"$EXPECTED_BODY"* ]]; then
+    fail "$name" "wrong answer from $url: HTTP $code, body '$(head -c 80 <<<"$body" | tr '\n' ' ')'"
+    return 1
+  fi
+  log "$name answers correctly on $url"
+}
+
+WRK_LOG=""
+LEVEE_LOG=""
+OUT_PREFIX=""
+# measure CANDIDATE PID (PID is the proxy process, empty for direct)
+measure() {
+  local name=$1 pid=$2 url="http://127.0.0.1:${PORT_OF[$1]}/" i out
+  local rps_list="" p50_list="" p99_list="" reqs_total=0 ticks_total=0 errs=0
+  local wslack=$(($(dur_secs "$WARMUP") + 15)) mslack=$(($(dur_secs "$DURATION") + 30))
+  log "$name: warm-up $WARMUP"
+  timeout "$wslack" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >/dev/null 2>&1 || true
+  for ((i = 1; i <= RUNS; i++)); do
+    local t0 t1 rps p50 p99 reqs n2xx sock
+    t0=$(cpu_ticks "$pid")
+    if ! out=$(timeout "$mslack" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" 2>&1); then
+      printf '### %s run %d (wrk failed)\n%s\n\n' "$name" "$i" "$out" >>"$WRK_LOG"
+      fail "$name" "wrk failed on run $i: $(tail -n1 <<<"$out")"
+      return 1
+    fi
+    t1=$(cpu_ticks "$pid")
+    printf '### %s run %d\n%s\n\n' "$name" "$i" "$out" >>"$WRK_LOG"
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    reqs=$(awk '/ requests in / {print $1}' <<<"$out")
+    n2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out")
+    if [[ -z "$rps" || -z "$p50" || -z "$p99" || -z "$reqs" ]]; then
+      fail "$name" "could not parse wrk output of run $i (see $WRK_LOG)"
+      return 1
+    fi
+    if ! p50=$(to_ms "$p50") || ! p99=$(to_ms "$p99"); then
+      fail "$name" "unknown latency unit in run $i (see $WRK_LOG)"
+      return 1
+    fi
+    errs=$((errs + ${n2xx:-0} + ${sock:-0}))
+    reqs_total=$((reqs_total + reqs))
+    ticks_total=$((ticks_total + t1 - t0))
+    rps_list+="$rps"$'\n'
+    p50_list+="$p50"$'\n'
+    p99_list+="$p99"$'\n'
+    log "$name: run $i/$RUNS: $rps req/s, p50 $p50 ms, p99 $p99 ms${n2xx:+, non-2xx $n2xx}"
+  done
+  if [[ -n "$pid" ]] && ! is_alive "$pid"; then
+    fail "$name" "process exited during the measurement"
+    return 1
+  fi
+  STATUS[$name]=ok
+  RPS[$name]=$(printf '%s' "$rps_list" | median)
+  RPS_MIN[$name]=$(printf '%s' "$rps_list" | sort -g | sed -n '1p')
+  RPS_MAX[$name]=$(printf '%s' "$rps_list" | sort -g | sed -n '$p')
+  P50[$name]=$(printf '%s' "$p50_list" | median)
+  P99[$name]=$(printf '%s' "$p99_list" | median)
+  ERRS[$name]=$errs
+  if [[ -n "$pid" ]] && ((reqs_total > 0)); then
+    CPU_US[$name]=$(awk -v t="$ticks_total" -v hz="$(getconf CLK_TCK)" -v n="$reqs_total" 'BEGIN {printf "%.2f", t / hz / n * 1e6}')
+  else
+    CPU_US[$name]="—"
+  fi
+}
+
+# ---------------------------------------------------------------- candidates
+start_backend() {
+  port_in_use "$BACKEND_PORT" && die "port $BACKEND_PORT is already in use"
+  mkdir -p "$TMP/backend-tmp"
+  render "$CONF_DIR/backend-nginx.conf.tmpl" "$TMP/backend.conf" TMP="$TMP" BACKEND_PORT="$BACKEND_PORT"
+  start_bg "$LOAD_CPU" "$TMP/backend.out" nginx -p "$TMP/backend-tmp" -e "$TMP/backend-error.log" -c "$TMP/backend.conf"
+  BACKEND_PID=$LAST_PID
+  local rc=0
+  wait_http "http://127.0.0.1:$BACKEND_PORT/" 10 "$BACKEND_PID" || rc=$?
+  if ((rc != 0)); then
+    tail_log "$TMP/backend.out"
+    tail_log "$TMP/backend-error.log"
+    die "backend nginx did not come up on 127.0.0.1:$BACKEND_PORT"
+  fi
+  log "backend nginx up on 127.0.0.1:$BACKEND_PORT (pid $BACKEND_PID, CPU $LOAD_CPU)"
+}
+
+# Each start_* sets CAND_PID on success, or calls skip and returns 1.
+CAND_PID=""
+
+start_levee() {
+  local bin=$LEVEE_BIN_RESOLVED rc=0
+  render "$CONF_DIR/levee.toml.tmpl" "$TMP/levee.toml" \
+    PORT="$LEVEE_PORT" ADMIN_PORT="$LEVEE_ADMIN_PORT" BACKEND_PORT="$BACKEND_PORT"
+  start_bg "$PROXY_CPU" "$LEVEE_LOG" env RUST_LOG=warn "$bin" run -c "$TMP/levee.toml"
+  CAND_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$LEVEE_ADMIN_PORT/readyz" "$LEVEE_READY_TIMEOUT" "$CAND_PID" || rc=$?
+  case $rc in
+    0) return 0 ;;
+    2)
+      local st=0
+      wait "$CAND_PID" 2>/dev/null || st=$?
+      tail_log "$LEVEE_LOG"
+      stop_pid "$CAND_PID"
+      skip levee "binary exited (status $st) before /readyz answered (log: $LEVEE_LOG)"
+      ;;
+    *)
+      tail_log "$LEVEE_LOG"
+      stop_pid "$CAND_PID"
+      skip levee "no answer from http://127.0.0.1:$LEVEE_ADMIN_PORT/readyz within ${LEVEE_READY_TIMEOUT}s (log: $LEVEE_LOG)"
+      ;;
+  esac
+  return 1
+}
+
+start_nginx() {
+  local rc=0
+  mkdir -p "$TMP/nginx-proxy-tmp"
+  render "$CONF_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf" \
+    TMP="$TMP" PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT"
+  start_bg "$PROXY_CPU" "$TMP/nginx-proxy.out" nginx -p "$TMP/nginx-proxy-tmp" -e "$TMP/nginx-proxy-error.log" -c "$TMP/nginx-proxy.conf"
+  CAND_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$NGINX_PORT/" 10 "$CAND_PID" || rc=$?
+  ((rc == 0)) && return 0
+  tail_log "$TMP/nginx-proxy.out"
+  tail_log "$TMP/nginx-proxy-error.log"
+  stop_pid "$CAND_PID"
+  skip nginx "nginx proxy did not come up on 127.0.0.1:$NGINX_PORT"
+  return 1
+}
+
+start_haproxy() {
+  local rc=0
+  render "$CONF_DIR/haproxy.cfg.tmpl" "$TMP/haproxy.cfg" PORT="$HAPROXY_PORT" BACKEND_PORT="$BACKEND_PORT"
+  start_bg "$PROXY_CPU" "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy.cfg"
+  CAND_PID=$LAST_PID
+  wait_http "http://127.0.0.1:$HAPROXY_PORT/" 10 "$CAND_PID" || rc=$?
+  ((rc == 0)) && return 0
+  tail_log "$TMP/haproxy.log"
+  stop_pid "$CAND_PID"
+  skip haproxy "haproxy did not come up on 127.0.0.1:$HAPROXY_PORT"
+  return 1
+}
+
+prepare_levee() {
+  if [[ -n "$LEVEE_BIN" ]]; then
+    if [[ -x "$LEVEE_BIN" && -f "$LEVEE_BIN" ]]; then
+      LEVEE_BIN_RESOLVED=$LEVEE_BIN
+      log "using LEVEE_BIN=$LEVEE_BIN (no build)"
+      return 0
+    fi
+    skip levee "LEVEE_BIN=$LEVEE_BIN is not an executable file"
+    return 1
+  fi
+  local target=${CARGO_TARGET_DIR:-$ROOT/target}
+  [[ "$target" == /* ]] || target="$ROOT/$target"
+  local blog="$OUT_PREFIX.levee-build.log"
+  log "building levee: $CARGO build --profile dist -p levee (log: $blog)"
+  if ! (cd "$ROOT" && "$CARGO" build --profile dist -p levee) 2>&1 | tee "$blog" >&2; then
+    skip levee "cargo build --profile dist -p levee failed (see $blog)"
+    return 1
+  fi
+  LEVEE_BIN_RESOLVED="$target/dist/levee"
+  if [[ ! -x "$LEVEE_BIN_RESOLVED" ]]; then
+    skip levee "build succeeded but $LEVEE_BIN_RESOLVED is missing"
+    return 1
+  fi
+}
+
+# ---------------------------------------------------------------- report
+version_of() {
+  command -v "$1" >/dev/null || { echo "not installed"; return; }
+  case $1 in
+    nginx) nginx -v 2>&1 | sed -n 's|.*nginx/||p' ;;
+    haproxy) haproxy -v 2>&1 | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p' ;;
+    wrk) { wrk -v 2>&1 || true; } | sed -n '1s/^wrk \([^ ]*\).*/\1/p' ;;
+  esac
+}
+
+levee_rev() {
+  local rev dirty=""
+  if rev=$(git -C "$ROOT" --no-optional-locks rev-parse --short HEAD 2>/dev/null); then
+    [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]] && dirty="+dirty"
+    echo "$rev$dirty"
+  else
+    echo "unknown (no git commit yet)"
+  fi
+}
+
+ratio() { # ratio A B (req/s)
+  if [[ -n "$2" && "$2" != 0 ]]; then awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; else echo "—"; fi
+}
+
+report() {
+  local ts_human=$1 c cpu_model gov=""
+  cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+  [[ -z "$cpu_model" ]] && cpu_model=$(uname -m)
+  if [[ -r /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor ]]; then
+    gov=", governor $(cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor)"
+  fi
+  echo "## levee side-by-side benchmark, $ts_human"
+  echo
+  echo "- CPU: $cpu_model ($(nproc) CPUs online$gov)"
+  echo "- kernel: $(uname -sr)"
+  echo "- nginx $(version_of nginx), haproxy $(version_of haproxy), wrk $(version_of wrk)"
+  echo "- levee: rev $(levee_rev)${LEVEE_BIN_RESOLVED:+, binary $LEVEE_BIN_RESOLVED}"
+  echo "- load: wrk -t1 -c$CONNS -d$DURATION --latency (closed loop), $RUNS run(s) per candidate after a $WARMUP warm-up"
+  echo "- pinning: candidates on CPU $PROXY_CPU (one worker each); backend nginx + wrk on CPU $LOAD_CPU; keep-alive both sides, logging off"
+  echo
+  echo "| candidate | req/s (median) | spread | p50 ms | p99 ms | vs nginx | vs haproxy | CPU µs/req |"
+  echo "|---|---:|---|---:|---:|---:|---:|---:|"
+  local ng="" hp=""
+  [[ "${STATUS[nginx]:-}" == ok ]] && ng=${RPS[nginx]}
+  [[ "${STATUS[haproxy]:-}" == ok ]] && hp=${RPS[haproxy]}
+  for c in "${CANDS[@]}"; do
+    if [[ "${STATUS[$c]:-}" == ok ]]; then
+      local mark="" spread
+      ((${ERRS[$c]} > 0)) && mark=" (!)"
+      spread=$(awk -v lo="${RPS_MIN[$c]}" -v hi="${RPS_MAX[$c]}" -v m="${RPS[$c]}" \
+        'BEGIN {printf "%.0f–%.0f (%.1f%%)", lo, hi, (m > 0) ? (hi - lo) / m * 100 : 0}')
+      printf '| %s%s | %.0f | %s | %.3f | %.3f | %s | %s | %s |\n' "$c" "$mark" "${RPS[$c]}" "$spread" \
+        "${P50[$c]}" "${P99[$c]}" "$(ratio "${RPS[$c]}" "$ng")" "$(ratio "${RPS[$c]}" "$hp")" "${CPU_US[$c]}"
+    else
+      printf '| %s | %s | — | — | — | — | — | — |\n' "$c" "${STATUS[$c]:-not run}"
+    fi
+  done
+  echo
+  local notes=0
+  for c in "${CANDS[@]}"; do
+    if [[ "${STATUS[$c]:-}" != ok ]]; then
+      ((notes++ == 0)) && echo "Notes:"
+      echo "- $c ${STATUS[$c]:-not run}, not measured: ${REASON[$c]:-}"
+    elif ((${ERRS[$c]} > 0)); then
+      ((notes++ == 0)) && echo "Notes:"
+      echo "- (!) $c: ${ERRS[$c]} non-2xx responses or socket errors during the measured runs; its numbers are suspect"
+    fi
+  done
+  ((notes > 0)) && echo
+  echo "req/s, p50 and p99 are medians over the runs (each taken separately); spread is min–max req/s and (max−min)/median."
+  echo "Latencies are at saturation (closed loop), so they mostly show queueing, not the proxy's own overhead."
+  echo "CPU µs/req is the candidate process's user+system CPU over the measured runs divided by the requests served."
+}
+
+# ---------------------------------------------------------------- main
+main() {
+  local ts ts_human
+  ts=$(date +%Y%m%d-%H%M%S)
+  ts_human=$(date '+%Y-%m-%d %H:%M:%S %Z')
+  [[ $(nproc --all) -ge 2 ]] || die "need at least 2 CPUs (candidates on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
+
+  ensure_tools
+  # one benchmark at a time: they would share ports and CPUs
+  exec 9>"${TMPDIR:-/tmp}/levee-bench-compare.lock"
+  flock -n 9 || die "another bench/compare.sh is already running"
+  TMP=$(mktemp -d /tmp/levee-bench.XXXXXX)
+  mkdir -p "$OUT_DIR"
+  local n=1 base=$ts
+  while [[ -e "$OUT_DIR/compare-$ts.md" || -e "$OUT_DIR/compare-$ts.wrk.log" ]]; do ts="$base-$((++n))"; done
+  OUT_PREFIX="$OUT_DIR/compare-$ts"
+  WRK_LOG="$OUT_PREFIX.wrk.log"
+  LEVEE_LOG="$OUT_PREFIX.levee.log"
+  : >"$WRK_LOG"
+
+  LEVEE_BIN_RESOLVED=""
+  if has_cand levee; then prepare_levee || true; fi
+
+  start_backend
+
+  local c
+  for c in "${CANDS[@]}"; do
+    [[ "${STATUS[$c]:-}" == skipped ]] && continue
+    log "---- $c"
+    CAND_PID=""
+    if [[ "$c" != direct ]] && port_in_use "${PORT_OF[$c]}"; then
+      skip "$c" "port ${PORT_OF[$c]} is already in use by another process"
+      continue
+    fi
+    if [[ "$c" == levee ]] && port_in_use "$LEVEE_ADMIN_PORT"; then
+      skip levee "admin port $LEVEE_ADMIN_PORT is already in use by another process"
+      continue
+    fi
+    case $c in
+      direct) ;;
+      levee) start_levee || continue ;;
+      nginx) start_nginx || continue ;;
+      haproxy) start_haproxy || continue ;;
+    esac
+    if check_answer "$c"; then
+      measure "$c" "$CAND_PID" || true
+    fi
+    if [[ -n "$CAND_PID" ]]; then stop_pid "$CAND_PID"; fi
+  done
+
+  stop_pid "$BACKEND_PID"
+
+  local out="$OUT_PREFIX.md"
+  report "$ts_human" | tee "$out"
+  log "report written to $out (raw wrk output: $WRK_LOG)"
+}
+
+main "$@"

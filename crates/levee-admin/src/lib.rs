@@ -1,0 +1,146 @@
+//! levee's admin listener: liveness, readiness, metrics and the JSON API.
+//!
+//! It runs beside the data plane, never in its path: a slow scrape or API
+//! call cannot delay a proxied request. It binds loopback by default.
+//! Reloads requested here go to the binary's single reload loop, the same
+//! one SIGHUP and the file watcher feed, so reloads never race.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use levee_proxy::Gateway;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// What asked for a reload, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadSource {
+    Api,
+    Signal,
+    FileWatch,
+}
+
+impl ReloadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadSource::Api => "api",
+            ReloadSource::Signal => "signal",
+            ReloadSource::FileWatch => "file-watch",
+        }
+    }
+}
+
+/// The result of a reload, as reported to whoever asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    /// The new config is serving. `warnings` name settings that only take
+    /// effect at restart.
+    Applied { warnings: Vec<String> },
+    /// The new config was refused; the running one keeps serving.
+    Rejected { errors: Vec<String> },
+    /// There is no file to reload from (e.g. `levee demo`).
+    Unavailable { reason: String },
+}
+
+/// A reload request with the channel its outcome is sent back on.
+pub struct ReloadRequest {
+    pub source: ReloadSource,
+    pub reply: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub gateway: Arc<Gateway>,
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// The admin API's routes. `extra` routes (the demo's controls) are merged in.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/reload", post(reload))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Binds the admin address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready while serving; 503 once draining, so load balancers stop sending
+/// new connections before levee stops accepting them.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.gateway.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.gateway.metrics().encode(),
+    )
+        .into_response()
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let request = ReloadRequest {
+        source: ReloadSource::Api,
+        reply: Some(tx),
+    };
+    if state.reload.send(request).await.is_err() {
+        return unavailable("the reload loop has stopped");
+    }
+    match rx.await {
+        Ok(outcome) => {
+            let status = match outcome {
+                ReloadOutcome::Applied { .. } => StatusCode::OK,
+                ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                ReloadOutcome::Unavailable { .. } => StatusCode::CONFLICT,
+            };
+            (status, axum::Json(outcome)).into_response()
+        }
+        Err(_) => unavailable("the reload loop stopped before answering"),
+    }
+}
+
+fn unavailable(reason: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(ReloadOutcome::Unavailable {
+            reason: reason.to_string(),
+        }),
+    )
+        .into_response()
+}

@@ -1,0 +1,187 @@
+//! The validated configuration. Every value here has been checked; code that
+//! receives a [`Config`] never validates again.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use levee_core::balance::Policy;
+use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub runtime: Runtime,
+    pub admin: Admin,
+    pub server: Server,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &UpstreamName) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| &u.name == name)
+    }
+}
+
+/// `[runtime]`: settings that take effect at start only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runtime {
+    /// Worker threads; 0 means one per CPU.
+    pub workers: usize,
+}
+
+/// `[admin]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// `[server]`: how levee treats clients, on every listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_header_count: usize,
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for Server {
+    fn default() -> Server {
+        Server {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_header_count: 100,
+            max_body_bytes: None,
+        }
+    }
+}
+
+/// `[listener.<name>]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: ListenerName,
+    pub address: SocketAddr,
+}
+
+/// `[[route]]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub name: RouteName,
+    /// The listeners the route applies to; empty means all.
+    pub listeners: Vec<ListenerName>,
+    pub matcher: RouteMatch,
+    pub upstream: UpstreamName,
+    pub request_timeout: Duration,
+}
+
+/// `[route.match]`: every condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteMatch {
+    /// Any of these hosts; empty means any host.
+    pub hosts: Vec<HostMatch>,
+    pub path_prefix: Option<String>,
+    /// Any of these methods; empty means any method.
+    pub methods: Vec<Method>,
+    /// Every one of these headers with exactly this value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A host pattern, lowercased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (not the apex); the
+    /// string held is the suffix including its leading dot.
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Whether a lowercased host name without port matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// `[upstream.<name>]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upstream {
+    pub name: UpstreamName,
+    pub balance: Policy,
+    pub hash_on: Option<HashOn>,
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+    pub regions: Vec<Region>,
+}
+
+impl Upstream {
+    /// Every endpoint with its region, in declaration order.
+    pub fn endpoints(&self) -> impl Iterator<Item = (&Region, &Endpoint)> {
+        self.regions
+            .iter()
+            .flat_map(|r| r.endpoints.iter().map(move |e| (r, e)))
+    }
+}
+
+/// What a consistent-hashing upstream hashes on (`hash_on`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    Header(HeaderName),
+    Cookie(String),
+    ClientIp,
+}
+
+/// The protocol levee speaks to an upstream's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// `[upstream.<u>.region.<name>]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub name: RegionName,
+    pub priority: u32,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: EndpointAddress,
+    pub weight: u32,
+}
+
+/// Where an endpoint is: an IP address, or a name resolved at connect time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+impl std::fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointAddress::Ip(a) => write!(f, "{a}"),
+            EndpointAddress::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The file's shape, as serde sees it. Every struct denies unknown keys.
+//! Values stay close to the text (durations as strings, integers as `i64`)
+//! so that [`crate::validate`] can explain what is wrong with them.
+//!
+//! Each top-level section (and each listener, route and upstream) is
+//! deserialized on its own, so one bad upstream does not hide the errors of
+//! the next.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ConfigError, ConfigErrors, Errors};
+
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub runtime: RawRuntime,
+    pub admin: RawAdmin,
+    pub server: RawServer,
+    pub listener: Vec<(String, RawListener)>,
+    pub route: Vec<RawRoute>,
+    pub upstream: Vec<(String, RawUpstream)>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub workers: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub tunnel_idle_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub max_uri_bytes: Option<i64>,
+    pub max_header_bytes: Option<i64>,
+    pub max_header_count: Option<i64>,
+    pub max_body_bytes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub request_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub balance: Option<String>,
+    pub hash_on: Option<String>,
+    pub protocol: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_idle_per_endpoint: Option<i64>,
+    #[serde(default)]
+    pub region: BTreeMap<String, RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegion {
+    pub priority: Option<i64>,
+    /// Strings (`"10.0.0.1:80"`) or tables (`{ address = ..., weight = 2 }`);
+    /// kept as values so each entry's error names its own index.
+    #[serde(default)]
+    pub endpoints: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointTable {
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+/// Parses TOML text into the raw shape, collecting shape errors per section.
+pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            location(text, e.span()),
+            e.message().trim_end().to_string(),
+        )])
+    })?;
+    let mut errors = Errors::default();
+    let mut raw = RawConfig::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "runtime" => {
+                if let Some(v) = section(&mut errors, "runtime", value) {
+                    raw.runtime = v;
+                }
+            }
+            "admin" => {
+                if let Some(v) = section(&mut errors, "admin", value) {
+                    raw.admin = v;
+                }
+            }
+            "server" => {
+                if let Some(v) = section(&mut errors, "server", value) {
+                    raw.server = v;
+                }
+            }
+            "listener" => raw.listener = named(&mut errors, "listener", value),
+            "upstream" => raw.upstream = named(&mut errors, "upstream", value),
+            "route" => match value {
+                toml::Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        if let Some(r) = section(&mut errors, &format!("route[{i}]"), item) {
+                            raw.route.push(r);
+                        }
+                    }
+                }
+                _ => errors.push(
+                    "route",
+                    "must be an array of tables: write each route as [[route]]",
+                ),
+            },
+            other => errors.push(
+                other,
+                "unknown section; expected one of runtime, admin, server, listener, route, upstream",
+            ),
+        }
+    }
+    errors.into_result(raw)
+}
+
+/// Deserializes one section, recording an error with the full path.
+fn section<T: DeserializeOwned>(errors: &mut Errors, path: &str, value: toml::Value) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            errors.push(full, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+/// Deserializes a table of named tables (`[listener.<name>]`) entry by entry.
+fn named<T: DeserializeOwned>(errors: &mut Errors, path: &str, value: toml::Value) -> Vec<(String, T)> {
+    let toml::Value::Table(entries) = value else {
+        errors.push(
+            path,
+            format!("must be a table of named tables, like [{path}.main]"),
+        );
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let item = section(errors, &format!("{path}.{name}"), v)?;
+            Some((name, item))
+        })
+        .collect()
+}
+
+/// `line L, column C` for a byte span of the text.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}")
+}

@@ -1,0 +1,258 @@
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[listener.main]
+address = "127.0.0.1:8080"
+
+[[route]]
+name = "all"
+upstream = "app"
+
+[upstream.app.region.local]
+endpoints = ["127.0.0.1:9101"]
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.lines(),
+    }
+}
+
+fn has(errors: &[String], needle: &str) -> bool {
+    errors.iter().any(|e| e.contains(needle))
+}
+
+#[test]
+fn minimal_config_gets_safe_defaults() {
+    let c = parse(MINIMAL).expect("valid");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.max_uri_bytes, 8192);
+    assert_eq!(c.server.max_header_bytes, 65536);
+    assert_eq!(c.server.max_header_count, 100);
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+    let u = &c.upstreams[0];
+    assert_eq!(u.balance, levee_core::balance::Policy::RoundRobin);
+    assert_eq!(u.protocol, Protocol::Http1);
+    assert_eq!(u.connect_timeout, Duration::from_secs(2));
+    assert_eq!(u.regions[0].priority, 0);
+    assert_eq!(u.regions[0].endpoints[0].weight, 1);
+    assert_eq!(c.routes[0].matcher, RouteMatch::default());
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let text =
+        format!("{MINIMAL}\n[upstream.app.region.other]\nendpoints = [\"127.0.0.1:1\"]\nprioirty = 1\n");
+    let e = errors(&text);
+    assert!(
+        has(&e, "upstream.app.region.other.prioirty: unknown field `prioirty`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_section_is_an_error() {
+    let e = errors(&format!("{MINIMAL}\n[upstreams.x]\n"));
+    assert!(has(&e, "upstreams: unknown section"), "{e:?}");
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let text = r#"
+[server]
+header_timeout = "10"
+max_header_count = 0
+
+[listener.main]
+address = "localhost:8080"
+
+[[route]]
+name = "a"
+upstream = "missing"
+[route.match]
+hosts = ["exa mple.com"]
+path_prefix = "api"
+methods = ["get"]
+
+[upstream.app]
+balance = "ring_hash"
+connect_timeout = "0s"
+[upstream.app.region.primary]
+priority = -1
+endpoints = ["127.0.0.1", { address = "127.0.0.1:80", weight = 0 }, 7]
+"#;
+    let e = errors(text);
+    for needle in [
+        "server.header_timeout: must be a duration",
+        "server.max_header_count: must be between 1 and 10000, got 0",
+        "listener.main.address: \"localhost:8080\" is not an IP address",
+        "route[0].upstream: no upstream named \"missing\"",
+        "route[0].match.hosts[0]:",
+        "route[0].match.path_prefix: must start with '/'",
+        "route[0].match.methods[0]: \"get\" is not a method (methods are case-sensitive: did you mean \"GET\"?)",
+        "upstream.app.hash_on: is required with balance = \"ring_hash\"",
+        "upstream.app.connect_timeout: must be greater than 0",
+        "upstream.app.region.primary.priority: must be between 0 and 1000, got -1",
+        "upstream.app.region.primary.endpoints[0]: \"127.0.0.1\" is not an address",
+        "upstream.app.region.primary.endpoints[1].weight: must be between 1 and 1000, got 0",
+        "upstream.app.region.primary.endpoints[2]: must be an address string or a table",
+    ] {
+        assert!(has(&e, needle), "missing {needle:?} in:\n{}", e.join("\n"));
+    }
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let e = errors(&format!("{MINIMAL}\n[runtime]\nworkers = \"two\"\n"));
+    assert!(
+        has(&e, "runtime.workers: invalid type: string \"two\", expected i64"),
+        "{e:?}"
+    );
+    let e = errors(&MINIMAL.replace(
+        "endpoints = [\"127.0.0.1:9101\"]",
+        "endpoints = [{ adress = \"127.0.0.1:1\" }]",
+    ));
+    assert!(
+        has(
+            &e,
+            "upstream.app.region.local.endpoints[0].adress: unknown field `adress`"
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn syntax_errors_give_a_line_and_column() {
+    let e = errors("[listener.main]\naddress = \n");
+    assert!(has(&e, "line 2, column"), "{e:?}");
+}
+
+#[test]
+fn duplicates_are_refused() {
+    let text = r#"
+[listener.a]
+address = "127.0.0.1:8080"
+[listener.b]
+address = "127.0.0.1:8080"
+[admin]
+listen = "127.0.0.1:8080"
+
+[[route]]
+name = "r"
+upstream = "app"
+[[route]]
+name = "r"
+upstream = "app"
+
+[upstream.app.region.one]
+endpoints = ["127.0.0.1:1"]
+[upstream.app.region.two]
+endpoints = ["127.0.0.1:1"]
+"#;
+    let e = errors(text);
+    assert!(
+        has(
+            &e,
+            "listener.b.address: 127.0.0.1:8080 is already used by listener.a"
+        ),
+        "{e:?}"
+    );
+    assert!(has(&e, "is already used by admin.listen"), "{e:?}");
+    assert!(has(&e, "route[1].name: duplicate route name \"r\""), "{e:?}");
+    assert!(
+        has(
+            &e,
+            "upstream.app.region.two.endpoints[0]: 127.0.0.1:1 appears more than once"
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn no_listener_is_an_error() {
+    let e = errors("[upstream.app.region.a]\nendpoints = [\"127.0.0.1:1\"]\n");
+    assert!(has(&e, "listener: at least one listener is required"), "{e:?}");
+}
+
+#[test]
+fn upstream_without_regions_is_an_error() {
+    let e = errors(&MINIMAL.replace(
+        "[upstream.app.region.local]\nendpoints = [\"127.0.0.1:9101\"]",
+        "[upstream.app]\nbalance = \"random\"",
+    ));
+    assert!(
+        has(&e, "upstream.app.region: an upstream needs at least one region"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn route_match_is_parsed() {
+    let text = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\n[route.match]\nhosts = [\"API.example.com\", \"*.example.org\"]\npath_prefix = \"/api\"\nmethods = [\"GET\", \"POST\"]\nheaders = { \"x-canary\" = \"1\" }\n",
+    );
+    let c = parse(&text).expect("valid");
+    let m = &c.routes[0].matcher;
+    assert_eq!(
+        m.hosts,
+        vec![
+            HostMatch::Exact("api.example.com".into()),
+            HostMatch::Suffix(".example.org".into())
+        ]
+    );
+    assert!(m.hosts[1].matches("a.b.example.org"));
+    assert!(!m.hosts[1].matches("example.org"));
+    assert!(!m.hosts[1].matches("badexample.org"));
+    assert_eq!(m.path_prefix.as_deref(), Some("/api"));
+    assert_eq!(m.methods, vec![http::Method::GET, http::Method::POST]);
+    assert_eq!(m.headers[0].0.as_str(), "x-canary");
+}
+
+#[test]
+fn hash_on_forms() {
+    for (text, want) in [
+        (
+            "header:x-user",
+            HashOn::Header(http::HeaderName::from_static("x-user")),
+        ),
+        ("cookie:session", HashOn::Cookie("session".into())),
+        ("client_ip", HashOn::ClientIp),
+    ] {
+        let c = parse(&MINIMAL.replace(
+            "[upstream.app.region.local]",
+            &format!(
+                "[upstream.app]\nbalance = \"maglev\"\nhash_on = \"{text}\"\n[upstream.app.region.local]"
+            ),
+        ))
+        .expect("valid");
+        assert_eq!(c.upstreams[0].hash_on, Some(want));
+    }
+    let e = errors(&MINIMAL.replace(
+        "[upstream.app.region.local]",
+        "[upstream.app]\nhash_on = \"client_ip\"\n[upstream.app.region.local]",
+    ));
+    assert!(
+        has(
+            &e,
+            "upstream.app.hash_on: has no effect with balance = \"round_robin\""
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn endpoints_may_be_names_resolved_later() {
+    let c = parse(&MINIMAL.replace("127.0.0.1:9101", "App.Internal:9101")).expect("valid");
+    assert_eq!(
+        c.upstreams[0].regions[0].endpoints[0].address,
+        EndpointAddress::Dns {
+            host: "app.internal".into(),
+            port: 9101
+        }
+    );
+}

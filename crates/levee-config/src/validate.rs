@@ -1,0 +1,591 @@
+//! Raw shape → validated [`Config`], collecting every error with its path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use levee_core::balance::Policy;
+use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName, check_name};
+
+use crate::duration::parse_duration;
+use crate::error::{ConfigErrors, Errors};
+use crate::model::*;
+use crate::raw::*;
+
+/// Default admin address: loopback, so the API is not reachable from
+/// elsewhere unless the operator says so.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut e = Errors::default();
+    let runtime = runtime(&mut e, raw.runtime);
+    let admin = admin(&mut e, raw.admin);
+    let server = server(&mut e, raw.server);
+    if raw.listener.is_empty() {
+        e.push(
+            "listener",
+            "at least one listener is required, like [listener.main] address = \"127.0.0.1:8080\"",
+        );
+    }
+    let listeners = listeners(&mut e, raw.listener, admin.as_ref().map(|a| a.listen));
+    let upstreams: Vec<Upstream> = raw
+        .upstream
+        .into_iter()
+        .filter_map(|(name, u)| upstream(&mut e, &name, u))
+        .collect();
+    let known_upstreams: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+    let known_listeners: HashSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let mut route_names = HashSet::new();
+    let routes: Vec<Route> = raw
+        .route
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let path = format!("route[{i}]");
+            if !route_names.insert(r.name.clone()) {
+                e.push(
+                    format!("{path}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
+            }
+            route(&mut e, &path, r, &known_upstreams, &known_listeners)
+        })
+        .collect();
+    // A missing section value always comes with an error already recorded.
+    let (Some(admin), Some(runtime)) = (admin, runtime) else {
+        return Err(e.into_errors());
+    };
+    e.into_result(Config {
+        runtime,
+        admin,
+        server,
+        listeners,
+        routes,
+        upstreams,
+    })
+}
+
+fn runtime(e: &mut Errors, raw: RawRuntime) -> Option<Runtime> {
+    let workers = count(e, "runtime.workers", raw.workers, 0, 0, 1024)?;
+    Some(Runtime { workers })
+}
+
+fn admin(e: &mut Errors, raw: RawAdmin) -> Option<Admin> {
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN);
+    let listen = socket_addr(e, "admin.listen", text)?;
+    Some(Admin { listen })
+}
+
+fn server(e: &mut Errors, raw: RawServer) -> Server {
+    let d = Server::default();
+    let s = Server {
+        header_timeout: timeout(e, "server.header_timeout", raw.header_timeout, d.header_timeout),
+        keepalive_timeout: timeout(
+            e,
+            "server.keepalive_timeout",
+            raw.keepalive_timeout,
+            d.keepalive_timeout,
+        ),
+        body_timeout: timeout(e, "server.body_timeout", raw.body_timeout, d.body_timeout),
+        tunnel_idle_timeout: timeout(
+            e,
+            "server.tunnel_idle_timeout",
+            raw.tunnel_idle_timeout,
+            d.tunnel_idle_timeout,
+        ),
+        drain_timeout: timeout(e, "server.drain_timeout", raw.drain_timeout, d.drain_timeout),
+        max_uri_bytes: count(
+            e,
+            "server.max_uri_bytes",
+            raw.max_uri_bytes,
+            d.max_uri_bytes,
+            64,
+            1 << 20,
+        )
+        .unwrap_or(d.max_uri_bytes),
+        max_header_bytes: count(
+            e,
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            d.max_header_bytes,
+            1024,
+            1 << 24,
+        )
+        .unwrap_or(d.max_header_bytes),
+        max_header_count: count(
+            e,
+            "server.max_header_count",
+            raw.max_header_count,
+            d.max_header_count,
+            1,
+            10_000,
+        )
+        .unwrap_or(d.max_header_count),
+        max_body_bytes: match raw.max_body_bytes {
+            None => None,
+            Some(n) if n >= 1 => Some(n as u64),
+            Some(_) => {
+                e.push(
+                    "server.max_body_bytes",
+                    "must be at least 1 (leave it out for no limit)",
+                );
+                None
+            }
+        },
+    };
+    if s.max_uri_bytes > s.max_header_bytes {
+        e.push(
+            "server.max_uri_bytes",
+            format!(
+                "must not exceed server.max_header_bytes ({}): the request line is part of the header section",
+                s.max_header_bytes
+            ),
+        );
+    }
+    s
+}
+
+fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<SocketAddr>) -> Vec<Listener> {
+    let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    raw.into_iter()
+        .filter_map(|(name, l)| {
+            let path = format!("listener.{name}");
+            let name = name_of(e, &path, &name).map(|n| ListenerName::new(&n));
+            let address = socket_addr(e, &format!("{path}.address"), &l.address)?;
+            if let Some(other) = seen.insert(address, path.clone()) {
+                e.push(
+                    format!("{path}.address"),
+                    format!("{address} is already used by {other}"),
+                );
+            }
+            if admin == Some(address) {
+                e.push(
+                    format!("{path}.address"),
+                    format!("{address} is already used by admin.listen"),
+                );
+            }
+            Some(Listener { name: name?, address })
+        })
+        .collect()
+}
+
+fn route(
+    e: &mut Errors,
+    path: &str,
+    raw: RawRoute,
+    upstreams: &HashSet<&str>,
+    listeners: &HashSet<&str>,
+) -> Option<Route> {
+    let name = name_of(e, &format!("{path}.name"), &raw.name);
+    if !upstreams.contains(raw.upstream.as_str()) {
+        e.push(
+            format!("{path}.upstream"),
+            format!(
+                "no upstream named {:?} (declare it as [upstream.{}])",
+                raw.upstream, raw.upstream
+            ),
+        );
+    }
+    for (i, l) in raw.listeners.iter().enumerate() {
+        if !listeners.contains(l.as_str()) {
+            e.push(
+                format!("{path}.listeners[{i}]"),
+                format!("no listener named {l:?}"),
+            );
+        }
+    }
+    let request_timeout = timeout(
+        e,
+        &format!("{path}.request_timeout"),
+        raw.request_timeout,
+        Duration::from_secs(300),
+    );
+    let matcher = route_match(e, &format!("{path}.match"), raw.matcher);
+    Some(Route {
+        name: RouteName::new(&name?),
+        listeners: raw.listeners.iter().map(|l| ListenerName::new(l)).collect(),
+        matcher,
+        upstream: UpstreamName::new(&raw.upstream),
+        request_timeout,
+    })
+}
+
+fn route_match(e: &mut Errors, path: &str, raw: RawMatch) -> RouteMatch {
+    let hosts = raw
+        .hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| host_match(e, &format!("{path}.hosts[{i}]"), h))
+        .collect();
+    let path_prefix = raw.path_prefix.filter(|p| {
+        let ok = p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            e.push(
+                format!("{path}.path_prefix"),
+                "must start with '/' and contain no spaces or control characters",
+            );
+        }
+        ok
+    });
+    let methods = raw
+        .methods
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let p = format!("{path}.methods[{i}]");
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+                let hint = if m.bytes().any(|b| b.is_ascii_lowercase()) {
+                    format!(
+                        " (methods are case-sensitive: did you mean {:?}?)",
+                        m.to_ascii_uppercase()
+                    )
+                } else {
+                    String::new()
+                };
+                e.push(p, format!("{m:?} is not a method{hint}"));
+                return None;
+            }
+            Method::from_bytes(m.as_bytes()).ok()
+        })
+        .collect();
+    let headers = raw
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let p = format!("{path}.headers.{name}");
+            let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
+                e.push(p, "is not a valid header name");
+                return None;
+            };
+            let Ok(v) = HeaderValue::from_str(value) else {
+                e.push(p, "is not a valid header value");
+                return None;
+            };
+            Some((n, v))
+        })
+        .collect();
+    RouteMatch {
+        hosts,
+        path_prefix,
+        methods,
+        headers,
+    }
+}
+
+fn host_match(e: &mut Errors, path: &str, text: &str) -> Option<HostMatch> {
+    let lower = text.to_ascii_lowercase();
+    let (pattern, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (HostMatch::Suffix(format!(".{rest}")), rest),
+        None => (HostMatch::Exact(lower.clone()), lower.as_str()),
+    };
+    if !is_dns_name(name) {
+        e.push(
+            path,
+            format!("{text:?} is not a host name or a wildcard like \"*.example.com\" (no port, no scheme)"),
+        );
+        return None;
+    }
+    Some(pattern)
+}
+
+fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
+    let path = format!("upstream.{name}");
+    let checked_name = name_of(e, &path, name);
+    let balance = match raw.balance.as_deref() {
+        None => Some(Policy::RoundRobin),
+        Some(b) => Policy::parse(b).or_else(|| {
+            let all: Vec<&str> = Policy::ALL.iter().map(|p| p.as_str()).collect();
+            e.push(
+                format!("{path}.balance"),
+                format!("{b:?} is not one of {}", all.join(", ")),
+            );
+            None
+        }),
+    };
+    let hash_on = raw
+        .hash_on
+        .as_deref()
+        .and_then(|h| hash_on(e, &format!("{path}.hash_on"), h));
+    match (balance, &raw.hash_on) {
+        (Some(p), None) if p.is_hashing() => e.push(
+            format!("{path}.hash_on"),
+            format!(
+                "is required with balance = \"{}\": \"header:<name>\", \"cookie:<name>\" or \"client_ip\"",
+                p.as_str()
+            ),
+        ),
+        (Some(p), Some(_)) if !p.is_hashing() => e.push(
+            format!("{path}.hash_on"),
+            format!(
+                "has no effect with balance = \"{}\"; use ring_hash or maglev",
+                p.as_str()
+            ),
+        ),
+        _ => {}
+    }
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http1") => Some(Protocol::Http1),
+        Some("http2") => Some(Protocol::Http2),
+        Some(other) => {
+            e.push(
+                format!("{path}.protocol"),
+                format!("{other:?} is not one of http1, http2"),
+            );
+            None
+        }
+    };
+    let connect_timeout = timeout(
+        e,
+        &format!("{path}.connect_timeout"),
+        raw.connect_timeout,
+        Duration::from_secs(2),
+    );
+    let response_header_timeout = timeout(
+        e,
+        &format!("{path}.response_header_timeout"),
+        raw.response_header_timeout,
+        Duration::from_secs(30),
+    );
+    let idle_timeout = timeout(
+        e,
+        &format!("{path}.idle_timeout"),
+        raw.idle_timeout,
+        Duration::from_secs(90),
+    );
+    let max_idle_per_endpoint = count(
+        e,
+        &format!("{path}.max_idle_per_endpoint"),
+        raw.max_idle_per_endpoint,
+        64,
+        0,
+        100_000,
+    );
+    if raw.region.is_empty() {
+        e.push(
+            format!("{path}.region"),
+            format!("an upstream needs at least one region, like [{path}.region.main] with endpoints"),
+        );
+    }
+    let mut seen = HashSet::new();
+    let regions: Vec<Region> = raw
+        .region
+        .into_iter()
+        .filter_map(|(rname, r)| region(e, &format!("{path}.region.{rname}"), &rname, r, &mut seen))
+        .collect();
+    Some(Upstream {
+        name: UpstreamName::new(&checked_name?),
+        balance: balance?,
+        hash_on,
+        protocol: protocol?,
+        connect_timeout,
+        response_header_timeout,
+        idle_timeout,
+        max_idle_per_endpoint: max_idle_per_endpoint?,
+        regions,
+    })
+}
+
+fn hash_on(e: &mut Errors, path: &str, text: &str) -> Option<HashOn> {
+    if text == "client_ip" {
+        return Some(HashOn::ClientIp);
+    }
+    if let Some(h) = text.strip_prefix("header:") {
+        return match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => Some(HashOn::Header(n)),
+            Err(_) => {
+                e.push(path, format!("{h:?} is not a valid header name"));
+                None
+            }
+        };
+    }
+    if let Some(c) = text.strip_prefix("cookie:") {
+        if !c.is_empty() && c.bytes().all(is_token_byte) {
+            return Some(HashOn::Cookie(c.to_string()));
+        }
+        e.push(path, format!("{c:?} is not a valid cookie name"));
+        return None;
+    }
+    e.push(
+        path,
+        format!("{text:?} is not one of \"header:<name>\", \"cookie:<name>\", \"client_ip\""),
+    );
+    None
+}
+
+fn region(
+    e: &mut Errors,
+    path: &str,
+    name: &str,
+    raw: RawRegion,
+    seen: &mut HashSet<EndpointAddress>,
+) -> Option<Region> {
+    let checked_name = name_of(e, path, name);
+    let priority = count(e, &format!("{path}.priority"), raw.priority, 0, 0, 1_000);
+    if raw.endpoints.is_empty() {
+        e.push(
+            format!("{path}.endpoints"),
+            "a region needs at least one endpoint",
+        );
+    }
+    let endpoints = raw
+        .endpoints
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let p = format!("{path}.endpoints[{i}]");
+            let ep = endpoint(e, &p, v)?;
+            if !seen.insert(ep.address.clone()) {
+                e.push(
+                    p,
+                    format!("{} appears more than once in this upstream", ep.address),
+                );
+                return None;
+            }
+            Some(ep)
+        })
+        .collect();
+    Some(Region {
+        name: RegionName::new(&checked_name?),
+        priority: priority? as u32,
+        endpoints,
+    })
+}
+
+fn endpoint(e: &mut Errors, path: &str, value: toml::Value) -> Option<Endpoint> {
+    let (address, weight) = match value {
+        toml::Value::String(s) => (s, None),
+        table @ toml::Value::Table(_) => {
+            match serde_path_to_error::deserialize::<_, RawEndpointTable>(table) {
+                Ok(t) => (t.address, t.weight),
+                Err(err) => {
+                    let inner = err.path().to_string();
+                    let p = if inner == "." {
+                        path.to_string()
+                    } else {
+                        format!("{path}.{inner}")
+                    };
+                    e.push(p, err.into_inner().to_string());
+                    return None;
+                }
+            }
+        }
+        _ => {
+            e.push(
+                path,
+                "must be an address string or a table { address = ..., weight = ... }",
+            );
+            return None;
+        }
+    };
+    let weight = count(e, &format!("{path}.weight"), weight, 1, 1, 1_000);
+    let address = endpoint_address(e, path, &address);
+    Some(Endpoint {
+        address: address?,
+        weight: weight? as u32,
+    })
+}
+
+fn endpoint_address(e: &mut Errors, path: &str, text: &str) -> Option<EndpointAddress> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            e.push(path, "port must not be 0");
+            return None;
+        }
+        return Some(EndpointAddress::Ip(a));
+    }
+    let hint =
+        format!("{text:?} is not an address like \"10.0.0.1:8080\", \"[::1]:8080\" or \"app.internal:8080\"");
+    let Some((host, port)) = text.rsplit_once(':') else {
+        e.push(path, hint);
+        return None;
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 && is_dns_name(host) => Some(EndpointAddress::Dns {
+            host: host.to_ascii_lowercase(),
+            port,
+        }),
+        _ => {
+            e.push(path, hint);
+            None
+        }
+    }
+}
+
+fn socket_addr(e: &mut Errors, path: &str, text: &str) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            e.push(
+                path,
+                format!("{text:?} is not an IP address and port, like \"127.0.0.1:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn name_of(e: &mut Errors, path: &str, name: &str) -> Option<String> {
+    match check_name(name) {
+        Ok(()) => Some(name.to_string()),
+        Err(why) => {
+            e.push(path, format!("name {name:?} {why}"));
+            None
+        }
+    }
+}
+
+/// A duration that must be positive: a zero timeout would mean "no deadline".
+fn timeout(e: &mut Errors, path: &str, raw: Option<String>, default: Duration) -> Duration {
+    let Some(text) = raw else {
+        return default;
+    };
+    match parse_duration(&text) {
+        Ok(d) if d > Duration::ZERO => d,
+        Ok(_) => {
+            e.push(path, "must be greater than 0: every wait in levee has a deadline");
+            default
+        }
+        Err(why) => {
+            e.push(path, why);
+            default
+        }
+    }
+}
+
+/// An integer within bounds, or the default when absent.
+fn count(
+    e: &mut Errors,
+    path: &str,
+    raw: Option<i64>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Option<usize> {
+    let Some(n) = raw else {
+        return Some(default);
+    };
+    if n < min as i64 || n > max as i64 {
+        e.push(path, format!("must be between {min} and {max}, got {n}"));
+        return None;
+    }
+    Some(n as usize)
+}
+
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}

@@ -1,0 +1,15 @@
+//! levee's policies, free of I/O.
+//!
+//! Everything on the request path that decides rather than does lives here:
+//! the names of things ([`id`]), how an endpoint is chosen among the regions
+//! of an upstream ([`select`], [`balance`]), and how the outcome of a request
+//! is classified ([`outcome`]) so that responses, metrics and (later) retries
+//! and health all read one verdict. Nothing here opens a socket, spawns a
+//! task or reads a clock: callers pass the time in, so every policy is tested
+//! synchronously and deterministically.
+
+pub mod balance;
+pub mod hash;
+pub mod id;
+pub mod outcome;
+pub mod select;

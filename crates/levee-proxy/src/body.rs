@@ -1,0 +1,315 @@
+//! The bodies that flow through levee, streamed frame by frame.
+//!
+//! [`RequestBody`] is what the upstream client reads: bytes arriving on a
+//! client's HTTP/1 connection (through [`channel`]) or HTTP/2 stream.
+//! [`ResponseBody`] is what the client receives: an upstream's body, or a
+//! short body levee wrote itself. Neither ever holds a whole body in memory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, Sleep};
+
+use crate::forward::Completion;
+
+/// Why a body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the client's request body ended early or was malformed")]
+    RequestAborted,
+    #[error("the upstream response body did not complete within the request timeout")]
+    Timeout,
+    #[error("upstream body: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("client body: {0}")]
+    Downstream(#[source] hyper::Error),
+}
+
+/// A request body on its way to an upstream.
+pub enum RequestBody {
+    Empty,
+    /// From a client's HTTP/1 connection.
+    H1(H1Body),
+    /// From a client's HTTP/2 stream.
+    H2(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::H1(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Downstream),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::H1(b) => b.is_end_stream(),
+            RequestBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::H1(b) => b.size_hint(),
+            RequestBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// What travels from an HTTP/1 connection to the body reader.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is complete. Without it, a closed channel means the body
+    /// was cut short: a truncated body must never look like a whole one.
+    End,
+}
+
+/// Signals that the reader wants the body: levee sends `100 Continue` only
+/// then, and a client waiting on it sends nothing before.
+#[derive(Default)]
+pub(crate) struct Want {
+    wanted: AtomicBool,
+    notify: Notify,
+}
+
+impl Want {
+    pub async fn wanted(&self) {
+        if !self.wanted.load(Ordering::Acquire) {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A body channel: the HTTP/1 connection sends, the upstream client reads.
+/// One chunk of buffering: the client is read only as fast as the upstream
+/// takes the body.
+pub(crate) fn channel(length: Option<u64>) -> (BodySender, H1Body) {
+    let (tx, rx) = mpsc::channel(1);
+    let want = Arc::new(Want::default());
+    (
+        BodySender {
+            tx,
+            want: want.clone(),
+        },
+        H1Body {
+            rx,
+            want,
+            remaining: length,
+            done: false,
+        },
+    )
+}
+
+pub(crate) struct BodySender {
+    pub tx: mpsc::Sender<Chunk>,
+    pub want: Arc<Want>,
+}
+
+pub struct H1Body {
+    rx: mpsc::Receiver<Chunk>,
+    want: Arc<Want>,
+    /// Bytes still to come, when the length is known.
+    remaining: Option<u64>,
+    done: bool,
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !self.want.wanted.swap(true, Ordering::AcqRel) {
+            self.want.notify.notify_one();
+        }
+        match ready!(self.rx.poll_recv(cx)) {
+            Some(Chunk::Data(data)) => {
+                if let Some(r) = self.remaining.as_mut() {
+                    *r = r.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Chunk::Trailers(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Some(Chunk::End) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(Some(Err(BodyError::RequestAborted)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// A response body on its way to a client.
+pub struct ResponseBody {
+    inner: Inner,
+    /// Accounting that runs when the body ends or is dropped.
+    completion: Option<Completion>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream {
+        body: Incoming,
+        /// The route's whole-request deadline still applies to the body.
+        deadline: Instant,
+        /// Created only when the body has to wait, so a response that is
+        /// already complete costs no timer.
+        sleep: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+impl ResponseBody {
+    pub fn empty() -> ResponseBody {
+        ResponseBody::full(Bytes::new())
+    }
+
+    pub fn full(bytes: Bytes) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+            completion: None,
+        }
+    }
+
+    pub(crate) fn upstream(body: Incoming, deadline: Instant, completion: Completion) -> ResponseBody {
+        let mut body = ResponseBody {
+            inner: Inner::Upstream {
+                body,
+                deadline,
+                sleep: None,
+            },
+            completion: Some(completion),
+        };
+        body.finish_if_ended();
+        body
+    }
+
+    /// Attaches accounting to a body levee generated itself.
+    pub(crate) fn with_completion(mut self, completion: Completion) -> ResponseBody {
+        self.completion = Some(completion);
+        self.finish_if_ended();
+        self
+    }
+
+    fn finish_if_ended(&mut self) {
+        if self.is_end_stream()
+            && let Some(c) = self.completion.take()
+        {
+            c.finish(true);
+        }
+    }
+
+    fn abort(&mut self) {
+        if let Some(c) = self.completion.take() {
+            c.finish(false);
+        }
+    }
+
+    /// Time left before the whole-request deadline, for writers that wait.
+    pub fn remaining_time(&self) -> Option<Duration> {
+        match &self.inner {
+            Inner::Upstream { deadline, .. } => Some(deadline.saturating_duration_since(Instant::now())),
+            Inner::Full(_) => None,
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away or the write failed.
+        self.abort();
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Upstream {
+                body,
+                deadline,
+                sleep,
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream))),
+                Poll::Pending => {
+                    let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
+                    match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Timeout))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
+            Poll::Ready(None) => {
+                if let Some(c) = this.completion.take() {
+                    c.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.abort(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(data) => data.is_none(),
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}

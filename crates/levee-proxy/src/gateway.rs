@@ -1,0 +1,226 @@
+//! The running gateway: its listeners, the current config snapshot, and
+//! the lifecycle — start, reload, drain and stop.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use levee_config::Config;
+use levee_core::id::ListenerName;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::forward::Proxy;
+use crate::metrics::{ListenerLabels, Metrics};
+use crate::server::{ListenerContext, accept_loop};
+use crate::snapshot::Snapshot;
+
+/// How often idle upstream connections past their idle timeout are closed.
+const EVICT_EVERY: Duration = Duration::from_secs(5);
+const LISTEN_BACKLOG: u32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("listener.{listener}: cannot listen on {address}: {source}")]
+    Bind {
+        listener: ListenerName,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A listener that is accepting connections.
+struct Running {
+    name: ListenerName,
+    /// The address as configured (port 0 stays 0 here).
+    configured: SocketAddr,
+    local: SocketAddr,
+    stop: CancellationToken,
+    draining: CancellationToken,
+}
+
+pub struct Gateway {
+    state: Arc<ArcSwap<Snapshot>>,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    listeners: Mutex<Vec<Running>>,
+    /// Every connection task, accept loop and per-stream task.
+    tracker: TaskTracker,
+    /// Tells every connection to finish its current exchange and close.
+    draining: CancellationToken,
+}
+
+impl Gateway {
+    /// Binds the config's listeners and starts serving.
+    pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, GatewayError> {
+        let snapshot = Snapshot::build(Arc::new(config), None, &metrics);
+        let state = Arc::new(ArcSwap::from_pointee(snapshot));
+        let proxy = Arc::new(Proxy {
+            state: state.clone(),
+            metrics: metrics.clone(),
+        });
+        let gateway = Arc::new(Gateway {
+            state,
+            proxy,
+            metrics,
+            listeners: Mutex::new(Vec::new()),
+            tracker: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        });
+        let config = gateway.config();
+        gateway.sync_listeners(&config)?;
+        gateway.spawn_evictor();
+        Ok(gateway)
+    }
+
+    /// The config being served.
+    pub fn config(&self) -> Arc<Config> {
+        self.state.load().config.clone()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The address a listener is bound to (useful when configured with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.listeners)
+            .iter()
+            .find(|l| l.name.as_str() == name)
+            .map(|l| l.local)
+    }
+
+    /// Switches to a new, already validated config. New listeners are bound
+    /// first; if one cannot be, nothing changes. Requests in flight finish
+    /// on the snapshot they started with; endpoints that stay keep their
+    /// pools and counters.
+    pub fn apply(&self, config: Config) -> Result<(), GatewayError> {
+        let config = Arc::new(config);
+        self.sync_listeners(&config)?;
+        let next = Snapshot::build(config, Some(&self.state.load()), &self.metrics);
+        self.state.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Makes the running listeners match `config`: binds the new ones, stops
+    /// the removed ones (their connections drain), keeps the rest.
+    fn sync_listeners(&self, config: &Config) -> Result<(), GatewayError> {
+        let mut running = lock(&self.listeners);
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let kept = running
+                .iter()
+                .any(|r| r.name == l.name && r.configured == l.address);
+            if kept {
+                continue;
+            }
+            match bind(l.address) {
+                Ok(listener) => bound.push((l.name.clone(), l.address, listener)),
+                Err(source) => {
+                    return Err(GatewayError::Bind {
+                        listener: l.name.clone(),
+                        address: l.address,
+                        source,
+                    });
+                }
+            }
+        }
+        running.retain(|r| {
+            let keep = config
+                .listeners
+                .iter()
+                .any(|l| l.name == r.name && l.address == r.configured);
+            if !keep {
+                tracing::info!(listener = %r.name, address = %r.local, "listener removed; its connections drain");
+                r.stop.cancel();
+                r.draining.cancel();
+            }
+            keep
+        });
+        for (name, configured, listener) in bound {
+            let local = listener.local_addr().unwrap_or(configured);
+            let labels = ListenerLabels {
+                listener: name.to_string(),
+            };
+            let ctx = Arc::new(ListenerContext {
+                name: name.clone(),
+                handler: self.proxy.clone(),
+                stop: CancellationToken::new(),
+                draining: self.draining.child_token(),
+                tracker: self.tracker.clone(),
+                active: self.metrics.connections_active.get_or_create_owned(&labels),
+                accepted: self.metrics.connections_total.get_or_create_owned(&labels),
+            });
+            tracing::info!(listener = %name, address = %local, "listening");
+            running.push(Running {
+                name,
+                configured,
+                local,
+                stop: ctx.stop.clone(),
+                draining: ctx.draining.clone(),
+            });
+            self.tracker.spawn(accept_loop(listener, ctx));
+        }
+        Ok(())
+    }
+
+    /// Closes pooled upstream connections that have been idle too long.
+    /// Ends when the gateway drains.
+    fn spawn_evictor(&self) {
+        let state = self.state.clone();
+        let draining = self.draining.clone();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(EVICT_EVERY);
+            loop {
+                tokio::select! {
+                    _ = draining.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = Instant::now();
+                for u in &state.load().upstreams {
+                    for e in &u.endpoints {
+                        e.state.pool.evict_expired(now);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops accepting, lets in-flight exchanges finish (idle keep-alive
+    /// connections close at once, HTTP/2 connections get GOAWAY), and waits
+    /// up to `grace`. Returns whether everything finished in time; what has
+    /// not is dropped when the runtime stops.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        for l in lock(&self.listeners).drain(..) {
+            l.stop.cancel();
+        }
+        self.draining.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Restarting levee must not fail on the previous process's TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,30 @@
+//! levee's data plane.
+//!
+//! The request path, in the order a request meets it:
+//!
+//! 1. [`server`]: a listener accepts; the connection's first bytes decide
+//!    HTTP/1 (levee's strict reader) or HTTP/2 (hyper).
+//! 2. [`forward`]: the request is routed ([`router`]), an endpoint is chosen
+//!    by the upstream's policy (`levee_core::select`), the request is
+//!    rewritten (hop-by-hop fields out, `Forwarded`/`Via`/`X-Request-Id` in)
+//!    and sent on a pooled connection ([`upstream`]) under its deadlines.
+//! 3. The response streams back ([`body`]); anything that failed on the way
+//!    becomes levee's own response in one place ([`respond`]).
+//!
+//! [`Gateway`] owns the listeners and the current config [`snapshot`], and
+//! swaps it atomically on reload.
+
+mod body;
+mod forward;
+mod gateway;
+mod metrics;
+mod respond;
+mod router;
+mod server;
+mod snapshot;
+mod upstream;
+
+pub use body::{BodyError, RequestBody, ResponseBody};
+pub use gateway::{Gateway, GatewayError};
+pub use metrics::Metrics;
+pub use server::ConnInfo;

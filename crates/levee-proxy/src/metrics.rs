@@ -1,0 +1,246 @@
+//! The proxy's metrics, in Prometheus form.
+//!
+//! Names follow `levee_<subsystem>_<what>_<unit>`. Every label value comes
+//! from a closed set: names declared in the config (routes, upstreams,
+//! listeners), status classes, or [`ErrorKind`] causes — never a raw path,
+//! header or error message, so a client cannot blow up the series count.
+//!
+//! Handles for a route's series are resolved once per config snapshot, so
+//! the request path increments atomics rather than hashing label sets.
+
+use std::sync::Arc;
+
+use levee_core::outcome::{ErrorKind, StatusClass};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Request latency buckets, in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub upstream: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub upstream: String,
+    pub region: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric the data plane records, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily<RouteLabels>,
+    generated: Family<CauseLabels, Counter>,
+    pub(crate) connections_active: Family<ListenerLabels, Gauge>,
+    pub(crate) connections_total: Family<ListenerLabels, Counter>,
+    pub(crate) upstream_connects: Family<EndpointLabels, Counter>,
+    pub(crate) upstream_in_flight: Family<EndpointLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("levee");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, upstream and status class",
+            requests.clone(),
+        );
+        let duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from the request head to the end of the response body",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        let generated = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "http_generated_responses",
+            "Responses levee generated itself, by Proxy-Status cause",
+            generated.clone(),
+        );
+        let connections_active = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "listener_connections_active",
+            "Client connections open now",
+            connections_active.clone(),
+        );
+        let connections_total = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "listener_connections",
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+        let upstream_connects = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "upstream_connections",
+            "Connections opened to upstream endpoints",
+            upstream_connects.clone(),
+        );
+        let upstream_in_flight = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_requests_in_flight",
+            "Requests in flight to an upstream endpoint",
+            upstream_in_flight.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        // Make every cause and reload result visible from the start, at 0,
+        // so alerts on rates see a series before the first event.
+        for kind in ErrorKind::ALL {
+            let _ = generated.get_or_create(&CauseLabels {
+                cause: kind.proxy_status(),
+            });
+        }
+        for result in ["success", "failure"] {
+            let _ = reloads.get_or_create(&ResultLabels { result });
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            generated,
+            connections_active,
+            connections_total,
+            upstream_connects,
+            upstream_in_flight,
+            reloads,
+        }
+    }
+
+    /// The registry, for the admin listener to encode.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The whole exposition in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one route's series (or the unmatched pseudo-route).
+    pub(crate) fn route(&self, route: &str, upstream: &str) -> Arc<RouteMetrics> {
+        let by_class = [
+            StatusClass::Informational,
+            StatusClass::Success,
+            StatusClass::Redirection,
+            StatusClass::ClientError,
+            StatusClass::ServerError,
+        ]
+        .map(|class| {
+            self.requests.get_or_create_owned(&RequestLabels {
+                route: route.to_string(),
+                upstream: upstream.to_string(),
+                status_class: class.as_str(),
+            })
+        });
+        let duration = self.duration.get_or_create_owned(&RouteLabels {
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+        });
+        Arc::new(RouteMetrics { by_class, duration })
+    }
+
+    pub(crate) fn generated(&self, kind: ErrorKind) {
+        self.generated
+            .get_or_create(&CauseLabels {
+                cause: kind.proxy_status(),
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+}
+
+/// One route's request counters by status class and its latency histogram.
+pub(crate) struct RouteMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.by_class[StatusClass::of(status).index()].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_documented_names() {
+        let m = Metrics::new();
+        m.route("api", "app").record(204, 0.003);
+        m.generated(ErrorKind::NoRoute);
+        m.reload(true);
+        let text = m.encode();
+        for needle in [
+            "levee_http_requests_total{route=\"api\",upstream=\"app\",status_class=\"2xx\"} 1",
+            "levee_http_request_duration_seconds_bucket{le=\"0.005\",route=\"api\",upstream=\"app\"} 1",
+            "levee_http_generated_responses_total{cause=\"destination_not_found\"} 1",
+            "levee_http_generated_responses_total{cause=\"connection_refused\"} 0",
+            "levee_config_reloads_total{result=\"success\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

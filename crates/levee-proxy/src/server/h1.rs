@@ -1,0 +1,709 @@
+//! levee's HTTP/1.1 server side.
+//!
+//! levee reads HTTP/1 requests itself rather than through hyper's server:
+//! the strict reading of every head ([`parse`]) and body ([`decode`]) is
+//! the front door's contract, and every refusal has to be levee's own
+//! response with a `Proxy-Status`, which a generic server cannot give.
+//! (HTTP/2, whose framing leaves no such ambiguity, is served by hyper.)
+//!
+//! One task drives each connection: it reads a head, hands the request to
+//! the [`Handler`], streams the request body to it while waiting for the
+//! response, then writes the response while still streaming the body (an
+//! upstream may answer before the upload ends). Requests on a connection
+//! run strictly one after another; a pipelined request waits in the read
+//! buffer and never runs if the one before it is refused.
+
+mod decode;
+mod encode;
+mod parse;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use levee_core::outcome::{ErrorKind, Rejection};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use self::decode::{Decoded, Decoder};
+use self::encode::{ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk};
+pub(crate) use self::parse::HeadLimits;
+use self::parse::{Framing, Head, parse_head};
+use super::io::{linger_close, write_all_slices};
+use super::{ConnInfo, Handler};
+use crate::body::{BodySender, Chunk, RequestBody, ResponseBody, channel};
+use crate::forward::UpstreamUpgrade;
+
+/// A request body the upstream stopped reading is read and dropped up to
+/// this size so the connection can be kept; beyond it, the connection closes.
+const DISCARD_LIMIT: u64 = 256 * 1024;
+/// Read sizes: small for heads (most fit in one), larger for bodies.
+const HEAD_READ: usize = 4 * 1024;
+const BODY_READ: usize = 32 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The `[server]` settings as the HTTP/1 connection uses them.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub limits: HeadLimits,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
+    pub max_body: Option<u64>,
+}
+
+impl Settings {
+    pub fn from_config(s: &levee_config::Server) -> Settings {
+        Settings {
+            limits: HeadLimits {
+                max_uri: s.max_uri_bytes,
+                max_head: s.max_header_bytes,
+                max_headers: s.max_header_count,
+            },
+            header_timeout: s.header_timeout,
+            keepalive_timeout: s.keepalive_timeout,
+            body_timeout: s.body_timeout,
+            tunnel_idle_timeout: s.tunnel_idle_timeout,
+            max_body: s.max_body_bytes,
+        }
+    }
+}
+
+/// What happens to the connection after an exchange.
+enum Next {
+    KeepAlive,
+    /// Close politely (the response is complete).
+    Close,
+    /// Drop at once: the response is broken or the client is gone.
+    Abort,
+}
+
+/// Serves requests on one client connection until it closes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve<H, R, W>(
+    handler: &H,
+    conn: &ConnInfo,
+    rd: &mut R,
+    wr: &mut W,
+    mut buf: BytesMut,
+    settings: &Settings,
+    draining: &CancellationToken,
+    accepted: Instant,
+) where
+    H: Handler,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(512);
+    let mut offsets = Vec::new();
+    // The first request's head must arrive within the header timeout of the
+    // accept: a client cannot hold a connection by sending nothing.
+    let mut head_deadline = Some(accepted + settings.header_timeout);
+    loop {
+        let head = match read_head(rd, &mut buf, settings, &mut offsets, draining, head_deadline).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => return,
+            HeadRead::Reject(r) => {
+                reject(handler, conn, r, rd, wr, &mut out, settings).await;
+                return;
+            }
+        };
+        head_deadline = None;
+        match exchange(
+            handler, conn, *head, rd, wr, &mut buf, &mut out, settings, draining,
+        )
+        .await
+        {
+            Next::KeepAlive => {}
+            Next::Close => {
+                linger_close(rd, wr).await;
+                return;
+            }
+            Next::Abort => return,
+        }
+    }
+}
+
+enum HeadRead {
+    Head(Box<Head>),
+    /// The client closed, went idle too long, or the server is draining at
+    /// a request boundary: close without a word.
+    Closed,
+    Reject(Rejection),
+}
+
+async fn read_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    settings: &Settings,
+    offsets: &mut Vec<[usize; 4]>,
+    draining: &CancellationToken,
+    mut head_deadline: Option<Instant>,
+) -> HeadRead {
+    let idle_deadline = Instant::now() + settings.keepalive_timeout;
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf, settings.limits, offsets) {
+                Ok(Some(head)) => return HeadRead::Head(Box::new(head)),
+                Ok(None) => {}
+                Err(r) => return HeadRead::Reject(r),
+            }
+            // The first byte of a follow-up request starts its head's clock.
+            head_deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
+        }
+        let deadline = head_deadline.unwrap_or(idle_deadline);
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(HEAD_READ);
+        }
+        tokio::select! {
+            biased;
+            _ = draining.cancelled(), if buf.is_empty() => return HeadRead::Closed,
+            read = timeout_at(deadline, rd.read_buf(buf)) => match read {
+                Err(_) if buf.is_empty() => return HeadRead::Closed,
+                Err(_) => return HeadRead::Reject(Rejection::new(ErrorKind::RequestTimeout, "request head timed out")),
+                Ok(Ok(0) | Err(_)) => return HeadRead::Closed,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Writes levee's response to a refused request, then closes: what follows
+/// a malformed request cannot be trusted to be a request.
+async fn reject<H, R, W>(
+    handler: &H,
+    conn: &ConnInfo,
+    r: Rejection,
+    rd: &mut R,
+    wr: &mut W,
+    out: &mut BytesMut,
+    settings: &Settings,
+) where
+    H: Handler,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let res = handler.reject(r, conn);
+    let (parts, mut body) = res.into_parts();
+    // levee's own bodies are whole and ready at once.
+    let data = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    };
+    encode_head(
+        out,
+        &parts,
+        OutFraming::Length(data.len() as u64),
+        Persistence::Close,
+    );
+    let mut slices = [&out[..], &data[..]];
+    let write = write_all_slices(wr, &mut slices);
+    if timeout(settings.body_timeout, write)
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        linger_close(rd, wr).await;
+    }
+}
+
+/// One request and its response.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<H, R, W>(
+    handler: &H,
+    conn: &ConnInfo,
+    head: Head,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    settings: &Settings,
+    draining: &CancellationToken,
+) -> Next
+where
+    H: Handler,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if let (Some(max), Framing::Length(n)) = (settings.max_body, head.framing)
+        && n > max
+    {
+        let r = Rejection::new(ErrorKind::BodyTooLarge, "request body too large");
+        reject(handler, conn, r, rd, wr, out, settings).await;
+        return Next::Abort;
+    }
+    let Head {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    } = head;
+    let is_head = method == Method::HEAD;
+    let (mut pump, body) = match framing {
+        Framing::Empty => (None, RequestBody::Empty),
+        Framing::Length(n) => {
+            let (tx, rx) = channel(Some(n));
+            (
+                Some(Pump::new(framing, tx, expect_continue, settings)),
+                RequestBody::H1(rx),
+            )
+        }
+        Framing::Chunked => {
+            let (tx, rx) = channel(None);
+            (
+                Some(Pump::new(framing, tx, expect_continue, settings)),
+                RequestBody::H1(rx),
+            )
+        }
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+
+    // Phase 1: wait for the response head, feeding the request body.
+    let response = {
+        let fut = handler.handle(req, conn);
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut fut => break Ok(res),
+                step = pump_step(&mut pump, rd, buf, Some(&mut *wr)) => match step {
+                    Ok(()) => {}
+                    // The request is refused mid-body: stop the upstream
+                    // exchange (dropping it aborts the upstream request).
+                    Err(PumpError::Client(r)) => break Err(r),
+                    Err(PumpError::Gone) => return Next::Abort,
+                }
+            }
+        }
+    };
+    let response = match response {
+        Ok(res) => res,
+        Err(r) => {
+            reject(handler, conn, r, rd, wr, out, settings).await;
+            return Next::Abort;
+        }
+    };
+    let (mut parts, mut body) = response.into_parts();
+
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let on_upgrade = parts
+            .extensions
+            .remove::<UpstreamUpgrade>()
+            .and_then(|u| u.take());
+        let Some(on_upgrade) = on_upgrade.filter(|_| upgrade) else {
+            return Next::Abort;
+        };
+        drop(body);
+        encode_head(out, &parts, OutFraming::Bodyless, Persistence::Upgrade);
+        if !matches!(
+            timeout(settings.body_timeout, wr.write_all(out)).await,
+            Ok(Ok(()))
+        ) {
+            return Next::Abort;
+        }
+        if let Ok(Ok(upgraded)) = timeout(settings.body_timeout, on_upgrade).await {
+            let leftover = buf.split().freeze();
+            tunnel(
+                rd,
+                wr,
+                leftover,
+                TokioIo::new(upgraded),
+                settings.tunnel_idle_timeout,
+            )
+            .await;
+        }
+        return Next::Abort;
+    }
+
+    let bodyless = is_head
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let framing_out = if bodyless {
+        OutFraming::Bodyless
+    } else if let Some(n) = body.size_hint().exact() {
+        OutFraming::Length(n)
+    } else if version == Version::HTTP_11 {
+        OutFraming::Chunked
+    } else {
+        OutFraming::Close
+    };
+    let mut keep = keep_alive && !draining.is_cancelled() && framing_out != OutFraming::Close;
+    if let Some(p) = &pump {
+        // A client still waiting for 100 Continue will send its body or
+        // not; either way the connection's framing is in doubt.
+        if p.awaiting_continue() {
+            keep = false;
+        }
+    }
+    let persistence = match (keep, version) {
+        (false, _) => Persistence::Close,
+        (true, Version::HTTP_10) => Persistence::KeepAlive,
+        (true, _) => Persistence::Default,
+    };
+    if pump.as_ref().is_some_and(Pump::awaiting_continue) {
+        // The body was never asked for; don't read it.
+        pump = None;
+    }
+    encode_head(out, &parts, framing_out, persistence);
+
+    // Phase 2: the response body, still feeding the request body.
+    let written = write_body(&mut body, framing_out, out, rd, wr, buf, &mut pump, settings).await;
+    drop(body);
+    if !written {
+        return Next::Abort;
+    }
+    // Whatever is left of the request body must be read before the next
+    // request can be; a bounded amount is, beyond it the connection closes.
+    while pump.as_ref().is_some_and(|p| !p.done) {
+        if pump_step(&mut pump, rd, buf, None::<&mut W>).await.is_err() {
+            return Next::Close;
+        }
+    }
+    if keep { Next::KeepAlive } else { Next::Close }
+}
+
+/// Streams the response body. Returns false when the response could not be
+/// completed (the connection must then be dropped, not reused).
+#[allow(clippy::too_many_arguments)]
+async fn write_body<R, W>(
+    body: &mut ResponseBody,
+    framing: OutFraming,
+    out: &mut BytesMut,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    pump: &mut Option<Pump>,
+    settings: &Settings,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut head_pending = true;
+    let mut trailers: Option<HeaderMap> = None;
+    if framing != OutFraming::Bodyless {
+        loop {
+            // The first frame is usually ready with the head: send both in
+            // one write. Otherwise the head goes now, so a streaming
+            // response (server-sent events) shows its head at once.
+            let frame = if head_pending {
+                match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+                    Poll::Ready(f) => Some(f),
+                    Poll::Pending => {
+                        if !send(wr, &mut [&out[..]], rd, buf, pump, settings).await {
+                            return false;
+                        }
+                        head_pending = false;
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let frame = match frame {
+                Some(f) => f,
+                None => match next_frame(body, rd, buf, pump, settings).await {
+                    Some(f) => f,
+                    None => return false,
+                },
+            };
+            let data: Bytes = match frame {
+                None => break,
+                Some(Err(_)) => return false,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let head: &[u8] = if head_pending { &out[..] } else { &[] };
+            let ok = if framing == OutFraming::Chunked {
+                let line = ChunkLine::new(data.len());
+                send(
+                    wr,
+                    &mut [head, line.as_bytes(), &data[..], b"\r\n"],
+                    rd,
+                    buf,
+                    pump,
+                    settings,
+                )
+                .await
+            } else {
+                send(wr, &mut [head, &data[..]], rd, buf, pump, settings).await
+            };
+            if !ok {
+                return false;
+            }
+            head_pending = false;
+        }
+    }
+    // The end: the head if nothing was written yet, and the last chunk.
+    let mut last = BytesMut::new();
+    if framing == OutFraming::Chunked {
+        encode_last_chunk(&mut last, trailers.as_ref());
+    }
+    let head: &[u8] = if head_pending { &out[..] } else { &[] };
+    send(wr, &mut [head, &last[..]], rd, buf, pump, settings).await
+        && timeout(settings.body_timeout, wr.flush()).await.is_ok()
+}
+
+/// The next response frame, within the body idle timeout, while feeding the
+/// request body. `None` when the body stalled or the client is gone.
+async fn next_frame<R: AsyncRead + Unpin>(
+    body: &mut ResponseBody,
+    rd: &mut R,
+    buf: &mut BytesMut,
+    pump: &mut Option<Pump>,
+    settings: &Settings,
+) -> Option<Option<Result<http_body::Frame<Bytes>, crate::body::BodyError>>> {
+    let frame = body.frame();
+    tokio::pin!(frame);
+    let deadline = Instant::now() + settings.body_timeout;
+    loop {
+        tokio::select! {
+            biased;
+            f = timeout_at(deadline, &mut frame) => return f.ok(),
+            step = pump_step(pump, rd, buf, None::<&mut tokio::io::Sink>) => if step.is_err() {
+                // The request body broke mid-response: stop reading it; the
+                // response may still complete, but the connection closes.
+                *pump = None;
+            }
+        }
+    }
+}
+
+/// Writes slices within the body timeout while feeding the request body, so
+/// a client that uploads and downloads at once never deadlocks with levee.
+async fn send<R, W>(
+    wr: &mut W,
+    slices: &mut [&[u8]],
+    rd: &mut R,
+    buf: &mut BytesMut,
+    pump: &mut Option<Pump>,
+    settings: &Settings,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let write = timeout(settings.body_timeout, write_all_slices(wr, slices));
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => return matches!(r, Ok(Ok(()))),
+            step = pump_step(pump, rd, buf, None::<&mut tokio::io::Sink>) => if step.is_err() {
+                *pump = None;
+            }
+        }
+    }
+}
+
+/// Moves a request body from the client connection to the handler.
+struct Pump {
+    decoder: Decoder,
+    /// `None` once the handler dropped the body: the rest is discarded.
+    sender: Option<BodySender>,
+    expect_continue: bool,
+    continue_sent: bool,
+    max_body: Option<u64>,
+    body_timeout: Duration,
+    done: bool,
+}
+
+enum PumpError {
+    /// The body is malformed, too large or too slow.
+    Client(Rejection),
+    /// The client closed the connection or it failed.
+    Gone,
+}
+
+impl Pump {
+    fn new(framing: Framing, sender: BodySender, expect_continue: bool, settings: &Settings) -> Pump {
+        Pump {
+            decoder: Decoder::new(framing, settings.limits.max_head),
+            sender: Some(sender),
+            expect_continue,
+            continue_sent: false,
+            max_body: settings.max_body,
+            body_timeout: settings.body_timeout,
+            done: false,
+        }
+    }
+
+    fn awaiting_continue(&self) -> bool {
+        self.expect_continue && !self.continue_sent
+    }
+}
+
+/// One step of the pump; never completes when there is nothing to pump, so
+/// it can sit in a `select!` beside the work it runs alongside.
+///
+/// Cancel-safe: it is dropped whenever the other branch wins. Every await
+/// point either completes atomically (a single write, a reserve, a read
+/// into the buffer) or has no effect until it completes.
+async fn pump_step<R, W>(
+    pump: &mut Option<Pump>,
+    rd: &mut R,
+    buf: &mut BytesMut,
+    wr: Option<&mut W>,
+) -> Result<(), PumpError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(p) = pump.as_mut().filter(|p| !p.done) else {
+        return std::future::pending().await;
+    };
+    if p.awaiting_continue() {
+        let (Some(sender), Some(wr)) = (&p.sender, wr) else {
+            // No go-ahead can be given now; the client sends nothing more.
+            return std::future::pending().await;
+        };
+        sender.want.wanted().await;
+        // One write call: it writes all 25 bytes or nothing when cancelled.
+        match wr.write(CONTINUE).await {
+            Ok(n) if n == CONTINUE.len() => {}
+            _ => return Err(PumpError::Gone),
+        }
+        p.continue_sent = true;
+        return Ok(());
+    }
+    // Reserve room first: if the handler dropped the body, switch to discarding.
+    let permit = match p.sender.as_ref().map(|s| s.tx.clone()) {
+        Some(tx) => match tx.reserve_owned().await {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                p.sender = None;
+                None
+            }
+        },
+        None => None,
+    };
+    loop {
+        let decoded = p.decoder.decode(buf).map_err(PumpError::Client)?;
+        let chunk = match decoded {
+            Decoded::NeedMore => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(BODY_READ);
+                }
+                match timeout(p.body_timeout, rd.read_buf(buf)).await {
+                    Ok(Ok(0) | Err(_)) => return Err(PumpError::Gone),
+                    Ok(Ok(_)) => continue,
+                    Err(_) => {
+                        return Err(PumpError::Client(Rejection::new(
+                            ErrorKind::RequestTimeout,
+                            "request body timed out",
+                        )));
+                    }
+                }
+            }
+            Decoded::Data(data) => {
+                let over = p.max_body.is_some_and(|max| p.decoder.received() > max);
+                if over {
+                    return Err(PumpError::Client(Rejection::new(
+                        ErrorKind::BodyTooLarge,
+                        "request body too large",
+                    )));
+                }
+                if p.sender.is_none() && p.decoder.received() > DISCARD_LIMIT {
+                    return Err(PumpError::Client(Rejection::new(
+                        ErrorKind::BodyTooLarge,
+                        "unread request body too large",
+                    )));
+                }
+                Chunk::Data(data)
+            }
+            Decoded::Trailers(t) => Chunk::Trailers(t),
+            Decoded::End => {
+                p.done = true;
+                Chunk::End
+            }
+        };
+        let end = matches!(chunk, Chunk::End);
+        if let Some(permit) = permit {
+            permit.send(chunk);
+        }
+        if end {
+            // Dropping the sender after End is the clean close.
+            p.sender = None;
+        }
+        return Ok(());
+    }
+}
+
+/// Copies bytes both ways between the client and the upgraded upstream
+/// until both sides are done or nothing moves for `idle`.
+async fn tunnel<R, W, U>(rd: &mut R, wr: &mut W, leftover: Bytes, upstream: U, idle: Duration)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
+    if !leftover.is_empty() && up_wr.write_all(&leftover).await.is_err() {
+        return;
+    }
+    // Activity of either direction, as time since `start`.
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let client_to_upstream = copy_one_way(rd, &mut up_wr, start, &last);
+    let upstream_to_client = copy_one_way(&mut up_rd, wr, start, &last);
+    let watchdog = async {
+        loop {
+            let due = start + Duration::from_nanos(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(client_to_upstream, upstream_to_client) } => {}
+        _ = watchdog => {}
+    }
+}
+
+/// Copies until EOF, then half-closes the destination.
+async fn copy_one_way<A, B>(from: &mut A, to: &mut B, start: Instant, last: &AtomicU64)
+where
+    A: AsyncRead + Unpin,
+    B: AsyncWrite + Unpin,
+{
+    let mut scratch = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut scratch).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let since = Instant::now().duration_since(start).as_nanos();
+                last.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+                if to.write_all(&scratch[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}

@@ -1,0 +1,199 @@
+//! Response heads and chunked framing for HTTP/1.1 clients.
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap};
+use http::response::Parts;
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutFraming {
+    /// No body follows (HEAD, 1xx, 204, 304): the head's fields are kept as
+    /// the upstream sent them, `Content-Length` included.
+    Bodyless,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client and no known length).
+    Close,
+}
+
+/// What the head says about the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Persistence {
+    /// HTTP/1.1 default: nothing to say.
+    Default,
+    /// An HTTP/1.0 client that asked to keep the connection.
+    KeepAlive,
+    Close,
+    /// A `101 Switching Protocols`: the fields carry `Connection: upgrade`.
+    Upgrade,
+}
+
+pub(crate) fn encode_head(out: &mut BytesMut, parts: &Parts, framing: OutFraming, persistence: Persistence) {
+    out.clear();
+    out.reserve(256);
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(parts.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let framing_field = name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING;
+        let skip = name == header::CONNECTION && persistence != Persistence::Upgrade
+            || name == header::TRANSFER_ENCODING
+            || framing_field && framing != OutFraming::Bodyless;
+        if skip {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match framing {
+        OutFraming::Length(n) => {
+            out.put_slice(b"content-length: ");
+            put_decimal(out, n);
+            out.put_slice(b"\r\n");
+        }
+        OutFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        OutFraming::Bodyless | OutFraming::Close => {}
+    }
+    match persistence {
+        Persistence::Close => out.put_slice(b"connection: close\r\n"),
+        Persistence::KeepAlive => out.put_slice(b"connection: keep-alive\r\n"),
+        Persistence::Default | Persistence::Upgrade => {}
+    }
+    out.put_slice(b"\r\n");
+}
+
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
+}
+
+/// The size line of a chunk: hex length and CRLF, in a small buffer.
+pub(crate) struct ChunkLine {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl ChunkLine {
+    pub fn new(size: usize) -> ChunkLine {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 16];
+        let mut n = size;
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = HEX[n & 0xf];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut buf = [0u8; 18];
+        let len = digits.len() - i;
+        buf[..len].copy_from_slice(&digits[i..]);
+        buf[len] = b'\r';
+        buf[len + 1] = b'\n';
+        ChunkLine { buf, len: len + 2 }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// The last chunk and trailer section: `0\r\n`, the fields, `\r\n`.
+pub(crate) fn encode_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
+    out.clear();
+    out.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+
+    fn head(res: Response<()>, framing: OutFraming, p: Persistence) -> String {
+        let (parts, ()) = res.into_parts();
+        let mut out = BytesMut::new();
+        encode_head(&mut out, &parts, framing, p);
+        String::from_utf8(out.to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn heads() {
+        let res = Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .header("content-length", "999")
+            .header("connection", "keep-alive")
+            .header("transfer-encoding", "chunked")
+            .body(())
+            .expect("response");
+        assert_eq!(
+            head(res, OutFraming::Length(5), Persistence::Default),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n"
+        );
+        let res = Response::builder().status(599).body(()).expect("response");
+        assert_eq!(
+            head(res, OutFraming::Chunked, Persistence::Close),
+            "HTTP/1.1 599 \r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        let res = Response::builder()
+            .status(200)
+            .header("content-length", "42")
+            .body(())
+            .expect("response");
+        assert_eq!(
+            head(res, OutFraming::Bodyless, Persistence::KeepAlive),
+            "HTTP/1.1 200 OK\r\ncontent-length: 42\r\nconnection: keep-alive\r\n\r\n"
+        );
+        let res = Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .expect("response");
+        assert_eq!(
+            head(res, OutFraming::Bodyless, Persistence::Upgrade),
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunk_lines() {
+        assert_eq!(ChunkLine::new(0).as_bytes(), b"0\r\n");
+        assert_eq!(ChunkLine::new(255).as_bytes(), b"ff\r\n");
+        assert_eq!(ChunkLine::new(65536).as_bytes(), b"10000\r\n");
+        assert_eq!(ChunkLine::new(usize::MAX).as_bytes(), b"ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn last_chunk_with_trailers() {
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", "0".parse().expect("value"));
+        let mut out = BytesMut::new();
+        encode_last_chunk(&mut out, Some(&t));
+        assert_eq!(&out[..], b"0\r\ngrpc-status: 0\r\n\r\n");
+        encode_last_chunk(&mut out, None);
+        assert_eq!(&out[..], b"0\r\n\r\n");
+    }
+}

@@ -1,0 +1,40 @@
+//! Test support for levee's end-to-end and wire-level tests (a dev-dependency
+//! only; nothing here is on the request path).
+//!
+//! levee proves itself the way HAProxy's regtests and Envoy's integration
+//! tests do: the real gateway over real sockets, in front of a scripted
+//! origin, checking what the client saw, the exact requests the origin
+//! received, and the gateway's own counters. This crate provides each piece:
+//!
+//! - [`backend`]: a scripted origin ([`Backend`]) that records every request
+//!   it receives in a [`Ledger`], and can be told to delay, fail, reset, hang,
+//!   send malformed bytes, be killed and be restarted on the same port. Its
+//!   HTTP/1.1 side is hand-written on `httparse` so that it can misbehave in
+//!   ways a correct HTTP library refuses to.
+//! - [`ledger`]: the arrival ledger the backends write to.
+//! - [`wire`]: a raw-bytes client ([`RawConn`]) for framing and smuggling
+//!   tests, which reports exactly what came back, broken or not.
+//! - [`client`]: a small real HTTP/1.1 and h2c client ([`Client`]) and a
+//!   bounded load driver ([`load`]).
+//! - [`eventually`](mod@eventually): deadline-bounded polling for conditions
+//!   that settle asynchronously.
+//!
+//! Everything binds or connects to `127.0.0.1` only, and every wait has a
+//! deadline, so a broken test fails instead of hanging.
+
+// Library code avoids `unwrap`; the crate's own tests use it freely, as a
+// failed unwrap there is a failed test.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod backend;
+pub mod client;
+pub mod eventually;
+mod framing;
+pub mod ledger;
+pub mod wire;
+
+pub use backend::{Backend, BackendBuilder, Behaviour, pattern_bytes, pattern_sha256};
+pub use client::{Client, LoadReport, Reply, load};
+pub use eventually::{eventually, eventually_async};
+pub use ledger::{Arrival, Ledger, sha256_hex};
+pub use wire::{RawConn, RawResponse};

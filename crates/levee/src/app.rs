@@ -1,0 +1,186 @@
+//! `App`: the gateway, the admin listener and the reload loop, started
+//! together and stopped together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use levee_admin::{AdminState, ReloadOutcome, ReloadRequest, ReloadSource};
+use levee_config::Config;
+use levee_proxy::{Gateway, GatewayError, Metrics};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::reload;
+
+/// Where reloads read the config from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// A file, re-read on SIGHUP, on `POST /api/v1/reload`, and (when
+    /// `watch` is set) whenever it changes.
+    File { path: PathBuf, watch: bool },
+    /// A config built in code (the demo): nothing to reload from.
+    Fixed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error("admin.listen: cannot listen on {address}: {source}")]
+    Admin {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[source] notify::Error),
+}
+
+pub struct App {
+    gateway: Arc<Gateway>,
+    admin_addr: SocketAddr,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+    /// Stops the admin listener and the reload loop, after the gateway drained.
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    /// Kept alive for as long as the app: dropping it stops watching.
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl App {
+    /// Starts serving `config`. `extra_admin` routes are added to the admin
+    /// listener (the demo's controls).
+    pub async fn start(
+        config: Config,
+        source: ConfigSource,
+        extra_admin: Option<axum::Router>,
+    ) -> Result<App, StartError> {
+        let admin_address = config.admin.listen;
+        let admin_listener = levee_admin::bind(admin_address)
+            .await
+            .map_err(|source| StartError::Admin {
+                address: admin_address,
+                source,
+            })?;
+        let admin_addr = admin_listener.local_addr().unwrap_or(admin_address);
+        let metrics = Arc::new(Metrics::new());
+        let gateway = Gateway::start(config, metrics)?;
+
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (reload_tx, reload_rx) = mpsc::channel(16);
+        let (watch_tx, watch_rx) = mpsc::channel(1);
+        let watcher = match &source {
+            ConfigSource::File { path, watch: true } => {
+                Some(reload::watch(path, watch_tx).map_err(StartError::Watch)?)
+            }
+            _ => None,
+        };
+        tasks.spawn(reload::run(
+            gateway.clone(),
+            source,
+            reload_rx,
+            watch_rx,
+            stop.clone(),
+        ));
+
+        let mut router = levee_admin::router(AdminState {
+            gateway: gateway.clone(),
+            reload: reload_tx.clone(),
+        });
+        if let Some(extra) = extra_admin {
+            router = router.merge(extra);
+        }
+        let admin_stop = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = levee_admin::serve(admin_listener, router, admin_stop).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        tracing::info!(address = %admin_addr, "admin listening");
+        tasks.close();
+        Ok(App {
+            gateway,
+            admin_addr,
+            reload_tx,
+            stop,
+            tasks,
+            _watcher: watcher,
+        })
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The bound address of a listener, by name.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.gateway.listener_addr(name)
+    }
+
+    /// Reloads the config source, as SIGHUP would, and reports the outcome.
+    pub async fn reload(&self, source: ReloadSource) -> ReloadOutcome {
+        let (tx, rx) = oneshot::channel();
+        let request = ReloadRequest {
+            source,
+            reply: Some(tx),
+        };
+        if self.reload_tx.send(request).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
+    /// Drains the gateway (up to `server.drain_timeout`), then stops the
+    /// admin listener and the reload loop. Returns whether every in-flight
+    /// exchange finished within the deadline.
+    pub async fn shutdown(self) -> bool {
+        let grace = self.gateway.config().server.drain_timeout;
+        tracing::info!(grace = ?grace, "draining");
+        let drained = self.gateway.shutdown(grace).await;
+        if !drained {
+            tracing::warn!("drain deadline passed with requests still in flight");
+        }
+        self.stop.cancel();
+        self.tasks.wait().await;
+        drained
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP; then shuts down.
+    pub async fn run_until_signal(self) -> bool {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; shutting down");
+            return self.shutdown().await;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let request = ReloadRequest { source: ReloadSource::Signal, reply: None };
+                    if self.reload_tx.send(request).await.is_err() {
+                        break;
+                    }
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        self.shutdown().await
+    }
+}
+
+fn stopped() -> ReloadOutcome {
+    ReloadOutcome::Unavailable {
+        reason: "the reload loop has stopped".to_string(),
+    }
+}

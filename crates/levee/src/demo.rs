@@ -1,0 +1,346 @@
+//! `levee demo`: the whole reference topology on one machine, no files.
+//!
+//! Five small HTTP backends run in-process on the ports of
+//! `examples/two-regions.toml` (region `primary`: 9101–9103, `secondary`:
+//! 9201–9202), the gateway serves that config on 127.0.0.1:8080 and the
+//! admin listener on 127.0.0.1:9901 carries control endpoints that fail
+//! and restore a backend or a whole region for real: a failed backend stops
+//! listening (new connections are refused) and resets the ones it had.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{App, ConfigSource, StartError};
+
+/// The reference topology, the demo's config.
+pub const CONFIG: &str = include_str!("../../../examples/two-regions.toml");
+
+/// The demo's backends: (name, region, address).
+pub const BACKENDS: [(&str, &str, &str); 5] = [
+    ("primary-1", "primary", "127.0.0.1:9101"),
+    ("primary-2", "primary", "127.0.0.1:9102"),
+    ("primary-3", "primary", "127.0.0.1:9103"),
+    ("secondary-1", "secondary", "127.0.0.1:9201"),
+    ("secondary-2", "secondary", "127.0.0.1:9202"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo backend {name}: cannot listen on {address}: {source} (is another demo running?)")]
+    Backend {
+        name: &'static str,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the embedded demo config is invalid: {0}")]
+    Config(levee_config::ConfigErrors),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// One demo backend that can be failed and restored.
+pub struct DemoBackend {
+    pub name: &'static str,
+    pub region: &'static str,
+    pub address: SocketAddr,
+    served: AtomicU64,
+    /// `Some` while up: cancelling it stops the listener and its connections.
+    running: Mutex<Option<CancellationToken>>,
+    tracker: TaskTracker,
+}
+
+impl DemoBackend {
+    fn new(
+        name: &'static str,
+        region: &'static str,
+        address: SocketAddr,
+        tracker: TaskTracker,
+    ) -> Arc<DemoBackend> {
+        Arc::new(DemoBackend {
+            name,
+            region,
+            address,
+            served: AtomicU64::new(0),
+            running: Mutex::new(None),
+            tracker,
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        lock(&self.running).is_some()
+    }
+
+    /// Starts listening (again). Idempotent.
+    pub fn restore(self: &Arc<Self>) -> Result<(), DemoError> {
+        let mut running = lock(&self.running);
+        if running.is_some() {
+            return Ok(());
+        }
+        let listener = bind(self.address).map_err(|source| DemoError::Backend {
+            name: self.name,
+            address: self.address,
+            source,
+        })?;
+        let token = CancellationToken::new();
+        *running = Some(token.clone());
+        let me = self.clone();
+        self.tracker.spawn(async move { me.serve(listener, token).await });
+        Ok(())
+    }
+
+    /// Stops listening and resets every open connection. Idempotent.
+    pub fn fail(&self) {
+        if let Some(token) = lock(&self.running).take() {
+            token.cancel();
+        }
+    }
+
+    async fn serve(self: Arc<Self>, listener: TcpListener, token: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = token.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                },
+            };
+            let me = self.clone();
+            let token = token.clone();
+            self.tracker.spawn(async move {
+                let _ = stream.set_nodelay(true);
+                // A dead machine does not close politely: when the backend
+                // is failed and drops its connections, they reset.
+                let _ = stream.set_zero_linger();
+                let io = TokioIo::new(stream);
+                let service = service_fn(|req: Request<Incoming>| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.respond(&req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = token.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> http::Response<Full<Bytes>> {
+        if req.uri().path() == "/healthz" {
+            return http::Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        }
+        let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let body = serde_json::json!({
+            "backend": self.name,
+            "region": self.region,
+            "path": req.uri().path(),
+            "request_id": request_id,
+            "served": n,
+        });
+        let mut res = http::Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = http::HeaderValue::from_str(self.name) {
+            res.headers_mut().insert("x-backend", v);
+        }
+        res
+    }
+}
+
+/// The running demo: backends plus the app.
+pub struct Demo {
+    pub app: App,
+    pub backends: Arc<Vec<Arc<DemoBackend>>>,
+    tracker: TaskTracker,
+}
+
+impl Demo {
+    /// Starts the backends and the gateway on the reference ports.
+    pub async fn start() -> Result<Demo, DemoError> {
+        let config = levee_config::parse(CONFIG).map_err(DemoError::Config)?;
+        let tracker = TaskTracker::new();
+        let backends: Vec<Arc<DemoBackend>> = BACKENDS
+            .iter()
+            .map(|(name, region, addr)| {
+                let address = addr.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+                DemoBackend::new(name, region, address, tracker.clone())
+            })
+            .collect();
+        for b in &backends {
+            b.restore()?;
+        }
+        let backends = Arc::new(backends);
+        let app = App::start(
+            config,
+            ConfigSource::Fixed,
+            Some(control_routes(backends.clone())),
+        )
+        .await?;
+        Ok(Demo {
+            app,
+            backends,
+            tracker,
+        })
+    }
+
+    /// Serves until SIGTERM/SIGINT, then stops everything.
+    pub async fn run_until_signal(self) -> bool {
+        let drained = self.app.run_until_signal().await;
+        for b in self.backends.iter() {
+            b.fail();
+        }
+        self.tracker.close();
+        self.tracker.wait().await;
+        drained
+    }
+
+    /// What the demo prints on start.
+    pub fn banner(&self) -> String {
+        let gateway = self
+            .app
+            .listener_addr("public")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let admin = self.app.admin_addr();
+        format!(
+            r#"
+levee demo is running: one gateway in front of five backends in two regions.
+
+  gateway    http://{gateway}/
+  admin      http://{admin}/metrics   (also /healthz, /readyz)
+  backends   primary: 127.0.0.1:9101 9102 9103    secondary: 127.0.0.1:9201 9202
+  config     examples/two-regions.toml (embedded)
+
+Try:
+  curl -s http://{gateway}/                        # answered by primary-1, -2, -3 in turn
+  curl -s http://{admin}/demo                      # the backends and their state
+  curl -s -X POST http://{admin}/demo/backends/primary-2/fail
+  curl -s -X POST http://{admin}/demo/regions/primary/fail
+  curl -s -X POST http://{admin}/demo/regions/primary/restore
+  curl -s http://{admin}/metrics | grep levee_http_requests_total
+
+A failed backend refuses connections and resets open ones, as a crashed
+machine would. Press Ctrl-C to stop.
+"#
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct BackendView {
+    name: &'static str,
+    region: &'static str,
+    address: String,
+    up: bool,
+    served: u64,
+}
+
+type Backends = Arc<Vec<Arc<DemoBackend>>>;
+
+fn control_routes(backends: Backends) -> axum::Router {
+    axum::Router::new()
+        .route("/demo", get(list))
+        .route("/demo/backends/{name}/{action}", post(backend_action))
+        .route("/demo/regions/{region}/{action}", post(region_action))
+        .with_state(backends)
+}
+
+fn view(backends: &[Arc<DemoBackend>]) -> Vec<BackendView> {
+    backends
+        .iter()
+        .map(|b| BackendView {
+            name: b.name,
+            region: b.region,
+            address: b.address.to_string(),
+            up: b.is_up(),
+            served: b.served.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+async fn list(State(backends): State<Backends>) -> Response {
+    axum::Json(view(&backends)).into_response()
+}
+
+async fn backend_action(
+    State(backends): State<Backends>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let chosen: Vec<Arc<DemoBackend>> = backends.iter().filter(|b| b.name == name).cloned().collect();
+    act(&backends, &chosen, &action, &format!("no backend named {name:?}"))
+}
+
+async fn region_action(
+    State(backends): State<Backends>,
+    Path((region, action)): Path<(String, String)>,
+) -> Response {
+    let chosen: Vec<Arc<DemoBackend>> = backends.iter().filter(|b| b.region == region).cloned().collect();
+    act(
+        &backends,
+        &chosen,
+        &action,
+        &format!("no region named {region:?}"),
+    )
+}
+
+fn act(all: &[Arc<DemoBackend>], chosen: &[Arc<DemoBackend>], action: &str, missing: &str) -> Response {
+    if chosen.is_empty() {
+        return (StatusCode::NOT_FOUND, format!("{missing}\n")).into_response();
+    }
+    for b in chosen {
+        match action {
+            "fail" => b.fail(),
+            "restore" => {
+                if let Err(e) = b.restore() {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+                }
+            }
+            _ => {
+                return (StatusCode::NOT_FOUND, "actions are fail and restore\n").into_response();
+            }
+        }
+    }
+    let mut by_name = BTreeMap::new();
+    for v in view(all) {
+        by_name.insert(v.name, v.up);
+    }
+    axum::Json(by_name).into_response()
+}
+
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,139 @@
+//! The reload loop: the one place a new config is read, validated and
+//! applied. SIGHUP, the admin API and the file watcher all send requests
+//! here, so reloads are serialised and each is reported once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use levee_admin::{ReloadOutcome, ReloadRequest, ReloadSource};
+use levee_proxy::Gateway;
+use notify::Watcher;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::ConfigSource;
+
+/// Editors write a file in several steps; wait this long after the first
+/// change before reading it.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+pub(crate) async fn run(
+    gateway: Arc<Gateway>,
+    source: ConfigSource,
+    mut requests: mpsc::Receiver<ReloadRequest>,
+    mut watch: mpsc::Receiver<()>,
+    stop: CancellationToken,
+) {
+    // What the file held when it was last applied, to ignore touches.
+    let mut last_applied = match &source {
+        ConfigSource::File { path, .. } => std::fs::read(path).ok(),
+        ConfigSource::Fixed => None,
+    };
+    loop {
+        let (origin, reply) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = requests.recv() => match r {
+                Some(r) => (r.source, r.reply),
+                None => return,
+            },
+            w = watch.recv() => match w {
+                Some(()) => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while watch.try_recv().is_ok() {}
+                    (ReloadSource::FileWatch, None)
+                }
+                None => return,
+            },
+        };
+        let outcome = match &source {
+            ConfigSource::Fixed => ReloadOutcome::Unavailable {
+                reason: "this instance was not started from a config file".to_string(),
+            },
+            ConfigSource::File { path, .. } => {
+                let text = std::fs::read(path).ok();
+                if origin == ReloadSource::FileWatch && text.is_some() && text == last_applied {
+                    continue;
+                }
+                let outcome = reload_file(&gateway, path, origin);
+                if matches!(outcome, ReloadOutcome::Applied { .. }) {
+                    last_applied = text;
+                }
+                outcome
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+fn reload_file(gateway: &Gateway, path: &Path, origin: ReloadSource) -> ReloadOutcome {
+    let metrics = gateway.metrics();
+    let config = match levee_config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            metrics.reload(false);
+            tracing::error!(
+                source = origin.as_str(),
+                errors = %errors.lines().join("; "),
+                "reload rejected; the running config keeps serving"
+            );
+            return ReloadOutcome::Rejected {
+                errors: errors.lines(),
+            };
+        }
+    };
+    let current = gateway.config();
+    let mut warnings = Vec::new();
+    if config.admin != current.admin {
+        warnings.push("admin.listen: a change takes effect at restart".to_string());
+    }
+    if config.runtime != current.runtime {
+        warnings.push("runtime.workers: a change takes effect at restart".to_string());
+    }
+    match gateway.apply(config) {
+        Ok(()) => {
+            metrics.reload(true);
+            tracing::info!(source = origin.as_str(), "config reloaded");
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            ReloadOutcome::Applied { warnings }
+        }
+        Err(e) => {
+            metrics.reload(false);
+            tracing::error!(source = origin.as_str(), error = %e, "reload rejected; the running config keeps serving");
+            ReloadOutcome::Rejected {
+                errors: vec![e.to_string()],
+            }
+        }
+    }
+}
+
+/// Watches the config file's directory (editors and config tools replace
+/// files by renaming, which a watch on the file itself would miss) and
+/// signals `tx` when the file may have changed.
+pub(crate) fn watch(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let file: PathBuf = path.file_name().map(PathBuf::from).unwrap_or_default();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name() == Some(file.as_os_str()))
+        {
+            // A full channel means a reload is already pending: coalesce.
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
