@@ -153,13 +153,15 @@ fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<Sock
             let path = format!("listener.{name}");
             let name = name_of(e, &path, &name).map(|n| ListenerName::new(&n));
             let address = socket_addr(e, &format!("{path}.address"), &l.address)?;
-            if let Some(other) = seen.insert(address, path.clone()) {
+            // Port 0 asks the OS for a free port: never a clash.
+            let fixed = address.port() != 0;
+            if let Some(other) = seen.insert(address, path.clone()).filter(|_| fixed) {
                 e.push(
                     format!("{path}.address"),
                     format!("{address} is already used by {other}"),
                 );
             }
-            if admin == Some(address) {
+            if fixed && admin == Some(address) {
                 e.push(
                     format!("{path}.address"),
                     format!("{address} is already used by admin.listen"),

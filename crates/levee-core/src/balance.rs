@@ -166,19 +166,37 @@ impl Balancer {
         self.weights.len() - 1
     }
 
-    /// Power of two choices: draw two available endpoints, keep the one with
-    /// fewer in-flight requests per unit of weight (ties go to the first draw,
-    /// which is itself random).
+    /// Power of two choices: draw two distinct available endpoints, keep
+    /// the one with fewer in-flight requests per unit of weight (ties go to
+    /// the first draw, which is itself random). Distinct, because with few
+    /// endpoints two equal draws would ignore load half of the time.
     fn pick_least_request(&self, members: &dyn Members, entropy: u64) -> Option<usize> {
         let a = self.pick_random(members, entropy)?;
-        let b = self.pick_random(members, mix(entropy ^ 0x5851_f42d_4c95_7f2d))?;
-        if a == b {
+        let b = self.pick_other(members, a, mix(entropy ^ 0x5851_f42d_4c95_7f2d));
+        let Some(b) = b else {
             return Some(a);
-        }
+        };
         // Compare in_flight(a)/w(a) with in_flight(b)/w(b) without division.
         let load_a = u128::from(members.in_flight(a)) * u128::from(self.weights[b]);
         let load_b = u128::from(members.in_flight(b)) * u128::from(self.weights[a]);
         Some(if load_b < load_a { b } else { a })
+    }
+
+    /// A weighted-random available endpoint other than `not`, if any.
+    fn pick_other(&self, members: &dyn Members, not: usize, entropy: u64) -> Option<usize> {
+        let mut e = entropy;
+        for _ in 0..4 {
+            let i = self.weighted_index(e % self.total_weight);
+            if i != not && members.available(i) {
+                return Some(i);
+            }
+            e = mix(e.wrapping_add(0x9e37_79b9_7f4a_7c15));
+        }
+        let n = self.weights.len();
+        let start = (e % n as u64) as usize;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| i != not && members.available(i))
     }
 }
 
@@ -288,6 +306,16 @@ pub(crate) mod tests {
         // Endpoint 1 wins every draw it is in: 1 - (2/3)^2 = 5/9 of picks.
         assert!(counts[1] > 4_500, "{counts:?}");
         assert!(counts[1] > counts[0] * 2 && counts[1] > counts[2] * 2);
+    }
+
+    #[test]
+    fn least_request_with_two_endpoints_always_takes_the_idler() {
+        let b = balancer(Policy::LeastRequest, &[1, 1]);
+        let m = Fixed::all_up(2);
+        *m.in_flight.borrow_mut() = vec![3, 1];
+        for e in 0..1_000u64 {
+            assert_eq!(b.pick(&m, None, mix(e)), Some(1));
+        }
     }
 
     #[test]

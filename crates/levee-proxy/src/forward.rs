@@ -282,10 +282,9 @@ async fn send(
                 let timeout = upstream
                     .connect_timeout
                     .min(deadline.saturating_duration_since(now));
-                let conn = pool.connect(timeout).await.map_err(connect_rejection)?;
-                endpoint.state.connects.inc();
-                if let Connection::H2(s) = &conn {
-                    pool.share(s);
+                let (conn, opened) = pool.connect(timeout).await.map_err(connect_rejection)?;
+                if opened {
+                    endpoint.state.connects.inc();
                 }
                 (conn, false)
             }

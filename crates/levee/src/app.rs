@@ -78,12 +78,17 @@ impl App {
             }
             _ => None,
         };
+        let applied = match &source {
+            ConfigSource::File { path, .. } => std::fs::read(path).ok(),
+            ConfigSource::Fixed => None,
+        };
         tasks.spawn(reload::run(
             gateway.clone(),
             source,
             reload_rx,
             watch_rx,
             stop.clone(),
+            applied,
         ));
 
         let mut router = levee_admin::router(AdminState {
@@ -154,6 +159,12 @@ impl App {
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP; then shuts down.
     pub async fn run_until_signal(self) -> bool {
+        self.wait_for_stop_signal().await;
+        self.shutdown().await
+    }
+
+    /// Returns on SIGTERM or SIGINT; meanwhile SIGHUP reloads.
+    pub async fn wait_for_stop_signal(&self) {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::hangup()),
@@ -161,21 +172,20 @@ impl App {
             signal(SignalKind::interrupt()),
         ) else {
             tracing::error!("cannot install signal handlers; shutting down");
-            return self.shutdown().await;
+            return;
         };
         loop {
             tokio::select! {
                 _ = hup.recv() => {
                     let request = ReloadRequest { source: ReloadSource::Signal, reply: None };
                     if self.reload_tx.send(request).await.is_err() {
-                        break;
+                        return;
                     }
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = term.recv() => return,
+                _ = int.recv() => return,
             }
         }
-        self.shutdown().await
     }
 }
 

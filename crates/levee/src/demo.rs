@@ -212,7 +212,13 @@ impl Demo {
 
     /// Serves until SIGTERM/SIGINT, then stops everything.
     pub async fn run_until_signal(self) -> bool {
-        let drained = self.app.run_until_signal().await;
+        self.app.wait_for_stop_signal().await;
+        self.shutdown().await
+    }
+
+    /// Drains the gateway, then stops the backends.
+    pub async fn shutdown(self) -> bool {
+        let drained = self.app.shutdown().await;
         for b in self.backends.iter() {
             b.fail();
         }

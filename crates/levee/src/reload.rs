@@ -24,12 +24,12 @@ pub(crate) async fn run(
     mut requests: mpsc::Receiver<ReloadRequest>,
     mut watch: mpsc::Receiver<()>,
     stop: CancellationToken,
+    // What the file held when it was last applied, to ignore touches. Read
+    // by the caller before this task starts, or a change made in between
+    // would look like the running config and be skipped.
+    mut last_applied: Option<Vec<u8>>,
 ) {
-    // What the file held when it was last applied, to ignore touches.
-    let mut last_applied = match &source {
-        ConfigSource::File { path, .. } => std::fs::read(path).ok(),
-        ConfigSource::Fixed => None,
-    };
+    let mut watching = true;
     loop {
         let (origin, reply) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -37,13 +37,17 @@ pub(crate) async fn run(
                 Some(r) => (r.source, r.reply),
                 None => return,
             },
-            w = watch.recv() => match w {
+            w = watch.recv(), if watching => match w {
                 Some(()) => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while watch.try_recv().is_ok() {}
                     (ReloadSource::FileWatch, None)
                 }
-                None => return,
+                // No watcher (or it stopped): reloads still come by request.
+                None => {
+                    watching = false;
+                    continue;
+                }
             },
         };
         let outcome = match &source {

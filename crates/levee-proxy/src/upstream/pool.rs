@@ -36,6 +36,9 @@ pub(crate) struct Pool {
     pub settings: PoolSettings,
     idle: Mutex<Vec<Idle>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Held while an HTTP/2 connection is being opened, so that a burst of
+    /// requests opens one connection rather than one each.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 struct Idle {
@@ -50,6 +53,7 @@ impl Pool {
             settings,
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -88,11 +92,6 @@ impl Pool {
         }
     }
 
-    /// Publishes a new HTTP/2 connection for other requests to share.
-    pub fn share(&self, sender: &http2::SendRequest<RequestBody>) {
-        *lock(&self.shared) = Some(sender.clone());
-    }
-
     /// Drops idle connections past the idle timeout.
     pub fn evict_expired(&self, now: Instant) {
         lock(&self.idle)
@@ -104,8 +103,27 @@ impl Pool {
     }
 
     /// Opens a new connection, within `timeout` for DNS, TCP and handshake.
-    pub async fn connect(&self, timeout: Duration) -> Result<Connection, ErrorKind> {
+    /// For HTTP/2, waits for a connection another request is opening and
+    /// shares it. Returns whether a connection was opened.
+    pub async fn connect(&self, timeout: Duration) -> Result<(Connection, bool), ErrorKind> {
         let deadline = Instant::now() + timeout;
+        if self.settings.protocol == Protocol::Http1 {
+            return Ok((self.open(deadline).await?, true));
+        }
+        let _opening = tokio::time::timeout_at(deadline, self.connecting.lock())
+            .await
+            .map_err(|_| ErrorKind::ConnectionTimeout)?;
+        if let Some(shared) = self.checkout(Instant::now()) {
+            return Ok((shared, false));
+        }
+        let conn = self.open(deadline).await?;
+        if let Connection::H2(sender) = &conn {
+            *lock(&self.shared) = Some(sender.clone());
+        }
+        Ok((conn, true))
+    }
+
+    async fn open(&self, deadline: Instant) -> Result<Connection, ErrorKind> {
         let stream = tokio::time::timeout_at(deadline, open(&self.address))
             .await
             .map_err(|_| ErrorKind::ConnectionTimeout)??;

@@ -1,0 +1,14 @@
+//! End-to-end tests: the real gateway, in-process on 127.0.0.1:0, in front
+//! of real test backends, checked from the client's side, the origin's
+//! ledger and levee's own metrics.
+
+mod support;
+
+mod cli;
+mod demo;
+mod errors;
+mod proxy;
+mod reload;
+mod shutdown;
+mod streaming;
+mod strict;

@@ -1,0 +1,110 @@
+//! Starting levee for a test.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use levee::{App, ConfigSource};
+use levee_testkit::Client;
+
+/// A generous deadline for things that settle asynchronously; the tests
+/// never rely on timing beyond this upper bound.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// A running gateway under test.
+pub struct Harness {
+    pub app: App,
+    /// The "main" listener's address.
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// The config file, for tests that reload (kept alive with the harness).
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    /// Starts levee with a config given as TOML.
+    pub async fn start(toml: &str) -> Harness {
+        let config =
+            levee_config::parse(toml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{toml}"));
+        let app = App::start(config, ConfigSource::Fixed, None)
+            .await
+            .expect("levee starts");
+        Harness::around(app, None)
+    }
+
+    /// Starts levee from a config file, so it can be reloaded.
+    pub async fn start_file(toml: &str, watch: bool) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("levee.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let config = levee_config::load(&path).expect("valid config");
+        let app = App::start(config, ConfigSource::File { path, watch }, None)
+            .await
+            .expect("levee starts");
+        Harness::around(app, Some(dir))
+    }
+
+    fn around(app: App, dir: Option<tempfile::TempDir>) -> Harness {
+        let addr = app.listener_addr("main").expect("listener main");
+        let admin = app.admin_addr();
+        Harness {
+            app,
+            addr,
+            admin,
+            dir,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::http1(self.addr)
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir
+            .as_ref()
+            .expect("started from a file")
+            .path()
+            .join("levee.toml")
+    }
+
+    /// The admin listener's /metrics text.
+    pub async fn metrics(&self) -> String {
+        Client::http1(self.admin)
+            .get("/metrics")
+            .await
+            .expect("metrics")
+            .text()
+    }
+
+    /// The value of one metric series (exact line prefix), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+/// A config with listener "main" and admin on ephemeral ports, one route
+/// "all" to upstream "app" with the given regions, plus `extra` TOML (more
+/// upstream keys go first, since they must precede the region tables).
+pub fn config(regions: &[(&str, u32, &[SocketAddr])], upstream_keys: &str, extra: &str) -> String {
+    let mut t = String::from(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[listener.main]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nname = \"all\"\nupstream = \"app\"\n\n[upstream.app]\n",
+    );
+    t.push_str(upstream_keys);
+    t.push('\n');
+    for (name, priority, endpoints) in regions {
+        let list: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+        t.push_str(&format!(
+            "[upstream.app.region.{name}]\npriority = {priority}\nendpoints = [{}]\n",
+            list.join(", ")
+        ));
+    }
+    t.push_str(extra);
+    t
+}
+
+/// One region "local" with these endpoints.
+pub fn simple(endpoints: &[SocketAddr]) -> String {
+    config(&[("local", 0, endpoints)], "", "")
+}
