@@ -238,6 +238,19 @@ impl ResponseBody {
         }
     }
 
+    /// Replaces a response whose body failed before any of it reached the
+    /// client with levee's error response, keeping the request's accounting.
+    pub(crate) fn into_error_response(
+        mut self,
+        rejection: levee_core::outcome::Rejection,
+        request_id: Option<&http::HeaderValue>,
+    ) -> http::Response<ResponseBody> {
+        match self.completion.take() {
+            Some(c) => c.into_error_response(rejection, request_id),
+            None => crate::respond::error_response(rejection, request_id),
+        }
+    }
+
     fn abort(&mut self) {
         if let Some(c) = self.completion.take() {
             c.finish(false);

@@ -19,7 +19,7 @@ use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
 use crate::body::{BodyError, RequestBody, ResponseBody};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::RouteMetrics;
 use crate::respond::error_response;
 use crate::router::{RouteInput, normalise_host};
 use crate::server::{ConnInfo, Handler, h1};
@@ -51,7 +51,6 @@ const STALE_ATTEMPTS: usize = 3;
 
 pub(crate) struct Proxy {
     pub state: Arc<ArcSwap<Snapshot>>,
-    pub metrics: Arc<Metrics>,
 }
 
 impl Handler for Proxy {
@@ -105,6 +104,16 @@ impl Handler for Proxy {
             Err(rejection) => return self.fail(rejection, &request_id, &route.metrics, start),
         };
 
+        if !h1::response_framing_is_strict(res.headers()) {
+            // The connection's framing is in doubt: `sender` is dropped with
+            // the response, which closes it rather than pooling it.
+            return self.fail(
+                Rejection::new(ErrorKind::UpstreamProtocol, "ambiguous upstream response framing"),
+                &request_id,
+                &route.metrics,
+                start,
+            );
+        }
         let is_upgrade = res.status() == StatusCode::SWITCHING_PROTOCOLS;
         if is_upgrade && !upgrade {
             return self.fail(
@@ -166,17 +175,15 @@ impl Proxy {
         metrics: &Arc<RouteMetrics>,
         start: Instant,
     ) -> Response<ResponseBody> {
-        self.metrics.generated(rejection.kind);
         let id = (!request_id.is_empty()).then_some(request_id);
-        let res = error_response(rejection, id);
         let completion = Completion {
             start,
-            status: res.status().as_u16(),
+            status: 0,
             metrics: metrics.clone(),
             in_flight: None,
             pooled: None,
         };
-        res.map(|b| b.with_completion(completion))
+        completion.into_error_response(rejection, id)
     }
 }
 
@@ -342,22 +349,29 @@ fn connect_rejection(kind: ErrorKind) -> Rejection {
 }
 
 /// Classifies a failed exchange with an upstream.
-fn classify(e: &hyper::Error) -> Rejection {
-    // The client's body failing is the client's fault, not the upstream's.
+pub(crate) fn classify(e: &hyper::Error) -> Rejection {
+    // The client's body failing is the client's fault, not the upstream's;
+    // hyper reports a body it cannot decode as invalid data or input.
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(BodyError::RequestAborted | BodyError::Downstream(_)) = s.downcast_ref::<BodyError>() {
             return Rejection::new(ErrorKind::BadRequest, "request body ended early");
         }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    return malformed_response();
+                }
+                std::io::ErrorKind::UnexpectedEof => return incomplete_response(),
+                _ => {}
+            }
+        }
         source = s.source();
     }
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        Rejection::new(ErrorKind::UpstreamProtocol, "malformed upstream response")
+        malformed_response()
     } else if e.is_incomplete_message() {
-        Rejection::new(
-            ErrorKind::ConnectionTerminated,
-            "upstream closed the connection before a complete response",
-        )
+        incomplete_response()
     } else if e.is_timeout() {
         response_timeout()
     } else {
@@ -366,6 +380,17 @@ fn classify(e: &hyper::Error) -> Rejection {
             "upstream connection failed before a response",
         )
     }
+}
+
+fn malformed_response() -> Rejection {
+    Rejection::new(ErrorKind::UpstreamProtocol, "malformed upstream response")
+}
+
+fn incomplete_response() -> Rejection {
+    Rejection::new(
+        ErrorKind::ConnectionTerminated,
+        "upstream closed the connection before a complete response",
+    )
 }
 
 /// Accounting for one request, run once when its response ends or is dropped.
@@ -378,6 +403,19 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
+    /// levee's response for this request after all, counted as such. The
+    /// upstream connection, if any, is broken and is not pooled.
+    pub(crate) fn into_error_response(
+        mut self,
+        rejection: Rejection,
+        request_id: Option<&HeaderValue>,
+    ) -> Response<ResponseBody> {
+        self.metrics.generated(rejection.kind);
+        self.status = rejection.kind.status();
+        self.pooled = None;
+        error_response(rejection, request_id).map(|b| b.with_completion(self))
+    }
+
     /// `clean`: the body reached its end, so the connection can be reused.
     pub(crate) fn finish(mut self, clean: bool) {
         let now = Instant::now();

@@ -59,10 +59,7 @@ impl Gateway {
     pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, GatewayError> {
         let snapshot = Snapshot::build(Arc::new(config), None, &metrics);
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
-        let proxy = Arc::new(Proxy {
-            state: state.clone(),
-            metrics: metrics.clone(),
-        });
+        let proxy = Arc::new(Proxy { state: state.clone() });
         let gateway = Arc::new(Gateway {
             state,
             proxy,

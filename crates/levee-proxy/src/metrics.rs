@@ -69,7 +69,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily<RouteLabels>,
-    generated: Family<CauseLabels, Counter>,
+    /// One counter per [`ErrorKind`], in `ErrorKind::ALL` order.
+    generated: Arc<[Counter; ErrorKind::ALL.len()]>,
     pub(crate) connections_active: Family<ListenerLabels, Gauge>,
     pub(crate) connections_total: Family<ListenerLabels, Counter>,
     pub(crate) upstream_connects: Family<EndpointLabels, Counter>,
@@ -136,13 +137,13 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
-        // Make every cause and reload result visible from the start, at 0,
-        // so alerts on rates see a series before the first event.
-        for kind in ErrorKind::ALL {
-            let _ = generated.get_or_create(&CauseLabels {
+        // Every cause and reload result is visible from the start, at 0, so
+        // alerts on rates see a series before the first event.
+        let generated = Arc::new(ErrorKind::ALL.map(|kind| {
+            generated.get_or_create_owned(&CauseLabels {
                 cause: kind.proxy_status(),
-            });
-        }
+            })
+        }));
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabels { result });
         }
@@ -192,15 +193,11 @@ impl Metrics {
             route: route.to_string(),
             upstream: upstream.to_string(),
         });
-        Arc::new(RouteMetrics { by_class, duration })
-    }
-
-    pub(crate) fn generated(&self, kind: ErrorKind) {
-        self.generated
-            .get_or_create(&CauseLabels {
-                cause: kind.proxy_status(),
-            })
-            .inc();
+        Arc::new(RouteMetrics {
+            by_class,
+            duration,
+            generated: self.generated.clone(),
+        })
     }
 
     pub fn reload(&self, ok: bool) {
@@ -213,9 +210,17 @@ impl Metrics {
 pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
+    generated: Arc<[Counter; ErrorKind::ALL.len()]>,
 }
 
 impl RouteMetrics {
+    /// Counts a response levee generated itself.
+    pub fn generated(&self, kind: ErrorKind) {
+        if let Some(i) = ErrorKind::ALL.iter().position(|&k| k == kind) {
+            self.generated[i].inc();
+        }
+    }
+
     pub fn record(&self, status: u16, seconds: f64) {
         self.by_class[StatusClass::of(status).index()].inc();
         self.duration.observe(seconds);
@@ -229,8 +234,9 @@ mod tests {
     #[test]
     fn exposition_has_the_documented_names() {
         let m = Metrics::new();
-        m.route("api", "app").record(204, 0.003);
-        m.generated(ErrorKind::NoRoute);
+        let route = m.route("api", "app");
+        route.record(204, 0.003);
+        route.generated(ErrorKind::NoRoute);
         m.reload(true);
         let text = m.encode();
         for needle in [

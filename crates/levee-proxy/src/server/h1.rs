@@ -35,11 +35,11 @@ use tokio_util::sync::CancellationToken;
 
 use self::decode::{Decoded, Decoder};
 use self::encode::{ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk};
-pub(crate) use self::parse::HeadLimits;
 use self::parse::{Framing, Head, parse_head};
+pub(crate) use self::parse::{HeadLimits, response_framing_is_strict};
 use super::io::{linger_close, write_all_slices};
 use super::{ConnInfo, Handler};
-use crate::body::{BodySender, Chunk, RequestBody, ResponseBody, channel};
+use crate::body::{BodyError, BodySender, Chunk, RequestBody, ResponseBody, channel};
 use crate::forward::UpstreamUpgrade;
 
 /// A request body the upstream stopped reading is read and dropped up to
@@ -193,26 +193,30 @@ async fn reject<H, R, W>(
     W: AsyncWrite + Unpin,
 {
     let res = handler.reject(r, conn);
+    if write_generated(res, Persistence::Close, wr, out, settings).await {
+        linger_close(rd, wr).await;
+    }
+}
+
+/// Writes a response levee generated (its body is whole and ready at once).
+async fn write_generated<W: AsyncWrite + Unpin>(
+    res: http::Response<ResponseBody>,
+    persistence: Persistence,
+    wr: &mut W,
+    out: &mut BytesMut,
+    settings: &Settings,
+) -> bool {
     let (parts, mut body) = res.into_parts();
-    // levee's own bodies are whole and ready at once.
     let data = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
         Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
         _ => Bytes::new(),
     };
-    encode_head(
-        out,
-        &parts,
-        OutFraming::Length(data.len() as u64),
-        Persistence::Close,
-    );
+    encode_head(out, &parts, OutFraming::Length(data.len() as u64), persistence);
     let mut slices = [&out[..], &data[..]];
     let write = write_all_slices(wr, &mut slices);
-    if timeout(settings.body_timeout, write)
+    timeout(settings.body_timeout, write)
         .await
         .is_ok_and(|r| r.is_ok())
-    {
-        linger_close(rd, wr).await;
-    }
 }
 
 /// One request and its response.
@@ -364,10 +368,25 @@ where
     encode_head(out, &parts, framing_out, persistence);
 
     // Phase 2: the response body, still feeding the request body.
-    let written = write_body(&mut body, framing_out, out, rd, wr, buf, &mut pump, settings).await;
-    drop(body);
-    if !written {
-        return Next::Abort;
+    match write_body(&mut body, framing_out, out, rd, wr, buf, &mut pump, settings).await {
+        Written::Complete => drop(body),
+        Written::Broken => return Next::Abort,
+        Written::FailedBeforeHead(e) => {
+            // Nothing reached the client yet: it gets levee's answer, not
+            // a silent close.
+            let rejection = match &e {
+                BodyError::Upstream(e) => crate::forward::classify(e),
+                BodyError::Timeout => {
+                    Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out")
+                }
+                _ => Rejection::new(ErrorKind::ConnectionTerminated, "upstream response body failed"),
+            };
+            let request_id = parts.headers.get("x-request-id");
+            let res = body.into_error_response(rejection, request_id);
+            if !write_generated(res, persistence, wr, out, settings).await {
+                return Next::Abort;
+            }
+        }
     }
     // Whatever is left of the request body must be read before the next
     // request can be; a bounded amount is, beyond it the connection closes.
@@ -379,8 +398,17 @@ where
     if keep { Next::KeepAlive } else { Next::Close }
 }
 
-/// Streams the response body. Returns false when the response could not be
-/// completed (the connection must then be dropped, not reused).
+/// How writing a response body ended.
+enum Written {
+    Complete,
+    /// Cut short after the client saw part of it: the connection must be
+    /// dropped, so that the client sees a broken message, never a clean end.
+    Broken,
+    /// The body failed before anything was written.
+    FailedBeforeHead(BodyError),
+}
+
+/// Streams the response body.
 #[allow(clippy::too_many_arguments)]
 async fn write_body<R, W>(
     body: &mut ResponseBody,
@@ -391,7 +419,7 @@ async fn write_body<R, W>(
     buf: &mut BytesMut,
     pump: &mut Option<Pump>,
     settings: &Settings,
-) -> bool
+) -> Written
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -408,7 +436,7 @@ where
                     Poll::Ready(f) => Some(f),
                     Poll::Pending => {
                         if !send(wr, &mut [&out[..]], rd, buf, pump, settings).await {
-                            return false;
+                            return Written::Broken;
                         }
                         head_pending = false;
                         None
@@ -421,12 +449,13 @@ where
                 Some(f) => f,
                 None => match next_frame(body, rd, buf, pump, settings).await {
                     Some(f) => f,
-                    None => return false,
+                    None => return Written::Broken,
                 },
             };
             let data: Bytes = match frame {
                 None => break,
-                Some(Err(_)) => return false,
+                Some(Err(e)) if head_pending => return Written::FailedBeforeHead(e),
+                Some(Err(_)) => return Written::Broken,
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => data,
                     Err(frame) => {
@@ -454,7 +483,7 @@ where
                 send(wr, &mut [head, &data[..]], rd, buf, pump, settings).await
             };
             if !ok {
-                return false;
+                return Written::Broken;
             }
             head_pending = false;
         }
@@ -465,8 +494,9 @@ where
         encode_last_chunk(&mut last, trailers.as_ref());
     }
     let head: &[u8] = if head_pending { &out[..] } else { &[] };
-    send(wr, &mut [head, &last[..]], rd, buf, pump, settings).await
-        && timeout(settings.body_timeout, wr.flush()).await.is_ok()
+    let sent = send(wr, &mut [head, &last[..]], rd, buf, pump, settings).await
+        && timeout(settings.body_timeout, wr.flush()).await.is_ok();
+    if sent { Written::Complete } else { Written::Broken }
 }
 
 /// The next response frame, within the body idle timeout, while feeding the

@@ -324,6 +324,21 @@ fn transfer_coding(value: &[u8]) -> Result<Framing, Rejection> {
     }
 }
 
+/// Whether an upstream response's framing is unambiguous: at most one
+/// `Content-Length` of plain digits, `Transfer-Encoding` exactly `chunked`,
+/// never both. hyper reads the lenient way (the last coding, equal lists);
+/// levee refuses to relay what another parser could read differently.
+pub(crate) fn response_framing_is_strict(headers: &HeaderMap) -> bool {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (te.next(), cl.next()) {
+        (Some(_), Some(_)) => false,
+        (Some(t), None) => te.next().is_none() && transfer_coding(t.as_bytes()) == Ok(Framing::Chunked),
+        (None, Some(c)) => cl.next().is_none() && parse_content_length(c.as_bytes()).is_some(),
+        (None, None) => true,
+    }
+}
+
 /// 1*DIGIT with no sign, spaces, commas or overflow.
 pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
