@@ -19,7 +19,9 @@ use hyper::body::Incoming;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, Sleep};
 
+use crate::codec::raw::RawOut;
 use crate::forward::Completion;
+use crate::upstream::h1::UpstreamBody;
 
 /// Why a body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +31,9 @@ pub enum BodyError {
     #[error("the upstream response body did not complete within the request timeout")]
     Timeout,
     #[error("upstream body: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(levee_core::outcome::Rejection),
+    #[error("upstream body: {0}")]
+    UpstreamH2(#[source] hyper::Error),
     #[error("client body: {0}")]
     Downstream(#[source] hyper::Error),
 }
@@ -179,17 +183,35 @@ impl Body for H1Body {
     }
 }
 
+/// An upstream's response body, by the protocol it came over.
+pub(crate) enum UpstreamKind {
+    H1(UpstreamBody),
+    H2(Incoming),
+}
+
+impl UpstreamKind {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            UpstreamKind::H1(b) => Pin::new(b).poll_frame(cx),
+            UpstreamKind::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::UpstreamH2),
+        }
+    }
+}
+
 /// A response body on its way to a client.
 pub struct ResponseBody {
     inner: Inner,
     /// Accounting that runs when the body ends or is dropped.
     completion: Option<Completion>,
+    /// The response head as received, when it is forwarded raw to an
+    /// HTTP/1 client (the response's header map is then empty).
+    raw_head: Option<RawOut>,
 }
 
 enum Inner {
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
+        body: UpstreamKind,
         /// The route's whole-request deadline still applies to the body.
         deadline: Instant,
         /// Created only when the body has to wait, so a response that is
@@ -207,10 +229,11 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
             completion: None,
+            raw_head: None,
         }
     }
 
-    pub(crate) fn upstream(body: Incoming, deadline: Instant, completion: Completion) -> ResponseBody {
+    pub(crate) fn upstream(body: UpstreamKind, deadline: Instant, completion: Completion) -> ResponseBody {
         let mut body = ResponseBody {
             inner: Inner::Upstream {
                 body,
@@ -218,9 +241,18 @@ impl ResponseBody {
                 sleep: None,
             },
             completion: Some(completion),
+            raw_head: None,
         };
         body.finish_if_ended();
         body
+    }
+
+    pub(crate) fn set_raw_head(&mut self, raw: RawOut) {
+        self.raw_head = Some(raw);
+    }
+
+    pub(crate) fn take_raw_head(&mut self) -> Option<RawOut> {
+        self.raw_head.take()
     }
 
     /// Attaches accounting to a body levee generated itself.
@@ -234,7 +266,7 @@ impl ResponseBody {
         if self.is_end_stream()
             && let Some(c) = self.completion.take()
         {
-            c.finish(true);
+            c.finish();
         }
     }
 
@@ -253,7 +285,7 @@ impl ResponseBody {
 
     fn abort(&mut self) {
         if let Some(c) = self.completion.take() {
-            c.finish(false);
+            c.finish();
         }
     }
 
@@ -288,8 +320,8 @@ impl Body for ResponseBody {
                 body,
                 deadline,
                 sleep,
-            } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BodyError::Upstream))),
+            } => match body.poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(frame),
                 Poll::Pending => {
                     let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
                     match sleep.as_mut().poll(cx) {
@@ -303,7 +335,7 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
             Poll::Ready(None) => {
                 if let Some(c) = this.completion.take() {
-                    c.finish(true);
+                    c.finish();
                 }
             }
             Poll::Ready(Some(Err(_))) => this.abort(),
@@ -315,14 +347,20 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(data) => data.is_none(),
-            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Upstream { body, .. } => match body {
+                UpstreamKind::H1(b) => b.is_end_stream(),
+                UpstreamKind::H2(b) => b.is_end_stream(),
+            },
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Inner::Upstream { body, .. } => body.size_hint(),
+            Inner::Upstream { body, .. } => match body {
+                UpstreamKind::H1(b) => b.size_hint(),
+                UpstreamKind::H2(b) => b.size_hint(),
+            },
         }
     }
 }

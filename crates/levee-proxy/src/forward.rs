@@ -12,42 +12,37 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use levee_config::Protocol;
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
-use crate::body::{BodyError, RequestBody, ResponseBody};
+use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamKind};
+use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawHead, RawOut};
 use crate::metrics::RouteMetrics;
 use crate::respond::error_response;
 use crate::router::{RouteInput, normalise_host};
 use crate::server::{ConnInfo, Handler, h1};
 use crate::snapshot::Snapshot;
-use crate::upstream::{Connection, Endpoint, EndpointState, InFlight, Upstream};
+use crate::upstream::h1::{BodyPlan, Exchange, Upgraded};
+use crate::upstream::{Endpoint, InFlight, Upstream};
 
-pub(crate) use headers::via;
+pub(crate) use headers::{ClientAddr, via};
 
-/// Upgraded upstream I/O for a `101 Switching Protocols` response, handed to
-/// the client connection through the response's extensions (which require
+/// The upstream connection after a `101 Switching Protocols`, handed to the
+/// client connection through the response's extensions (which require
 /// `Clone`, hence the shared slot; only the connection takes it).
 #[derive(Clone)]
-pub(crate) struct UpstreamUpgrade(Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+pub(crate) struct UpstreamUpgrade(Arc<std::sync::Mutex<Option<Upgraded>>>);
 
 impl UpstreamUpgrade {
-    fn new(on_upgrade: hyper::upgrade::OnUpgrade) -> UpstreamUpgrade {
-        UpstreamUpgrade(Arc::new(std::sync::Mutex::new(Some(on_upgrade))))
+    fn new(upgraded: Upgraded) -> UpstreamUpgrade {
+        UpstreamUpgrade(Arc::new(std::sync::Mutex::new(Some(upgraded))))
     }
 
-    pub(crate) fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+    pub(crate) fn take(&self) -> Option<Upgraded> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
-
-/// How many pooled connections to try when they turn out to be closed
-/// before a new one is opened. Such attempts sent nothing, so any request
-/// may move on to the next.
-const STALE_ATTEMPTS: usize = 3;
 
 pub(crate) struct Proxy {
     pub state: Arc<ArcSwap<Snapshot>>,
@@ -98,23 +93,17 @@ impl Handler for Proxy {
         let endpoint = &upstream.endpoints[selection.endpoint];
         let in_flight = InFlight::start(&endpoint.state);
 
+        let client_h1 = req.version() != Version::HTTP_2;
         let upgrade = prepare_request(&mut req, conn, upstream.protocol, host_value.as_ref());
-        let (mut res, sender) = match send(upstream, endpoint, req, deadline).await {
+        let sent = match upstream.protocol {
+            Protocol::Http1 => send_h1(upstream, endpoint, req, deadline).await,
+            Protocol::Http2 => send_h2(upstream, endpoint, req, deadline).await,
+        };
+        let (mut parts, fields, body) = match sent {
             Ok(r) => r,
             Err(rejection) => return self.fail(rejection, &request_id, &route.metrics, start),
         };
-
-        if !h1::response_framing_is_strict(res.headers()) {
-            // The connection's framing is in doubt: `sender` is dropped with
-            // the response, which closes it rather than pooling it.
-            return self.fail(
-                Rejection::new(ErrorKind::UpstreamProtocol, "ambiguous upstream response framing"),
-                &request_id,
-                &route.metrics,
-                start,
-            );
-        }
-        let is_upgrade = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if is_upgrade && !upgrade {
             return self.fail(
                 Rejection::new(ErrorKind::UpstreamProtocol, "upstream switched protocols unasked"),
@@ -123,32 +112,77 @@ impl Handler for Proxy {
                 start,
             );
         }
-        let upstream_version = res.version();
-        let h = res.headers_mut();
-        let upgrade_value = headers::strip_hop_by_hop(h, is_upgrade);
-        if let Some(v) = upgrade_value {
-            h.insert(header::UPGRADE, v);
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        h.append(header::VIA, via(version_str(upstream_version)));
-        if !h.contains_key("x-request-id") {
-            h.insert("x-request-id", request_id);
-        }
-
-        let mut completion = Completion {
+        let via = via(version_str(parts.version));
+        // An HTTP/1.1 response for an HTTP/1 client is forwarded as the lines
+        // that arrived; anything else goes through a header map.
+        let raw_out = match fields {
+            Fields::Raw(raw) if client_h1 && !is_upgrade && raw.fields.len() <= MAX_RAW_FIELDS => {
+                let skip = raw.hop_by_hop_mask();
+                let has_id = raw
+                    .fields
+                    .iter()
+                    .enumerate()
+                    .any(|(i, f)| f.known == Known::RequestId && skip & (1 << i) == 0);
+                Some(RawOut {
+                    head: raw,
+                    skip,
+                    via,
+                    request_id: (!has_id).then_some(request_id),
+                })
+            }
+            fields => {
+                let mut h = match fields {
+                    Fields::Raw(raw) => match raw.to_header_map(3) {
+                        Ok(map) => map,
+                        Err(()) => {
+                            return self.fail(
+                                Rejection::new(ErrorKind::UpstreamProtocol, "malformed upstream response"),
+                                &request_id,
+                                &route.metrics,
+                                start,
+                            );
+                        }
+                    },
+                    Fields::Map(map) => map,
+                };
+                let upgrade_value = headers::strip_hop_by_hop(&mut h, is_upgrade);
+                if let Some(v) = upgrade_value {
+                    h.insert(header::UPGRADE, v);
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                }
+                h.append(header::VIA, via);
+                if !h.contains_key(&headers::X_REQUEST_ID) {
+                    h.insert(headers::X_REQUEST_ID, request_id);
+                }
+                parts.headers = h;
+                None
+            }
+        };
+        let completion = Completion {
             start,
-            status: res.status().as_u16(),
+            status: parts.status.as_u16(),
             metrics: route.metrics.clone(),
             in_flight: Some(in_flight),
-            pooled: None,
         };
-        if is_upgrade {
-            let on_upgrade = hyper::upgrade::on(&mut res);
-            res.extensions_mut().insert(UpstreamUpgrade::new(on_upgrade));
-        } else if let Some(sender) = sender {
-            completion.pooled = Some((endpoint.state.clone(), sender));
+        let mut body = match body {
+            Received::H1(exchange, _) if is_upgrade => {
+                parts
+                    .extensions
+                    .insert(UpstreamUpgrade::new(exchange.into_upgraded()));
+                ResponseBody::empty().with_completion(completion)
+            }
+            Received::H1(exchange, plan) => {
+                let body = exchange.into_body(plan, endpoint.state.clone());
+                ResponseBody::upstream(UpstreamKind::H1(body), deadline, completion)
+            }
+            Received::H2(incoming) => {
+                ResponseBody::upstream(UpstreamKind::H2(incoming), deadline, completion)
+            }
+        };
+        if let Some(raw) = raw_out {
+            body.set_raw_head(raw);
         }
-        res.map(|body| ResponseBody::upstream(body, deadline, completion))
+        Response::from_parts(parts, body)
     }
 
     fn reject(&self, rejection: Rejection, _conn: &ConnInfo) -> Response<ResponseBody> {
@@ -181,7 +215,6 @@ impl Proxy {
             status: 0,
             metrics: metrics.clone(),
             in_flight: None,
-            pooled: None,
         };
         completion.into_error_response(rejection, id)
     }
@@ -204,7 +237,7 @@ fn prepare_request(
     headers::add_forwarding(
         h,
         &headers::Hop {
-            client: conn.peer.ip(),
+            client: &conn.client,
             proto: "http",
             host,
             received,
@@ -260,77 +293,114 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-type Sent = (Response<Incoming>, Option<http1::SendRequest<RequestBody>>);
+/// A response head and what its body will be read from.
+enum Received {
+    H1(Exchange, BodyPlan),
+    H2(hyper::body::Incoming),
+}
 
-/// Sends the request to the endpoint: on a pooled connection if one is
-/// usable, else on a new one. Waits for the response head until the
-/// response-header timeout or the request's deadline, whichever is first.
-async fn send(
+/// A response head's fields: as received from an HTTP/1.1 upstream, or the
+/// map hyper built from HTTP/2.
+enum Fields {
+    Raw(RawHead),
+    Map(http::HeaderMap),
+}
+
+type Sent = (http::response::Parts, Fields, Received);
+
+/// Sends the request on a pooled HTTP/1.1 connection, or a new one, and
+/// waits for the response head until the response-header timeout or the
+/// request's deadline, whichever is first.
+async fn send_h1(
     upstream: &Upstream,
     endpoint: &Endpoint,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     deadline: Instant,
 ) -> Result<Sent, Rejection> {
     let pool = &endpoint.state.pool;
-    let head_deadline = deadline.min(Instant::now() + upstream.response_header_timeout);
-    let mut pooled_attempts = 0;
+    let now = Instant::now();
+    let head_deadline = deadline.min(now + upstream.response_header_timeout);
+    let (conn, reused) = match pool.checkout(now) {
+        Some(c) => (c, true),
+        None => (connect_h1(upstream, endpoint, deadline).await?, false),
+    };
+    let mut exchange = Exchange::new(conn, req);
+    let mut reused = reused;
     loop {
-        let now = Instant::now();
-        let (conn, reused) = match (pooled_attempts < STALE_ATTEMPTS)
-            .then(|| pool.checkout(now))
-            .flatten()
-        {
-            Some(c) => {
-                pooled_attempts += 1;
-                (c, true)
+        let polled = std::future::poll_fn(|cx| exchange.poll_head_until(head_deadline, cx)).await;
+        let failure = match polled {
+            Ok(head) => {
+                let plan = exchange.plan(&head);
+                let (mut parts, ()) = Response::new(()).into_parts();
+                parts.status = head.status;
+                parts.version = head.version;
+                return Ok((parts, Fields::Raw(head.raw), Received::H1(exchange, plan)));
             }
-            None => {
-                pooled_attempts = STALE_ATTEMPTS;
-                let timeout = upstream
-                    .connect_timeout
-                    .min(deadline.saturating_duration_since(now));
-                let (conn, opened) = pool.connect(timeout).await.map_err(connect_rejection)?;
-                if opened {
-                    endpoint.state.connects.inc();
-                }
-                (conn, false)
-            }
+            Err(f) => f,
         };
-        let mut err = match conn {
-            Connection::H1(mut sender) => {
-                // A pooled connection may still be finishing its last
-                // exchange; a closed one fails below and the next is tried.
-                if tokio::time::timeout_at(head_deadline, sender.ready())
-                    .await
-                    .is_err()
-                {
-                    return Err(response_timeout());
-                }
-                match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
-                    Ok(Ok(res)) => return Ok((res, Some(sender))),
-                    Ok(Err(e)) => e,
-                    Err(_) => return Err(response_timeout()),
-                }
+        // A pooled connection the upstream had closed, caught before any of
+        // the request left levee: the request goes on a fresh connection,
+        // whatever its method, since the upstream cannot have seen it.
+        if reused && !failure.sent {
+            let fresh = connect_h1(upstream, endpoint, deadline).await?;
+            if let Some(again) = exchange.retry_on(fresh) {
+                exchange = again;
+                reused = false;
+                continue;
             }
-            Connection::H2(mut sender) => {
-                if tokio::time::timeout_at(head_deadline, sender.ready())
-                    .await
-                    .is_err()
-                {
-                    return Err(response_timeout());
-                }
-                match tokio::time::timeout_at(head_deadline, sender.try_send_request(req)).await {
-                    Ok(Ok(res)) => return Ok((res, None)),
-                    Ok(Err(e)) => e,
-                    Err(_) => return Err(response_timeout()),
-                }
-            }
-        };
-        match err.take_message() {
-            // Not sent at all: safe to try another connection, whatever the method.
-            Some(r) if reused || pooled_attempts < STALE_ATTEMPTS => req = r,
-            _ => return Err(classify(err.error())),
         }
+        return Err(failure.rejection);
+    }
+}
+
+async fn connect_h1(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    deadline: Instant,
+) -> Result<Box<crate::upstream::h1::Conn>, Rejection> {
+    let timeout = upstream
+        .connect_timeout
+        .min(deadline.saturating_duration_since(Instant::now()));
+    let conn = endpoint
+        .state
+        .pool
+        .connect_h1(timeout)
+        .await
+        .map_err(connect_rejection)?;
+    endpoint.state.connects.inc();
+    Ok(conn)
+}
+
+/// Sends the request on the endpoint's shared HTTP/2 connection.
+async fn send_h2(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    req: Request<RequestBody>,
+    deadline: Instant,
+) -> Result<Sent, Rejection> {
+    let now = Instant::now();
+    let head_deadline = deadline.min(now + upstream.response_header_timeout);
+    let timeout = upstream
+        .connect_timeout
+        .min(deadline.saturating_duration_since(now));
+    let (mut sender, opened) = endpoint.state.pool.h2(timeout).await.map_err(connect_rejection)?;
+    if opened {
+        endpoint.state.connects.inc();
+    }
+    if tokio::time::timeout_at(head_deadline, sender.ready())
+        .await
+        .is_err()
+    {
+        return Err(response_timeout());
+    }
+    match tokio::time::timeout_at(head_deadline, sender.send_request(req)).await {
+        Ok(Ok(res)) => {
+            let (mut parts, body) = res.into_parts();
+            let headers = std::mem::take(&mut parts.headers);
+            Ok((parts, Fields::Map(headers), Received::H2(body)))
+        }
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_) => Err(response_timeout()),
     }
 }
 
@@ -399,12 +469,10 @@ pub(crate) struct Completion {
     status: u16,
     metrics: Arc<RouteMetrics>,
     in_flight: Option<InFlight>,
-    pooled: Option<(Arc<EndpointState>, http1::SendRequest<RequestBody>)>,
 }
 
 impl Completion {
-    /// levee's response for this request after all, counted as such. The
-    /// upstream connection, if any, is broken and is not pooled.
+    /// levee's response for this request after all, counted as such.
     pub(crate) fn into_error_response(
         mut self,
         rejection: Rejection,
@@ -412,20 +480,14 @@ impl Completion {
     ) -> Response<ResponseBody> {
         self.metrics.generated(rejection.kind);
         self.status = rejection.kind.status();
-        self.pooled = None;
         error_response(rejection, request_id).map(|b| b.with_completion(self))
     }
 
-    /// `clean`: the body reached its end, so the connection can be reused.
-    pub(crate) fn finish(mut self, clean: bool) {
+    /// Records the request, when its response ended or was dropped.
+    pub(crate) fn finish(mut self) {
         let now = Instant::now();
         self.metrics
             .record(self.status, now.duration_since(self.start).as_secs_f64());
-        if let Some((state, sender)) = self.pooled.take()
-            && clean
-        {
-            state.pool.give_back(sender, now);
-        }
         drop(self.in_flight.take());
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::drain::Drain;
 use crate::forward::Proxy;
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::server::{ListenerContext, accept_loop};
@@ -40,7 +41,7 @@ struct Running {
     configured: SocketAddr,
     local: SocketAddr,
     stop: CancellationToken,
-    draining: CancellationToken,
+    draining: Arc<Drain>,
 }
 
 pub struct Gateway {
@@ -139,7 +140,7 @@ impl Gateway {
             if !keep {
                 tracing::info!(listener = %r.name, address = %r.local, "listener removed; its connections drain");
                 r.stop.cancel();
-                r.draining.cancel();
+                r.draining.start();
             }
             keep
         });
@@ -152,7 +153,7 @@ impl Gateway {
                 name: name.clone(),
                 handler: self.proxy.clone(),
                 stop: CancellationToken::new(),
-                draining: self.draining.child_token(),
+                draining: Arc::new(Drain::default()),
                 tracker: self.tracker.clone(),
                 active: self.metrics.connections_active.get_or_create_owned(&labels),
                 accepted: self.metrics.connections_total.get_or_create_owned(&labels),
@@ -197,10 +198,11 @@ impl Gateway {
     /// up to `grace`. Returns whether everything finished in time; what has
     /// not is dropped when the runtime stops.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.draining.cancel();
         for l in lock(&self.listeners).drain(..) {
             l.stop.cancel();
+            l.draining.start();
         }
-        self.draining.cancel();
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
     }

@@ -15,6 +15,8 @@
 //! swaps it atomically on reload.
 
 mod body;
+mod codec;
+mod drain;
 mod forward;
 mod gateway;
 mod metrics;
@@ -22,6 +24,7 @@ mod respond;
 mod router;
 mod server;
 mod snapshot;
+mod timer;
 mod upstream;
 
 pub use body::{BodyError, RequestBody, ResponseBody};

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::drain::Drain;
+use crate::forward::ClientAddr;
 
 /// What a connection knows about itself.
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub struct ConnInfo {
     pub listener: ListenerName,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The peer's address rendered for forwarding fields, once.
+    pub(crate) client: ClientAddr,
 }
 
 /// What serves requests once the connection has read them.
@@ -61,7 +65,7 @@ pub(crate) struct ListenerContext<H> {
     /// Stops this listener accepting.
     pub stop: CancellationToken,
     /// Tells this listener's connections to finish and close.
-    pub draining: CancellationToken,
+    pub draining: Arc<Drain>,
     pub tracker: TaskTracker,
     pub active: Gauge,
     pub accepted: Counter,
@@ -120,6 +124,7 @@ async fn connection<H: Handler>(
         listener: ctx.name.clone(),
         peer,
         local,
+        client: ClientAddr::new(peer.ip()),
     };
 
     let mut buf = BytesMut::with_capacity(4 * 1024);
@@ -127,7 +132,7 @@ async fn connection<H: Handler>(
     // Read until the bytes so far are not a prefix of the h2 preface.
     while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
         let read = tokio::select! {
-            _ = ctx.draining.cancelled(), if buf.is_empty() => return,
+            _ = ctx.draining.watch(), if buf.is_empty() => return,
             r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
         };
         match read {

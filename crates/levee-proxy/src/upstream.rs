@@ -6,6 +6,7 @@
 //! over from the old one when the endpoint stays. What the config may change
 //! (weight, region, priority) lives in [`Endpoint`] and is rebuilt.
 
+pub(crate) mod h1;
 mod pool;
 
 use std::net::IpAddr;
@@ -22,7 +23,7 @@ use levee_core::select::{Endpoints, Selector};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-pub(crate) use pool::{Connection, Pool, PoolSettings};
+pub(crate) use pool::{Pool, PoolSettings};
 
 pub(crate) struct Upstream {
     pub name: UpstreamName,

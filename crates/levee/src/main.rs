@@ -87,11 +87,18 @@ fn print_config_errors(path: &std::path::Path, errors: &levee_config::ConfigErro
     }
 }
 
+/// The runtime: one worker means one event loop on the main thread (no
+/// cross-thread scheduling at all); more use tokio's work-stealing pool.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b
+    };
     builder.enable_all().thread_name("levee-worker").build()
 }
 

@@ -5,19 +5,30 @@
 //! `X-Forwarded-*`, `Via`, `X-Request-Id`) are added after that removal, so
 //! a client that lists them in `Connection` cannot strip them.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+// Names levee reads or writes on every request, built at compile time:
+// a `&str` key is parsed and validated on every lookup.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 /// Fields that are always hop-by-hop.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    HTTP2_SETTINGS,
 ];
 
 /// Fields a `Connection` option may never remove: the message would lose
@@ -29,28 +40,38 @@ fn protected(name: &HeaderName) -> bool {
 /// Removes hop-by-hop fields. Returns the `Upgrade` value when `keep_upgrade`
 /// is set, for the caller to put back on the upgrade it forwards.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Option<HeaderValue> {
+    // One pass over the names (cheap comparisons for standard names) finds
+    // which are present; most messages carry none or only `Connection`.
+    let mut present = [false; 7];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return None;
+    }
     // Taken first: `Connection: upgrade` names the field it keeps.
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .filter(|n| !protected(n))
+            .filter(|n| !protected(n) && !HOP_BY_HOP.contains(n))
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
-    headers.remove("http2-settings");
     upgrade
 }
 
@@ -63,9 +84,33 @@ pub(crate) fn wants_trailers(headers: &HeaderMap) -> bool {
     })
 }
 
+/// A client's address, rendered once per connection for the forwarding
+/// fields of every request on it.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientAddr {
+    /// The address as text, for `X-Forwarded-For`.
+    text: HeaderValue,
+    /// `for=<address>` as `Forwarded` writes it (IPv6 quoted in brackets).
+    forwarded_for: Bytes,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> ClientAddr {
+        let text = ip.to_string();
+        let forwarded_for = match ip {
+            IpAddr::V4(_) => format!("for={text}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\""),
+        };
+        ClientAddr {
+            text: HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded_for: Bytes::from(forwarded_for),
+        }
+    }
+}
+
 /// What levee knows about the hop it received a request on.
 pub(crate) struct Hop<'a> {
-    pub client: IpAddr,
+    pub client: &'a ClientAddr,
     /// "http" (or "https" once TLS terminates here).
     pub proto: &'static str,
     /// The host the client asked for, if any.
@@ -77,59 +122,61 @@ pub(crate) struct Hop<'a> {
 /// Appends `X-Forwarded-For` and `Forwarded`, sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` to what levee saw, and appends `Via`.
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    let mut ip = String::with_capacity(48);
-    let _ = write!(ip, "{}", hop.client);
+    headers.reserve(6);
 
     // X-Forwarded-For: one field, the prior list (from every prior field
     // line) then this client, so readers that look at one line see all.
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let mut list = String::new();
-    for v in headers.get_all(&xff) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                list.push_str(s);
-                list.push_str(", ");
-            }
+    let mut prior: Option<BytesMut> = None;
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            let list = prior.get_or_insert_with(|| BytesMut::with_capacity(64));
+            list.put_slice(v);
+            list.put_slice(b", ");
         }
     }
-    list.push_str(&ip);
-    if let Ok(v) = HeaderValue::from_str(&list) {
-        headers.insert(xff, v);
+    let value = match prior {
+        None => Some(hop.client.text.clone()),
+        Some(mut list) => {
+            list.put_slice(hop.client.text.as_bytes());
+            HeaderValue::from_maybe_shared(list.freeze()).ok()
+        }
+    };
+    if let Some(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
     }
 
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(hop.proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
     match hop.host {
         Some(host) => {
-            headers.insert("x-forwarded-host", host.clone());
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
 
-    // Forwarded (RFC 7239): IPv6 and host:port must be quoted.
-    let mut fwd = String::with_capacity(64);
-    match hop.client {
-        IpAddr::V4(_) => {
-            let _ = write!(fwd, "for={ip}");
-        }
-        IpAddr::V6(_) => {
-            let _ = write!(fwd, "for=\"[{ip}]\"");
-        }
-    }
-    let _ = write!(fwd, ";proto={}", hop.proto);
-    if let Some(host) = hop.host.and_then(|h| h.to_str().ok()) {
+    // Forwarded (RFC 7239): a host with a port (or anything not a token)
+    // must be quoted.
+    let host = hop.host.map_or(&b""[..], |h| h.as_bytes());
+    let mut fwd = BytesMut::with_capacity(hop.client.forwarded_for.len() + host.len() + 24);
+    fwd.put_slice(&hop.client.forwarded_for);
+    fwd.put_slice(b";proto=");
+    fwd.put_slice(hop.proto.as_bytes());
+    if !host.is_empty() {
         if host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         {
-            let _ = write!(fwd, ";host={host}");
-        } else if !host.contains(['"', '\\']) {
-            let _ = write!(fwd, ";host=\"{host}\"");
+            fwd.put_slice(b";host=");
+            fwd.put_slice(host);
+        } else if !host.iter().any(|&b| b == b'"' || b == b'\\') {
+            fwd.put_slice(b";host=\"");
+            fwd.put_slice(host);
+            fwd.put_slice(b"\"");
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(fwd.freeze()) {
         headers.append(header::FORWARDED, v);
     }
 
@@ -147,15 +194,14 @@ pub(crate) fn via(version: &'static str) -> HeaderValue {
 
 /// The request's `X-Request-Id`, generated when absent or unusable.
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    let name = HeaderName::from_static("x-request-id");
-    if let Some(v) = headers.get(&name)
+    if let Some(v) = headers.get(&X_REQUEST_ID)
         && !v.is_empty()
         && v.len() <= 200
     {
         return v.clone();
     }
     let id = new_request_id();
-    headers.insert(name, id.clone());
+    headers.insert(X_REQUEST_ID, id.clone());
     id
 }
 
@@ -229,7 +275,7 @@ mod tests {
         add_forwarding(
             &mut h,
             &Hop {
-                client: "192.0.2.7".parse().expect("ip"),
+                client: &ClientAddr::new("192.0.2.7".parse().expect("ip")),
                 proto: "http",
                 host: Some(&host),
                 received: "1.1",
@@ -256,7 +302,7 @@ mod tests {
         add_forwarding(
             &mut h,
             &Hop {
-                client: "::1".parse().expect("ip"),
+                client: &ClientAddr::new("::1".parse().expect("ip")),
                 proto: "http",
                 host: None,
                 received: "2",

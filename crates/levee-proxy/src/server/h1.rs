@@ -13,33 +13,31 @@
 //! run strictly one after another; a pipelined request waits in the read
 //! buffer and never runs if the one before it is refused.
 
-mod decode;
-mod encode;
-mod parse;
-
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::drain::Drain;
+use crate::timer::LazyTimer;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_util::sync::CancellationToken;
 
-use self::decode::{Decoded, Decoder};
-use self::encode::{ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk};
-use self::parse::{Framing, Head, parse_head};
-pub(crate) use self::parse::{HeadLimits, response_framing_is_strict};
 use super::io::{linger_close, write_all_slices};
 use super::{ConnInfo, Handler};
 use crate::body::{BodyError, BodySender, Chunk, RequestBody, ResponseBody, channel};
+use crate::codec::decode::{Decoded, Decoder};
+use crate::codec::encode::{
+    ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk, encode_raw_head,
+};
+pub(crate) use crate::codec::parse::HeadLimits;
+use crate::codec::parse::{Framing, Head, parse_head};
 use crate::forward::UpstreamUpgrade;
 
 /// A request body the upstream stopped reading is read and dropped up to
@@ -96,7 +94,7 @@ pub(crate) async fn serve<H, R, W>(
     wr: &mut W,
     mut buf: BytesMut,
     settings: &Settings,
-    draining: &CancellationToken,
+    draining: &Drain,
     accepted: Instant,
 ) where
     H: Handler,
@@ -105,21 +103,29 @@ pub(crate) async fn serve<H, R, W>(
 {
     let mut out = BytesMut::with_capacity(512);
     let mut offsets = Vec::new();
+    // Registered once for the connection's life rather than once a request.
+    let drain = draining.watch();
+    tokio::pin!(drain);
+    let mut timer = LazyTimer::new();
     // The first request's head must arrive within the header timeout of the
     // accept: a client cannot hold a connection by sending nothing.
     let mut head_deadline = Some(accepted + settings.header_timeout);
     loop {
-        let head = match read_head(rd, &mut buf, settings, &mut offsets, draining, head_deadline).await {
-            HeadRead::Head(h) => h,
-            HeadRead::Closed => return,
-            HeadRead::Reject(r) => {
+        let waits = Waits {
+            drain: drain.as_mut(),
+            timer: &mut timer,
+        };
+        let head = match read_head(rd, &mut buf, settings, &mut offsets, waits, head_deadline).await {
+            Ok(h) => h,
+            Err(Stop::Closed) => return,
+            Err(Stop::Reject(r)) => {
                 reject(handler, conn, r, rd, wr, &mut out, settings).await;
                 return;
             }
         };
         head_deadline = None;
         match exchange(
-            handler, conn, *head, rd, wr, &mut buf, &mut out, settings, draining,
+            handler, conn, head, rd, wr, &mut buf, &mut out, settings, draining,
         )
         .await
         {
@@ -133,8 +139,14 @@ pub(crate) async fn serve<H, R, W>(
     }
 }
 
-enum HeadRead {
-    Head(Box<Head>),
+/// What a connection waits on between requests, kept for its whole life.
+struct Waits<'a, 'd> {
+    drain: Pin<&'a mut crate::drain::Watch<'d>>,
+    timer: &'a mut LazyTimer,
+}
+
+/// Why no request head came.
+enum Stop {
     /// The client closed, went idle too long, or the server is draining at
     /// a request boundary: close without a word.
     Closed,
@@ -146,16 +158,14 @@ async fn read_head<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     settings: &Settings,
     offsets: &mut Vec<[usize; 4]>,
-    draining: &CancellationToken,
+    mut waits: Waits<'_, '_>,
     mut head_deadline: Option<Instant>,
-) -> HeadRead {
+) -> Result<Head, Stop> {
     let idle_deadline = Instant::now() + settings.keepalive_timeout;
     loop {
         if !buf.is_empty() {
-            match parse_head(buf, settings.limits, offsets) {
-                Ok(Some(head)) => return HeadRead::Head(Box::new(head)),
-                Ok(None) => {}
-                Err(r) => return HeadRead::Reject(r),
+            if let Some(head) = parse_head(buf, settings.limits, offsets).map_err(Stop::Reject)? {
+                return Ok(head);
             }
             // The first byte of a follow-up request starts its head's clock.
             head_deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
@@ -166,12 +176,17 @@ async fn read_head<R: AsyncRead + Unpin>(
         }
         tokio::select! {
             biased;
-            _ = draining.cancelled(), if buf.is_empty() => return HeadRead::Closed,
-            read = timeout_at(deadline, rd.read_buf(buf)) => match read {
-                Err(_) if buf.is_empty() => return HeadRead::Closed,
-                Err(_) => return HeadRead::Reject(Rejection::new(ErrorKind::RequestTimeout, "request head timed out")),
-                Ok(Ok(0) | Err(_)) => return HeadRead::Closed,
-                Ok(Ok(_)) => {}
+            _ = waits.drain.as_mut(), if buf.is_empty() => return Err(Stop::Closed),
+            read = rd.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return Err(Stop::Closed),
+                Ok(_) => {}
+            },
+            _ = waits.timer.until(deadline) => {
+                return Err(if buf.is_empty() {
+                    Stop::Closed
+                } else {
+                    Stop::Reject(Rejection::new(ErrorKind::RequestTimeout, "request head timed out"))
+                });
             }
         }
     }
@@ -230,7 +245,7 @@ async fn exchange<H, R, W>(
     buf: &mut BytesMut,
     out: &mut BytesMut,
     settings: &Settings,
-    draining: &CancellationToken,
+    draining: &Drain,
 ) -> Next
 where
     H: Handler,
@@ -256,7 +271,8 @@ where
     } = head;
     let is_head = method == Method::HEAD;
     let (mut pump, body) = match framing {
-        Framing::Empty => (None, RequestBody::Empty),
+        // A request is never delimited by the close (the parser says so).
+        Framing::Empty | Framing::UntilClose => (None, RequestBody::Empty),
         Framing::Length(n) => {
             let (tx, rx) = channel(Some(n));
             (
@@ -304,34 +320,27 @@ where
         }
     };
     let (mut parts, mut body) = response.into_parts();
+    let raw_head = body.take_raw_head();
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        let on_upgrade = parts
+        let upgraded = parts
             .extensions
             .remove::<UpstreamUpgrade>()
             .and_then(|u| u.take());
-        let Some(on_upgrade) = on_upgrade.filter(|_| upgrade) else {
+        let Some(upgraded) = upgraded.filter(|_| upgrade) else {
             return Next::Abort;
         };
         drop(body);
         encode_head(out, &parts, OutFraming::Bodyless, Persistence::Upgrade);
+        let mut slices = [&out[..], &upgraded.leftover[..]];
         if !matches!(
-            timeout(settings.body_timeout, wr.write_all(out)).await,
+            timeout(settings.body_timeout, write_all_slices(wr, &mut slices)).await,
             Ok(Ok(()))
         ) {
             return Next::Abort;
         }
-        if let Ok(Ok(upgraded)) = timeout(settings.body_timeout, on_upgrade).await {
-            let leftover = buf.split().freeze();
-            tunnel(
-                rd,
-                wr,
-                leftover,
-                TokioIo::new(upgraded),
-                settings.tunnel_idle_timeout,
-            )
-            .await;
-        }
+        let leftover = buf.split().freeze();
+        tunnel(rd, wr, leftover, upgraded.io, settings.tunnel_idle_timeout).await;
         return Next::Abort;
     }
 
@@ -348,7 +357,7 @@ where
     } else {
         OutFraming::Close
     };
-    let mut keep = keep_alive && !draining.is_cancelled() && framing_out != OutFraming::Close;
+    let mut keep = keep_alive && !draining.is_started() && framing_out != OutFraming::Close;
     if let Some(p) = &pump {
         // A client still waiting for 100 Continue will send its body or
         // not; either way the connection's framing is in doubt.
@@ -365,7 +374,10 @@ where
         // The body was never asked for; don't read it.
         pump = None;
     }
-    encode_head(out, &parts, framing_out, persistence);
+    match &raw_head {
+        Some(raw) => encode_raw_head(out, parts.status, raw, framing_out, persistence),
+        None => encode_head(out, &parts, framing_out, persistence),
+    }
 
     // Phase 2: the response body, still feeding the request body.
     match write_body(&mut body, framing_out, out, rd, wr, buf, &mut pump, settings).await {
@@ -375,14 +387,18 @@ where
             // Nothing reached the client yet: it gets levee's answer, not
             // a silent close.
             let rejection = match &e {
-                BodyError::Upstream(e) => crate::forward::classify(e),
+                BodyError::Upstream(r) => *r,
+                BodyError::UpstreamH2(e) => crate::forward::classify(e),
                 BodyError::Timeout => {
                     Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out")
                 }
                 _ => Rejection::new(ErrorKind::ConnectionTerminated, "upstream response body failed"),
             };
-            let request_id = parts.headers.get("x-request-id");
-            let res = body.into_error_response(rejection, request_id);
+            let request_id = match &raw_head {
+                Some(raw) => raw.request_id(),
+                None => parts.headers.get("x-request-id").cloned(),
+            };
+            let res = body.into_error_response(rejection, request_id.as_ref());
             if !write_generated(res, persistence, wr, out, settings).await {
                 return Next::Abort;
             }

@@ -9,13 +9,13 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::drain::Drain;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::h1::Settings;
@@ -45,7 +45,7 @@ pub(crate) async fn serve<H, IO>(
     conn: Arc<ConnInfo>,
     io: IO,
     settings: &Settings,
-    draining: &CancellationToken,
+    draining: &Drain,
     tracker: &TaskTracker,
 ) where
     H: Handler,
@@ -84,7 +84,7 @@ pub(crate) async fn serve<H, IO>(
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
-        _ = draining.cancelled() => {
+        _ = draining.watch() => {
             // GOAWAY: streams already open finish, new ones are refused.
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;

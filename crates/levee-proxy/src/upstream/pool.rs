@@ -2,21 +2,23 @@
 //!
 //! HTTP/1.1 connections carry one exchange at a time: an idle one is taken
 //! out of the pool for a request and given back only when its response body
-//! has been read to the end (an unread body leaves the connection unusable).
-//! HTTP/2 connections are shared by every request. Each connection is driven
-//! by its own task, which ends when the connection closes or when its last
-//! sender is dropped, so the pool owns its tasks through the senders.
+//! has been read to the end and the whole request sent (anything else leaves
+//! the connection in an unknown state, and it is closed). HTTP/2 connections
+//! are shared by every request; each is driven by hyper in a task of its
+//! own, which ends when the connection closes or its last sender is dropped,
+//! so the pool owns that task through the senders it holds.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use levee_config::{EndpointAddress, Protocol};
 use levee_core::outcome::ErrorKind;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::Conn;
 use crate::body::RequestBody;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,23 +28,20 @@ pub(crate) struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
-pub(crate) enum Connection {
-    H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
-}
+pub(crate) type H2Sender = http2::SendRequest<RequestBody>;
 
 pub(crate) struct Pool {
     pub address: EndpointAddress,
     pub settings: PoolSettings,
     idle: Mutex<Vec<Idle>>,
-    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    shared: Mutex<Option<H2Sender>>,
     /// Held while an HTTP/2 connection is being opened, so that a burst of
     /// requests opens one connection rather than one each.
     connecting: tokio::sync::Mutex<()>,
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -57,113 +56,86 @@ impl Pool {
         }
     }
 
-    /// A connection that was open already, if any is still usable.
-    pub fn checkout(&self, now: Instant) -> Option<Connection> {
-        match self.settings.protocol {
-            Protocol::Http2 => {
-                let shared = lock(&self.shared);
-                shared
-                    .as_ref()
-                    .filter(|s| !s.is_closed())
-                    .map(|s| Connection::H2(s.clone()))
-            }
-            Protocol::Http1 => {
-                let mut idle = lock(&self.idle);
-                // Most recently used first: its TCP state is warmest and the
-                // oldest ones are left to expire.
-                while let Some(c) = idle.pop() {
-                    if !c.sender.is_closed() && now.duration_since(c.since) < self.settings.idle_timeout {
-                        return Some(Connection::H1(c.sender));
-                    }
-                }
-                None
+    /// An idle HTTP/1.1 connection that is still usable, if any.
+    pub fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
+        let mut idle = lock(&self.idle);
+        // Most recently used first: its TCP state is warmest and the oldest
+        // ones are left to expire.
+        while let Some(mut c) = idle.pop() {
+            if now.duration_since(c.since) < self.settings.idle_timeout && c.conn.is_usable() {
+                return Some(c.conn);
             }
         }
+        None
     }
 
-    /// Returns an HTTP/1.1 connection whose exchange completed.
-    pub fn give_back(&self, sender: http1::SendRequest<RequestBody>, now: Instant) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Returns an HTTP/1.1 connection whose exchange completed cleanly.
+    pub fn give_back(&self, conn: Box<Conn>, now: Instant) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.settings.max_idle {
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 
-    /// Drops idle connections past the idle timeout.
+    /// Closes idle connections past the idle timeout or closed by the peer.
     pub fn evict_expired(&self, now: Instant) {
         lock(&self.idle)
-            .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.settings.idle_timeout);
+            .retain_mut(|c| now.duration_since(c.since) < self.settings.idle_timeout && c.conn.is_usable());
         let mut shared = lock(&self.shared);
         if shared.as_ref().is_some_and(|s| s.is_closed()) {
             *shared = None;
         }
     }
 
-    /// Opens a new connection, within `timeout` for DNS, TCP and handshake.
-    /// For HTTP/2, waits for a connection another request is opening and
-    /// shares it. Returns whether a connection was opened.
-    pub async fn connect(&self, timeout: Duration) -> Result<(Connection, bool), ErrorKind> {
+    /// A new HTTP/1.1 connection, within `timeout`.
+    pub async fn connect_h1(&self, timeout: Duration) -> Result<Box<Conn>, ErrorKind> {
         let deadline = Instant::now() + timeout;
-        if self.settings.protocol == Protocol::Http1 {
-            return Ok((self.open(deadline).await?, true));
-        }
-        let _opening = tokio::time::timeout_at(deadline, self.connecting.lock())
-            .await
-            .map_err(|_| ErrorKind::ConnectionTimeout)?;
-        if let Some(shared) = self.checkout(Instant::now()) {
-            return Ok((shared, false));
-        }
-        let conn = self.open(deadline).await?;
-        if let Connection::H2(sender) = &conn {
-            *lock(&self.shared) = Some(sender.clone());
-        }
-        Ok((conn, true))
-    }
-
-    async fn open(&self, deadline: Instant) -> Result<Connection, ErrorKind> {
         let stream = tokio::time::timeout_at(deadline, open(&self.address))
             .await
             .map_err(|_| ErrorKind::ConnectionTimeout)??;
-        let io = TokioIo::new(stream);
-        match self.settings.protocol {
-            Protocol::Http1 => {
-                let (sender, conn) = tokio::time::timeout_at(deadline, http1::Builder::new().handshake(io))
-                    .await
-                    .map_err(|_| ErrorKind::ConnectionTimeout)?
-                    .map_err(|_| ErrorKind::ConnectionTerminated)?;
-                // Owned by `sender`: the task ends when the connection closes
-                // or the sender is dropped while the connection is idle.
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "upstream connection ended with an error");
-                    }
-                });
-                Ok(Connection::H1(sender))
-            }
-            Protocol::Http2 => {
-                let (sender, conn) = tokio::time::timeout_at(
-                    deadline,
-                    http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(20))
-                        .keep_alive_timeout(Duration::from_secs(10))
-                        .handshake(io),
-                )
-                .await
-                .map_err(|_| ErrorKind::ConnectionTimeout)?
-                .map_err(|_| ErrorKind::ConnectionTerminated)?;
-                // Owned by the senders (the pool's and in-flight requests').
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream h2 connection ended with an error");
-                    }
-                });
-                Ok(Connection::H2(sender))
-            }
+        Ok(Conn::new(stream))
+    }
+
+    /// The shared HTTP/2 connection, opening it if there is none (one
+    /// request opens it; the others of a burst wait and share). Returns
+    /// whether a connection was opened.
+    pub async fn h2(&self, timeout: Duration) -> Result<(H2Sender, bool), ErrorKind> {
+        if let Some(s) = self.shared_h2() {
+            return Ok((s, false));
         }
+        let deadline = Instant::now() + timeout;
+        let _opening = tokio::time::timeout_at(deadline, self.connecting.lock())
+            .await
+            .map_err(|_| ErrorKind::ConnectionTimeout)?;
+        if let Some(s) = self.shared_h2() {
+            return Ok((s, false));
+        }
+        let stream = tokio::time::timeout_at(deadline, open(&self.address))
+            .await
+            .map_err(|_| ErrorKind::ConnectionTimeout)??;
+        let (sender, conn) = tokio::time::timeout_at(
+            deadline,
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .handshake(TokioIo::new(stream)),
+        )
+        .await
+        .map_err(|_| ErrorKind::ConnectionTimeout)?
+        .map_err(|_| ErrorKind::ConnectionTerminated)?;
+        // Owned by the senders (the pool's and in-flight requests').
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        *lock(&self.shared) = Some(sender.clone());
+        Ok((sender, true))
+    }
+
+    fn shared_h2(&self) -> Option<H2Sender> {
+        lock(&self.shared).as_ref().filter(|s| !s.is_closed()).cloned()
     }
 }
 

@@ -45,6 +45,8 @@ enum State {
     Length {
         remaining: u64,
     },
+    /// Everything until the connection closes (a response without length).
+    UntilClose,
     /// Reading the hex size; `digits` so far and the size accumulated.
     Size {
         digits: usize,
@@ -76,6 +78,7 @@ impl Decoder {
             Framing::Empty => State::Done,
             Framing::Length(n) => State::Length { remaining: n },
             Framing::Chunked => State::Size { digits: 0, size: 0 },
+            Framing::UntilClose => State::UntilClose,
         };
         Decoder {
             state,
@@ -86,6 +89,34 @@ impl Decoder {
 
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Bytes still to come, when the framing says.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length { remaining } => Some(remaining),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The peer closed the connection: the end of a body delimited by the
+    /// close, a truncation for any other.
+    pub fn at_eof(&mut self) -> Result<(), Rejection> {
+        match self.state {
+            State::UntilClose | State::Done => {
+                self.state = State::Done;
+                Ok(())
+            }
+            _ => Err(Rejection::new(
+                ErrorKind::ConnectionTerminated,
+                "body ended early",
+            )),
+        }
     }
 
     /// Decodes the next unit from `buf`, consuming what it uses.
@@ -106,6 +137,13 @@ impl Decoder {
                     };
                     self.received += n as u64;
                     return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                }
+                State::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    self.received += buf.len() as u64;
+                    return Ok(Decoded::Data(buf.split().freeze()));
                 }
                 State::Data { remaining } => {
                     if buf.is_empty() {

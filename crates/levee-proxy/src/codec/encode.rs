@@ -4,6 +4,8 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap};
 use http::response::Parts;
 
+use super::raw::{Known, RawOut};
+
 /// How a response body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OutFraming {
@@ -49,6 +51,60 @@ pub(crate) fn encode_head(out: &mut BytesMut, parts: &Parts, framing: OutFraming
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    finish_head(out, framing, persistence);
+}
+
+/// A response head for a client from a raw upstream head: the status line,
+/// the upstream's lines that are kept (copied in runs), levee's fields,
+/// then framing and persistence as [`encode_head`] writes them.
+pub(crate) fn encode_raw_head(
+    out: &mut BytesMut,
+    status: http::StatusCode,
+    raw: &RawOut,
+    framing: OutFraming,
+    persistence: Persistence,
+) {
+    out.clear();
+    out.reserve(raw.head.bytes.len() + 160);
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    let bytes = &raw.head.bytes;
+    let mut run: Option<(u32, u32)> = None;
+    for (i, f) in raw.head.fields.iter().enumerate() {
+        // Framing is levee's, except for a body-less response, whose
+        // Content-Length says what a GET would have had.
+        let framing_field = f.known == Known::ContentLength && framing != OutFraming::Bodyless;
+        if raw.skip & (1 << i) != 0 || framing_field {
+            continue;
+        }
+        run = match run {
+            Some((start, end)) if end == f.line.0 => Some((start, f.line.1)),
+            Some((start, end)) => {
+                out.put_slice(&bytes[start as usize..end as usize]);
+                Some(f.line)
+            }
+            None => Some(f.line),
+        };
+    }
+    if let Some((start, end)) = run {
+        out.put_slice(&bytes[start as usize..end as usize]);
+    }
+    out.put_slice(b"via: ");
+    out.put_slice(raw.via.as_bytes());
+    out.put_slice(b"\r\n");
+    if let Some(id) = &raw.request_id {
+        out.put_slice(b"x-request-id: ");
+        out.put_slice(id.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    finish_head(out, framing, persistence);
+}
+
+/// The framing and connection fields, and the empty line.
+fn finish_head(out: &mut BytesMut, framing: OutFraming, persistence: Persistence) {
     match framing {
         OutFraming::Length(n) => {
             out.put_slice(b"content-length: ");
@@ -126,6 +182,43 @@ pub(crate) fn encode_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>
     out.put_slice(b"\r\n");
 }
 
+/// A request head for an upstream: origin-form target, the fields as
+/// given except framing ones, then levee's framing.
+pub(crate) fn encode_request_head(
+    out: &mut BytesMut,
+    method: &http::Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: super::parse::Framing,
+) {
+    use super::parse::Framing;
+    out.clear();
+    out.reserve(512);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.put_slice(b"content-length: ");
+            put_decimal(out, n);
+            out.put_slice(b"\r\n");
+        }
+        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    out.put_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +268,36 @@ mod tests {
         assert_eq!(
             head(res, OutFraming::Bodyless, Persistence::Upgrade),
             "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_heads() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "a.example".parse().expect("value"));
+        h.insert("content-length", "99".parse().expect("value"));
+        let mut out = BytesMut::new();
+        encode_request_head(
+            &mut out,
+            &http::Method::PUT,
+            "/x?y",
+            &h,
+            super::super::parse::Framing::Length(3),
+        );
+        assert_eq!(
+            &out[..],
+            b"PUT /x?y HTTP/1.1\r\nhost: a.example\r\ncontent-length: 3\r\n\r\n"
+        );
+        encode_request_head(
+            &mut out,
+            &http::Method::POST,
+            "/",
+            &h,
+            super::super::parse::Framing::Chunked,
+        );
+        assert_eq!(
+            &out[..],
+            b"POST / HTTP/1.1\r\nhost: a.example\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
 

@@ -17,6 +17,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 use levee_core::outcome::{ErrorKind, Rejection};
 
+use super::raw::{Known, RawField, RawHead};
+
 /// The limits a head is read under (`[server]` in the config).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HeadLimits {
@@ -25,13 +27,15 @@ pub(crate) struct HeadLimits {
     pub max_headers: usize,
 }
 
-/// How the request's body is delimited.
+/// How a message body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Framing {
     /// No body.
     Empty,
     Length(u64),
     Chunked,
+    /// Until the connection closes: only a response can be framed so.
+    UntilClose,
 }
 
 /// A parsed, validated request head.
@@ -131,14 +135,8 @@ pub(crate) fn parse_head(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at[0]..path_at[0] + path_at[1]))
         .map_err(|_| reject(ErrorKind::BadRequest, "invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(offsets.len());
-    for &[n, nl, v, vl] in offsets.iter() {
-        let name = HeaderName::from_bytes(&head[n..n + nl])
-            .map_err(|_| reject(ErrorKind::BadRequest, "invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-            .map_err(|_| reject(ErrorKind::BadRequest, "invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = build_headers(&head, offsets, 8)
+        .map_err(|_| reject(ErrorKind::BadRequest, "invalid header field"))?;
     interpret(method, uri, version, headers, &head)
 }
 
@@ -164,6 +162,41 @@ fn has_bare_lf(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', bytes).any(|i| i == 0 || bytes[i - 1] != b'\r')
 }
 
+/// Which of the fields that shape a message's framing and handling it
+/// carries, found in one pass: most messages have few of them, and a pass
+/// over the names costs less than a hashed lookup for each.
+#[derive(Default)]
+struct Fields {
+    content_length: u8,
+    transfer_encoding: u8,
+    host: u8,
+    connection: bool,
+    upgrade: bool,
+    expect: bool,
+}
+
+impl Fields {
+    fn of(headers: &HeaderMap) -> Fields {
+        let mut f = Fields::default();
+        for (name, _) in headers {
+            if *name == header::CONTENT_LENGTH {
+                f.content_length = f.content_length.saturating_add(1);
+            } else if *name == header::TRANSFER_ENCODING {
+                f.transfer_encoding = f.transfer_encoding.saturating_add(1);
+            } else if *name == header::HOST {
+                f.host = f.host.saturating_add(1);
+            } else if *name == header::CONNECTION {
+                f.connection = true;
+            } else if *name == header::UPGRADE {
+                f.upgrade = true;
+            } else if *name == header::EXPECT {
+                f.expect = true;
+            }
+        }
+        f
+    }
+}
+
 /// The semantic checks: framing, Host, connection options.
 fn interpret(
     method: Method,
@@ -172,7 +205,13 @@ fn interpret(
     mut headers: HeaderMap,
     _raw: &Bytes,
 ) -> Result<Option<Head>, Rejection> {
-    let framing = framing(&headers, version)?;
+    let fields = Fields::of(&headers);
+    let absolute_form = uri.scheme().is_some();
+    let framing = if fields.content_length == 0 && fields.transfer_encoding == 0 {
+        Framing::Empty
+    } else {
+        framing(&headers, version)?
+    };
 
     // Request target forms (RFC 9112 §3.2).
     if method == Method::CONNECT {
@@ -210,50 +249,51 @@ fn interpret(
         return Err(reject(ErrorKind::BadRequest, "invalid request target"));
     }
 
-    check_host(&headers, version)?;
+    // In absolute form the target's authority became the Host field.
+    if !absolute_form {
+        match fields.host {
+            0 if version == Version::HTTP_11 => return Err(reject(ErrorKind::BadRequest, "missing host")),
+            0 => {}
+            1 => check_host(&headers)?,
+            _ => return Err(reject(ErrorKind::BadRequest, "repeated host")),
+        }
+    }
 
-    let mut keep_alive = version == Version::HTTP_11;
-    let mut upgrade_token = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in list_tokens(value) {
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            } else if token.eq_ignore_ascii_case(b"upgrade") {
-                upgrade_token = true;
+    // Connection options: `close` wins over `keep-alive` whatever the order.
+    let (mut close, mut keep, mut upgrade_token) = (false, false, false);
+    if fields.connection {
+        for value in headers.get_all(header::CONNECTION) {
+            for token in list_tokens(value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
+                upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
             }
         }
     }
-    // `close` wins over `keep-alive` whatever their order.
-    if headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| list_tokens(v).any(|t| t.eq_ignore_ascii_case(b"close")))
-    {
-        keep_alive = false;
-    }
+    let keep_alive = !close && (version == Version::HTTP_11 || keep);
 
     // Upgrades: HTTP/1.1 only, and never to h2c (RFC 9113 §3.1 removed it;
     // forwarding it would let a client speak h2 to an unsuspecting origin).
     let mut upgrade = false;
-    if let Some(up) = headers.get(header::UPGRADE) {
+    if let Some(up) = headers.get(header::UPGRADE).filter(|_| fields.upgrade) {
         let h2c = list_tokens(up).any(|t| t.eq_ignore_ascii_case(b"h2c"));
         if h2c || !upgrade_token || version != Version::HTTP_11 {
             headers.remove(header::UPGRADE);
-            headers.remove("http2-settings");
+            headers.remove(HeaderName::from_static("http2-settings"));
         } else {
             upgrade = true;
         }
     }
 
-    let expect_continue = match headers.get(header::EXPECT) {
+    let expect_continue = match headers.get(header::EXPECT).filter(|_| fields.expect) {
         None => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
         Some(_) => return Err(reject(ErrorKind::BadRequest, "unsupported expectation")),
     };
-    // levee answers the expectation itself (see the h1 connection).
-    headers.remove(header::EXPECT);
+    if fields.expect {
+        // levee answers the expectation itself (see the h1 connection).
+        headers.remove(header::EXPECT);
+    }
 
     Ok(Some(Head {
         method,
@@ -324,21 +364,6 @@ fn transfer_coding(value: &[u8]) -> Result<Framing, Rejection> {
     }
 }
 
-/// Whether an upstream response's framing is unambiguous: at most one
-/// `Content-Length` of plain digits, `Transfer-Encoding` exactly `chunked`,
-/// never both. hyper reads the lenient way (the last coding, equal lists);
-/// levee refuses to relay what another parser could read differently.
-pub(crate) fn response_framing_is_strict(headers: &HeaderMap) -> bool {
-    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let mut cl = headers.get_all(header::CONTENT_LENGTH).iter();
-    match (te.next(), cl.next()) {
-        (Some(_), Some(_)) => false,
-        (Some(t), None) => te.next().is_none() && transfer_coding(t.as_bytes()) == Ok(Framing::Chunked),
-        (None, Some(c)) => cl.next().is_none() && parse_content_length(c.as_bytes()).is_some(),
-        (None, None) => true,
-    }
-}
-
 /// 1*DIGIT with no sign, spaces, commas or overflow.
 pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
@@ -349,25 +374,45 @@ pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
         .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
-fn check_host(headers: &HeaderMap, version: Version) -> Result<(), Rejection> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(reject(ErrorKind::BadRequest, "repeated host"));
+/// The one Host field is a valid authority without user information.
+fn check_host(headers: &HeaderMap) -> Result<(), Rejection> {
+    match headers.get(header::HOST) {
+        Some(h) if !is_authority(h.as_bytes()) => Err(reject(ErrorKind::BadRequest, "invalid host")),
+        _ => Ok(()),
     }
-    match host {
-        None if version == Version::HTTP_11 => Err(reject(ErrorKind::BadRequest, "missing host")),
-        None => Ok(()),
-        Some(h) => {
-            let valid = !h.is_empty()
-                && http::uri::Authority::try_from(h.as_bytes()).is_ok_and(|a| !a.as_str().contains('@'));
-            if valid {
-                Ok(())
-            } else {
-                Err(reject(ErrorKind::BadRequest, "invalid host"))
-            }
+}
+
+/// `host [ ":" port ]` per RFC 3986 §3.2, without user information: a
+/// bracketed IP literal, or a reg-name / IPv4 address.
+pub(crate) fn is_authority(b: &[u8]) -> bool {
+    let (host, port) = if b.first() == Some(&b'[') {
+        match memchr::memchr(b']', b) {
+            Some(i) => b.split_at(i + 1),
+            None => return false,
         }
-    }
+    } else {
+        match b.iter().rposition(|&c| c == b':') {
+            Some(i) => b.split_at(i),
+            None => (b, &b[b.len()..]),
+        }
+    };
+    let port_ok =
+        port.is_empty() || port.len() <= 6 && port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit);
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        }
+        _ => {
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&c))
+        }
+    };
+    port_ok && host_ok
 }
 
 /// The comma-separated tokens of a header value, trimmed.
@@ -391,6 +436,164 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// An upstream response head.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub status: http::StatusCode,
+    pub version: Version,
+    pub raw: RawHead,
+    /// The upstream allows the connection to be used again.
+    pub keep_alive: bool,
+    pub body: BodyLength,
+}
+
+/// Response heads larger than this are refused; no sane origin sends one.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_FIELDS: usize = 128;
+
+/// Tries to read a response head from the start of `buf`; on success its
+/// bytes are removed. Anything ambiguous is refused, as for requests. The
+/// fields are kept as received ([`RawHead`]); no map is built.
+pub(crate) fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, Rejection> {
+    const MALFORMED: Rejection = reject(ErrorKind::UpstreamProtocol, "malformed upstream response");
+    const AMBIGUOUS: Rejection = reject(ErrorKind::UpstreamProtocol, "ambiguous upstream response framing");
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+    let mut res = httparse::Response::new(&mut parsed);
+    let base = buf.as_ptr() as usize;
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= MAX_RESPONSE_HEAD || has_bare_lf(buf) {
+                return Err(MALFORMED);
+            }
+            return Ok(None);
+        }
+        Err(_) => return Err(MALFORMED),
+    };
+    if len > MAX_RESPONSE_HEAD {
+        return Err(MALFORMED);
+    }
+    let status = res
+        .code
+        .and_then(|c| http::StatusCode::from_u16(c).ok())
+        .ok_or(MALFORMED)?;
+    let version = match res.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let head = &buf[..len];
+    // Every line must end in CRLF. httparse accepts a bare LF, and a line
+    // can only end where httparse saw one: after the status line, after
+    // each field's value (and its trailing spaces), and the empty line.
+    let crlf_at = |lf: usize| lf >= 1 && head[lf - 1] == b'\r';
+    let status_lf = memchr::memchr(b'\n', head).ok_or(MALFORMED)?;
+    if !crlf_at(status_lf) {
+        return Err(MALFORMED);
+    }
+    let mut fields = Vec::with_capacity(res.headers.len());
+    let mut end_of_fields = status_lf + 1;
+    let (mut te, mut cl, mut connection) = (0u8, 0u8, false);
+    for h in res.headers.iter() {
+        let name_at = h.name.as_ptr() as usize - base;
+        let value_at = h.value.as_ptr() as usize - base;
+        let value_end = value_at + h.value.len();
+        let lf = value_end + memchr::memchr(b'\n', &head[value_end..]).ok_or(MALFORMED)?;
+        if !crlf_at(lf) {
+            return Err(MALFORMED);
+        }
+        let known = Known::of(h.name.as_bytes());
+        match known {
+            Known::TransferEncoding => te = te.saturating_add(1),
+            Known::ContentLength => cl = cl.saturating_add(1),
+            Known::Connection => connection = true,
+            _ => {}
+        }
+        fields.push(RawField {
+            name: (name_at as u32, (name_at + h.name.len()) as u32),
+            value: (value_at as u32, value_end as u32),
+            line: (name_at as u32, (lf + 1) as u32),
+            known,
+        });
+        end_of_fields = lf + 1;
+    }
+    if head.get(end_of_fields..) != Some(b"\r\n") {
+        return Err(MALFORMED);
+    }
+    let raw = RawHead {
+        bytes: buf.split_to(len).freeze(),
+        fields,
+    };
+    let value_of = |k: Known| {
+        raw.fields
+            .iter()
+            .find(|f| f.known == k)
+            .map_or(&b""[..], |f| raw.value(f))
+    };
+    let body = match (te, cl) {
+        (0, 0) => BodyLength::Unstated,
+        (1, 0) if version == Version::HTTP_11 => {
+            if transfer_coding(value_of(Known::TransferEncoding)) != Ok(Framing::Chunked) {
+                return Err(AMBIGUOUS);
+            }
+            BodyLength::Chunked
+        }
+        (0, 1) => BodyLength::Length(parse_content_length(value_of(Known::ContentLength)).ok_or(AMBIGUOUS)?),
+        _ => return Err(AMBIGUOUS),
+    };
+    let (mut close, mut keep) = (false, false);
+    if connection {
+        for f in raw.fields.iter().filter(|f| f.known == Known::Connection) {
+            for token in raw.value(f).split(|&b| b == b',').map(trim_ows) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        raw,
+        keep_alive: !close && (version == Version::HTTP_11 || keep),
+        body,
+    }))
+}
+
+/// What a response head says about its body's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyLength {
+    Length(u64),
+    Chunked,
+    /// Neither field: the body runs to the close.
+    Unstated,
+}
+
+/// The body framing of a response to a request (RFC 9112 §6.3).
+pub(crate) fn response_framing(head: &ResponseHead, request_was_head: bool) -> Framing {
+    let s = head.status.as_u16();
+    if request_was_head || (100..200).contains(&s) || s == 204 || s == 304 {
+        return Framing::Empty;
+    }
+    match head.body {
+        BodyLength::Length(0) => Framing::Empty,
+        BodyLength::Length(n) => Framing::Length(n),
+        BodyLength::Chunked => Framing::Chunked,
+        BodyLength::Unstated => Framing::UntilClose,
+    }
+}
+
+/// Builds a header map whose values are slices of `head` (no copies).
+fn build_headers(head: &Bytes, offsets: &[[usize; 4]], extra: usize) -> Result<HeaderMap, ()> {
+    // Room for the `extra` fields levee adds on the way (request id,
+    // forwarding, via), so the map does not grow, and rehash, mid-request.
+    let mut headers = HeaderMap::with_capacity(offsets.len() + extra);
+    for &[n, nl, v, vl] in offsets {
+        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| ())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).map_err(|_| ())?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 #[cfg(test)]
@@ -652,6 +855,37 @@ mod tests {
         req.push_str("\r\n");
         let h = parse_with(req.as_bytes(), limits).expect("ok").expect("complete");
         assert_eq!(h.headers.len(), 501);
+    }
+
+    #[test]
+    fn authorities() {
+        for ok in [
+            "a",
+            "a.example:8080",
+            "127.0.0.1",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+            "a:",
+        ] {
+            assert!(is_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "u@a",
+            "a/b",
+            "a:b:c",
+            "[::1",
+            "[]",
+            "a:12x",
+            "a:1234567",
+            "a?b",
+            "a#b",
+        ] {
+            assert!(!is_authority(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]
