@@ -17,13 +17,15 @@ use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamKind};
+use crate::codec::parse::RawRequest;
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawHead, RawOut};
+use crate::fields::FieldsView;
 use crate::metrics::RouteMetrics;
 use crate::respond::error_response;
 use crate::router::{RouteInput, normalise_host};
 use crate::server::{ConnInfo, Handler, h1};
 use crate::snapshot::Snapshot;
-use crate::upstream::h1::{BodyPlan, Exchange, Upgraded};
+use crate::upstream::h1::{BodyPlan, Exchange, OutHead, Upgraded};
 use crate::upstream::{Endpoint, InFlight, Upstream};
 
 pub(crate) use headers::{ClientAddr, via};
@@ -49,16 +51,35 @@ pub(crate) struct Proxy {
 }
 
 impl Handler for Proxy {
-    async fn handle(&self, mut req: Request<RequestBody>, conn: &ConnInfo) -> Response<ResponseBody> {
+    async fn handle(
+        &self,
+        mut req: Request<RequestBody>,
+        mut raw: Option<RawRequest>,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
         let snap = self.state.load_full();
-        let request_id = headers::ensure_request_id(req.headers_mut());
-
-        let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // With `raw`, the request's fields are the lines received (the
+        // request's own map is empty); without, the map.
+        let (request_id, id_generated) = match &raw {
+            Some(r) => match r.value_of(Known::RequestId).filter(headers::usable_request_id) {
+                Some(id) => (id, false),
+                None => (headers::new_request_id(), true),
+            },
+            None => (headers::ensure_request_id(req.headers_mut()), false),
+        };
+        let host_value = match &raw {
+            Some(r) => r.host(),
+            None => req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+        };
+        let view = match &raw {
+            Some(r) => FieldsView::Raw(r),
+            None => FieldsView::Map(req.headers()),
+        };
         let host = host_value
             .as_ref()
             .and_then(|h| h.to_str().ok())
@@ -68,7 +89,7 @@ impl Handler for Proxy {
             method: req.method(),
             host: host.as_deref(),
             path: req.uri().path(),
-            headers: req.headers(),
+            headers: view,
         });
         let Some(route) = route_index.map(|i| &snap.routes[i]) else {
             return self.fail(
@@ -81,7 +102,7 @@ impl Handler for Proxy {
         let upstream = &snap.upstreams[route.upstream];
         let deadline = start + route.request_timeout;
 
-        let hash = upstream.hash_key(&req, conn.peer.ip());
+        let hash = upstream.hash_key(view, conn.peer.ip());
         let Some(selection) = upstream.selector.select(&**upstream, hash, fastrand::u64(..)) else {
             return self.fail(
                 Rejection::new(ErrorKind::NoEndpoint, "no endpoint available"),
@@ -94,10 +115,57 @@ impl Handler for Proxy {
         let in_flight = InFlight::start(&endpoint.state);
 
         let client_h1 = req.version() != Version::HTTP_2;
-        let upgrade = prepare_request(&mut req, conn, upstream.protocol, host_value.as_ref());
-        let sent = match upstream.protocol {
-            Protocol::Http1 => send_h1(upstream, endpoint, req, deadline).await,
-            Protocol::Http2 => send_h2(upstream, endpoint, req, deadline).await,
+        let hop = headers::Hop {
+            client: &conn.client,
+            proto: "http",
+            host: host_value.as_ref(),
+            received: version_str(req.version()),
+        };
+        // Raw lines go only to an HTTP/1.1 upstream; HTTP/2 needs a map.
+        if upstream.protocol == Protocol::Http2
+            && let Some(r) = raw.take()
+        {
+            let map = req.headers_mut();
+            *map = r.into_map(8);
+            if id_generated {
+                map.insert(headers::X_REQUEST_ID, request_id.clone());
+            }
+        }
+        let (upgrade, sent) = match raw {
+            Some(r) => {
+                let upgrade =
+                    req.version() == Version::HTTP_11 && r.kept().any(|(_, f)| f.known == Known::Upgrade);
+                let plan = headers::raw_plan(&r, &hop, id_generated.then_some(&request_id), upgrade);
+                let out = OutHead::Raw {
+                    head: &r.head,
+                    skip: plan.skip,
+                    extra: &plan.extra,
+                };
+                let (parts, body) = req.into_parts();
+                (
+                    upgrade,
+                    send_h1(upstream, endpoint, &parts, out, body, deadline).await,
+                )
+            }
+            None => {
+                let upgrade = prepare_request(&mut req, &hop, upstream.protocol);
+                let sent = match upstream.protocol {
+                    Protocol::Http1 => {
+                        let (parts, body) = req.into_parts();
+                        send_h1(
+                            upstream,
+                            endpoint,
+                            &parts,
+                            OutHead::Map(&parts.headers),
+                            body,
+                            deadline,
+                        )
+                        .await
+                    }
+                    Protocol::Http2 => send_h2(upstream, endpoint, req, deadline).await,
+                };
+                (upgrade, sent)
+            }
         };
         let (mut parts, fields, body) = match sent {
             Ok(r) => r,
@@ -132,17 +200,7 @@ impl Handler for Proxy {
             }
             fields => {
                 let mut h = match fields {
-                    Fields::Raw(raw) => match raw.to_header_map(3) {
-                        Ok(map) => map,
-                        Err(()) => {
-                            return self.fail(
-                                Rejection::new(ErrorKind::UpstreamProtocol, "malformed upstream response"),
-                                &request_id,
-                                &route.metrics,
-                                start,
-                            );
-                        }
-                    },
+                    Fields::Raw(raw) => raw.to_header_map(3),
                     Fields::Map(map) => map,
                 };
                 let upgrade_value = headers::strip_hop_by_hop(&mut h, is_upgrade);
@@ -220,36 +278,22 @@ impl Proxy {
     }
 }
 
-/// Rewrites a client's request for the upstream. Returns whether it is a
-/// protocol upgrade being forwarded.
-fn prepare_request(
-    req: &mut Request<RequestBody>,
-    conn: &ConnInfo,
-    protocol: Protocol,
-    host: Option<&HeaderValue>,
-) -> bool {
-    let received = version_str(req.version());
+/// Rewrites a client's request (its fields as a map) for the upstream.
+/// Returns whether it is a protocol upgrade being forwarded.
+fn prepare_request(req: &mut Request<RequestBody>, hop: &headers::Hop<'_>, protocol: Protocol) -> bool {
     let wants_trailers = headers::wants_trailers(req.headers());
     let asked_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let upgrade = asked_upgrade && protocol == Protocol::Http1;
     let h = req.headers_mut();
     let upgrade_value = headers::strip_hop_by_hop(h, upgrade);
-    headers::add_forwarding(
-        h,
-        &headers::Hop {
-            client: &conn.client,
-            proto: "http",
-            host,
-            received,
-        },
-    );
+    headers::add_forwarding(h, hop);
     match protocol {
         Protocol::Http1 => {
             if let Some(v) = upgrade_value {
                 h.insert(header::UPGRADE, v);
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            if let Some(host) = host
+            if let Some(host) = hop.host
                 && !h.contains_key(header::HOST)
             {
                 h.insert(header::HOST, host.clone());
@@ -269,7 +313,7 @@ fn prepare_request(
             }
             // HTTP/2 carries the host as :authority.
             h.remove(header::HOST);
-            let authority = host.and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+            let authority = hop.host.and_then(|v| v.to_str().ok()).unwrap_or("localhost");
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             if let Ok(uri) = Uri::builder()
                 .scheme("http")
@@ -314,7 +358,9 @@ type Sent = (http::response::Parts, Fields, Received);
 async fn send_h1(
     upstream: &Upstream,
     endpoint: &Endpoint,
-    req: Request<RequestBody>,
+    parts: &http::request::Parts,
+    head: OutHead<'_>,
+    body: RequestBody,
     deadline: Instant,
 ) -> Result<Sent, Rejection> {
     let pool = &endpoint.state.pool;
@@ -324,7 +370,8 @@ async fn send_h1(
         Some(c) => (c, true),
         None => (connect_h1(upstream, endpoint, deadline).await?, false),
     };
-    let mut exchange = Exchange::new(conn, req);
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut exchange = Exchange::new(conn, &parts.method, target, head, body);
     let mut reused = reused;
     loop {
         let polled = std::future::poll_fn(|cx| exchange.poll_head_until(head_deadline, cx)).await;

@@ -17,6 +17,7 @@
 mod body;
 mod codec;
 mod drain;
+mod fields;
 mod forward;
 mod gateway;
 mod metrics;

@@ -4,9 +4,11 @@
 //! linear scan over pre-parsed conditions beats building an index, and it
 //! keeps the semantics obvious: declaration order is precedence.
 
-use http::{HeaderMap, Method};
+use http::Method;
 use levee_config::{HostMatch, Route};
 use levee_core::id::ListenerName;
+
+use crate::fields::FieldsView;
 
 pub(crate) struct Router {
     routes: Vec<Entry>,
@@ -28,7 +30,7 @@ pub(crate) struct RouteInput<'a> {
     /// names no host.
     pub host: Option<&'a str>,
     pub path: &'a str,
-    pub headers: &'a HeaderMap,
+    pub headers: FieldsView<'a>,
 }
 
 impl Router {
@@ -68,7 +70,7 @@ impl Entry {
             && self
                 .headers
                 .iter()
-                .all(|(name, value)| input.headers.get_all(name).iter().any(|v| v == value))
+                .all(|(name, value)| input.headers.has(name, value.as_bytes()))
     }
 }
 
@@ -92,6 +94,7 @@ pub(crate) fn normalise_host(authority: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn router(toml: &str) -> Router {
         let text = format!(
@@ -114,7 +117,7 @@ mod tests {
             method: &method,
             host,
             path,
-            headers,
+            headers: FieldsView::Map(headers),
         })
     }
 

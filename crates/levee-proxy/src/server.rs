@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::codec::parse::RawRequest;
 use crate::drain::Drain;
 use crate::forward::ClientAddr;
 
@@ -42,9 +43,12 @@ pub struct ConnInfo {
 
 /// What serves requests once the connection has read them.
 pub(crate) trait Handler: Send + Sync + 'static {
+    /// Serves a request. With `raw`, its fields are the lines received
+    /// (and the request's own header map is empty).
     fn handle(
         &self,
         req: Request<RequestBody>,
+        raw: Option<RawRequest>,
         conn: &ConnInfo,
     ) -> impl Future<Output = Response<ResponseBody>> + Send;
 

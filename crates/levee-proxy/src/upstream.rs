@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::Request;
-use http::header::{COOKIE, HeaderMap};
+use http::header::COOKIE;
 use levee_config::{EndpointAddress, HashOn, Protocol};
 use levee_core::hash::hash64;
 use levee_core::id::{RegionName, UpstreamName};
 use levee_core::select::{Endpoints, Selector};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+
+use crate::fields::FieldsView;
 
 pub(crate) use pool::{Pool, PoolSettings};
 
@@ -99,10 +100,10 @@ impl Endpoints for Upstream {
 impl Upstream {
     /// The consistent-hash key of a request, when the upstream hashes and
     /// the request carries the key.
-    pub fn hash_key<B>(&self, req: &Request<B>, client: IpAddr) -> Option<u64> {
+    pub fn hash_key(&self, fields: FieldsView<'_>, client: IpAddr) -> Option<u64> {
         match self.hash_on.as_ref()? {
-            HashOn::Header(name) => req.headers().get(name).map(|v| hash64(v.as_bytes())),
-            HashOn::Cookie(name) => cookie(req.headers(), name).map(hash64),
+            HashOn::Header(name) => fields.first(name).map(hash64),
+            HashOn::Cookie(name) => cookie(fields, name).map(hash64),
             HashOn::ClientIp => Some(match client {
                 IpAddr::V4(ip) => hash64(&ip.octets()),
                 IpAddr::V6(ip) => hash64(&ip.octets()),
@@ -112,9 +113,9 @@ impl Upstream {
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|v| {
-        v.as_bytes().split(|&b| b == b';').find_map(|pair| {
+fn cookie<'a>(fields: FieldsView<'a>, name: &str) -> Option<&'a [u8]> {
+    fields.find_map(&COOKIE, |v| {
+        v.split(|&b| b == b';').find_map(|pair| {
             let pair = pair.trim_ascii();
             let (k, val) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
             (k == name.as_bytes()).then_some(&val[1..])
@@ -125,16 +126,17 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     #[test]
     fn cookie_lookup() {
         let mut h = HeaderMap::new();
         h.append(COOKIE, HeaderValue::from_static("a=1; session=xyz ;b=2"));
         h.append(COOKIE, HeaderValue::from_static("late=3"));
-        assert_eq!(cookie(&h, "session"), Some(&b"xyz"[..]));
-        assert_eq!(cookie(&h, "late"), Some(&b"3"[..]));
-        assert_eq!(cookie(&h, "sess"), None);
-        assert_eq!(cookie(&h, "b"), Some(&b"2"[..]));
+        let v = FieldsView::Map(&h);
+        assert_eq!(cookie(v, "session"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(v, "late"), Some(&b"3"[..]));
+        assert_eq!(cookie(v, "sess"), None);
+        assert_eq!(cookie(v, "b"), Some(&b"2"[..]));
     }
 }

@@ -4,7 +4,7 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap};
 use http::response::Parts;
 
-use super::raw::{Known, RawOut};
+use super::raw::{Known, RawHead, RawOut};
 
 /// How a response body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,6 +182,60 @@ pub(crate) fn encode_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>
     out.put_slice(b"\r\n");
 }
 
+/// A request head for an upstream from a raw client head: the request line,
+/// the client's lines that are kept (copied in runs), levee's lines, and
+/// levee's framing.
+pub(crate) fn encode_raw_request_head(
+    out: &mut BytesMut,
+    method: &http::Method,
+    target: &str,
+    raw: &RawHead,
+    skip: u64,
+    extra: &[u8],
+    framing: super::parse::Framing,
+) {
+    out.clear();
+    out.reserve(raw.bytes.len() + extra.len() + 64);
+    out.put_slice(method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let mut run: Option<(u32, u32)> = None;
+    for (i, f) in raw.fields.iter().enumerate() {
+        let framing_field = matches!(f.known, Known::ContentLength | Known::TransferEncoding);
+        if skip & super::raw::bit(i) != 0 || framing_field {
+            continue;
+        }
+        run = match run {
+            Some((start, end)) if end == f.line.0 => Some((start, f.line.1)),
+            Some((start, end)) => {
+                out.put_slice(&raw.bytes[start as usize..end as usize]);
+                Some(f.line)
+            }
+            None => Some(f.line),
+        };
+    }
+    if let Some((start, end)) = run {
+        out.put_slice(&raw.bytes[start as usize..end as usize]);
+    }
+    out.put_slice(extra);
+    put_request_framing(out, framing);
+    out.put_slice(b"\r\n");
+}
+
+fn put_request_framing(out: &mut BytesMut, framing: super::parse::Framing) {
+    use super::parse::Framing;
+    match framing {
+        Framing::Length(n) => {
+            out.put_slice(b"content-length: ");
+            put_decimal(out, n);
+            out.put_slice(b"\r\n");
+        }
+        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+}
+
 /// A request head for an upstream: origin-form target, the fields as
 /// given except framing ones, then levee's framing.
 pub(crate) fn encode_request_head(
@@ -191,7 +245,6 @@ pub(crate) fn encode_request_head(
     headers: &HeaderMap,
     framing: super::parse::Framing,
 ) {
-    use super::parse::Framing;
     out.clear();
     out.reserve(512);
     out.put_slice(method.as_str().as_bytes());
@@ -207,15 +260,7 @@ pub(crate) fn encode_request_head(
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    match framing {
-        Framing::Length(n) => {
-            out.put_slice(b"content-length: ");
-            put_decimal(out, n);
-            out.put_slice(b"\r\n");
-        }
-        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Empty | Framing::UntilClose => {}
-    }
+    put_request_framing(out, framing);
     out.put_slice(b"\r\n");
 }
 

@@ -12,12 +12,12 @@
 //! Header values are not copied: the head is frozen into one `Bytes` and
 //! each value is a slice of it.
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Uri, Version};
 use levee_core::outcome::{ErrorKind, Rejection};
 
-use super::raw::{Known, RawField, RawHead};
+use super::raw::{Known, MAX_RAW_FIELDS, RawField, RawHead, bit};
 
 /// The limits a head is read under (`[server]` in the config).
 #[derive(Clone, Copy, Debug)]
@@ -44,7 +44,7 @@ pub(crate) struct Head {
     pub method: Method,
     pub uri: Uri,
     pub version: Version,
-    pub headers: HeaderMap,
+    pub fields: RequestFields,
     pub framing: Framing,
     /// The client allows the connection to stay open after this exchange.
     pub keep_alive: bool,
@@ -52,6 +52,63 @@ pub(crate) struct Head {
     pub expect_continue: bool,
     /// A protocol upgrade (e.g. WebSocket) was asked for.
     pub upgrade: bool,
+}
+
+/// A request's fields as levee keeps them.
+#[derive(Debug)]
+pub(crate) enum RequestFields {
+    /// As received: forwarded to an HTTP/1.1 upstream by copying lines.
+    Raw(RawRequest),
+    /// A map: for heads with more fields than a raw head tracks, and for
+    /// HTTP/2 clients.
+    Map(HeaderMap),
+}
+
+/// A request head as received, with what reading it already decided.
+#[derive(Debug)]
+pub(crate) struct RawRequest {
+    pub head: RawHead,
+    /// Fields not to forward (bit `i` is field `i`): `Expect`, which levee
+    /// answers itself; an `Upgrade` that is no upgrade (or to h2c) with its
+    /// `HTTP2-Settings`; `Host` when an absolute target replaces it.
+    pub skip: u64,
+    /// The authority of an absolute-form target, the request's Host.
+    pub host: Option<HeaderValue>,
+}
+
+impl RawRequest {
+    /// The fields that are forwarded, with their index.
+    pub fn kept(&self) -> impl Iterator<Item = (usize, &RawField)> {
+        self.head
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.skip & bit(*i) == 0)
+    }
+
+    /// The kept value of a field levee recognises, as a shared slice.
+    pub fn value_of(&self, known: Known) -> Option<HeaderValue> {
+        let (_, f) = self.kept().find(|(_, f)| f.known == known)?;
+        HeaderValue::from_maybe_shared(self.head.bytes.slice(f.value.0 as usize..f.value.1 as usize)).ok()
+    }
+
+    /// The request's host: the absolute target's authority, or the Host field.
+    pub fn host(&self) -> Option<HeaderValue> {
+        self.host.clone().or_else(|| self.value_of(Known::Host))
+    }
+
+    /// The kept fields as a map, with room for `extra` more.
+    pub fn into_map(self, extra: usize) -> HeaderMap {
+        self.to_map(extra)
+    }
+
+    fn to_map(&self, extra: usize) -> HeaderMap {
+        let mut map = self.head.to_header_map_except(self.skip, extra);
+        if let Some(host) = &self.host {
+            map.insert(header::HOST, host.clone());
+        }
+        map
+    }
 }
 
 const fn reject(kind: ErrorKind, detail: &'static str) -> Rejection {
@@ -69,20 +126,16 @@ const STACK_HEADERS: usize = 128;
 ///
 /// Returns `Ok(None)` when more bytes are needed, and on success removes the
 /// head's bytes from `buf`. Refusals carry the status to answer with.
-pub(crate) fn parse_head(
-    buf: &mut BytesMut,
-    limits: HeadLimits,
-    offsets: &mut Vec<[usize; 4]>,
-) -> Result<Option<Head>, Rejection> {
+pub(crate) fn parse_head(buf: &mut BytesMut, limits: HeadLimits) -> Result<Option<Head>, Rejection> {
     let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
     let mut heap;
-    let fields: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
+    let parsed: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
         &mut stack[..limits.max_headers]
     } else {
         heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
         &mut heap
     };
-    let mut req = httparse::Request::new(fields);
+    let mut req = httparse::Request::new(parsed);
     let base = buf.as_ptr() as usize;
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -108,9 +161,6 @@ pub(crate) fn parse_head(
     if len > limits.max_head {
         return Err(reject(ErrorKind::HeaderTooLarge, "header section too large"));
     }
-    if has_bare_lf(&buf[..len]) {
-        return Err(BARE_LF);
-    }
     let path = req.path.unwrap_or_default();
     if path.len() > limits.max_uri {
         return Err(reject(ErrorKind::UriTooLong, "request target too long"));
@@ -121,23 +171,50 @@ pub(crate) fn parse_head(
     };
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| reject(ErrorKind::BadRequest, "invalid method"))?;
-    let path_at = [path.as_ptr() as usize - base, path.len()];
-    offsets.clear();
-    for h in req.headers.iter() {
-        offsets.push([
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        ]);
-    }
-
-    let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path_at[0]..path_at[0] + path_at[1]))
+    let path_at = (path.as_ptr() as usize - base, path.len());
+    let fields = raw_fields(&buf[..len], base, req.headers.iter()).ok_or(BARE_LF)?;
+    let head = RawHead {
+        bytes: buf.split_to(len).freeze(),
+        fields,
+    };
+    let uri = Uri::from_maybe_shared(head.bytes.slice(path_at.0..path_at.0 + path_at.1))
         .map_err(|_| reject(ErrorKind::BadRequest, "invalid request target"))?;
-    let headers = build_headers(&head, offsets, 8)
-        .map_err(|_| reject(ErrorKind::BadRequest, "invalid header field"))?;
-    interpret(method, uri, version, headers, &head)
+    interpret(method, uri, version, head).map(Some)
+}
+
+/// The field lines of a head whose every line must end in CRLF. httparse
+/// accepts a bare LF, and a line can only end where httparse saw one: after
+/// the start line, after each field's value (and its trailing spaces), and
+/// as the empty line that closes the head. `None` when one does not.
+fn raw_fields<'h>(
+    head: &[u8],
+    base: usize,
+    parsed: impl ExactSizeIterator<Item = &'h httparse::Header<'h>>,
+) -> Option<Vec<RawField>> {
+    let crlf_at = |lf: usize| lf >= 1 && head[lf - 1] == b'\r';
+    let start_lf = memchr::memchr(b'\n', head)?;
+    if !crlf_at(start_lf) {
+        return None;
+    }
+    let mut fields = Vec::with_capacity(parsed.len());
+    let mut end_of_fields = start_lf + 1;
+    for h in parsed {
+        let name_at = h.name.as_ptr() as usize - base;
+        let value_at = h.value.as_ptr() as usize - base;
+        let value_end = value_at + h.value.len();
+        let lf = value_end + memchr::memchr(b'\n', &head[value_end..])?;
+        if !crlf_at(lf) {
+            return None;
+        }
+        fields.push(RawField {
+            name: (name_at as u32, (name_at + h.name.len()) as u32),
+            value: (value_at as u32, value_end as u32),
+            line: (name_at as u32, (lf + 1) as u32),
+            known: Known::of(h.name.as_bytes()),
+        });
+        end_of_fields = lf + 1;
+    }
+    (head.get(end_of_fields..) == Some(b"\r\n")).then_some(fields)
 }
 
 /// Refuses an incomplete head early when it can no longer become valid, so
@@ -162,61 +239,65 @@ fn has_bare_lf(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', bytes).any(|i| i == 0 || bytes[i - 1] != b'\r')
 }
 
-/// Which of the fields that shape a message's framing and handling it
-/// carries, found in one pass: most messages have few of them, and a pass
-/// over the names costs less than a hashed lookup for each.
-#[derive(Default)]
-struct Fields {
-    content_length: u8,
-    transfer_encoding: u8,
-    host: u8,
-    connection: bool,
-    upgrade: bool,
-    expect: bool,
-}
-
-impl Fields {
-    fn of(headers: &HeaderMap) -> Fields {
-        let mut f = Fields::default();
-        for (name, _) in headers {
-            if *name == header::CONTENT_LENGTH {
-                f.content_length = f.content_length.saturating_add(1);
-            } else if *name == header::TRANSFER_ENCODING {
-                f.transfer_encoding = f.transfer_encoding.saturating_add(1);
-            } else if *name == header::HOST {
-                f.host = f.host.saturating_add(1);
-            } else if *name == header::CONNECTION {
-                f.connection = true;
-            } else if *name == header::UPGRADE {
-                f.upgrade = true;
-            } else if *name == header::EXPECT {
-                f.expect = true;
-            }
-        }
-        f
-    }
-}
-
 /// The semantic checks: framing, Host, connection options.
-fn interpret(
-    method: Method,
-    mut uri: Uri,
-    version: Version,
-    mut headers: HeaderMap,
-    _raw: &Bytes,
-) -> Result<Option<Head>, Rejection> {
-    let fields = Fields::of(&headers);
-    let absolute_form = uri.scheme().is_some();
-    let framing = if fields.content_length == 0 && fields.transfer_encoding == 0 {
-        Framing::Empty
-    } else {
-        framing(&headers, version)?
+fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> Result<Head, Rejection> {
+    // One pass for the few fields that shape the request.
+    let (mut cl, mut te, mut hosts) = (0u8, 0u8, 0u8);
+    let mut skip = 0u64;
+    let mut connection = false;
+    let mut upgrade_field = None;
+    let mut expect = None;
+    for (i, f) in head.fields.iter().enumerate() {
+        match f.known {
+            Known::ContentLength => cl = cl.saturating_add(1),
+            Known::TransferEncoding => te = te.saturating_add(1),
+            Known::Host => hosts = hosts.saturating_add(1),
+            Known::Connection => connection = true,
+            Known::Upgrade => upgrade_field = upgrade_field.or(Some(i)),
+            Known::Expect => {
+                expect = expect.or(Some(i));
+                // levee answers the expectation itself (see the h1 connection).
+                skip |= bit(i);
+            }
+            _ => {}
+        }
+    }
+    let first = |k: Known| {
+        head.fields
+            .iter()
+            .find(|f| f.known == k)
+            .map_or(&b""[..], |f| head.value(f))
+    };
+
+    let framing = match (te, cl) {
+        (0, 0) => Framing::Empty,
+        (_, c) if c > 0 && te > 0 => {
+            return Err(reject(
+                ErrorKind::BadRequest,
+                "both content-length and transfer-encoding",
+            ));
+        }
+        (1, 0) if version == Version::HTTP_10 => {
+            return Err(reject(
+                ErrorKind::BadRequest,
+                "transfer-encoding in an HTTP/1.0 request",
+            ));
+        }
+        (1, 0) => transfer_coding(first(Known::TransferEncoding))?,
+        (_, 0) => return Err(reject(ErrorKind::BadRequest, "repeated transfer-encoding")),
+        (0, 1) => match parse_content_length(first(Known::ContentLength)) {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => return Err(reject(ErrorKind::BadRequest, "invalid content-length")),
+        },
+        _ => return Err(reject(ErrorKind::BadRequest, "repeated content-length")),
     };
 
     // Request target forms (RFC 9112 §3.2).
     if method == Method::CONNECT {
         return Err(reject(ErrorKind::MethodNotAllowed, "CONNECT is not proxied"));
     }
+    let mut host_override = None;
     if uri.path() == "*" && uri.scheme().is_none() {
         if method != Method::OPTIONS {
             return Err(reject(
@@ -232,38 +313,39 @@ fn interpret(
                 "unsupported scheme in request target",
             ));
         }
+        let invalid = reject(ErrorKind::BadRequest, "invalid authority in request target");
         let authority = uri
             .authority()
             .filter(|a| !a.as_str().contains('@'))
-            .ok_or(reject(
-                ErrorKind::BadRequest,
-                "invalid authority in request target",
-            ))?;
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| reject(ErrorKind::BadRequest, "invalid authority in request target"))?;
-        headers.insert(header::HOST, host);
+            .ok_or(invalid)?;
+        host_override = Some(HeaderValue::from_str(authority.as_str()).map_err(|_| invalid)?);
+        for (i, f) in head.fields.iter().enumerate() {
+            if f.known == Known::Host {
+                skip |= bit(i);
+            }
+        }
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         uri = Uri::try_from(if path.is_empty() { "/" } else { path })
             .map_err(|_| reject(ErrorKind::BadRequest, "invalid request target"))?;
     } else if !uri.path().starts_with('/') {
         return Err(reject(ErrorKind::BadRequest, "invalid request target"));
-    }
-
-    // In absolute form the target's authority became the Host field.
-    if !absolute_form {
-        match fields.host {
+    } else {
+        match hosts {
             0 if version == Version::HTTP_11 => return Err(reject(ErrorKind::BadRequest, "missing host")),
             0 => {}
-            1 => check_host(&headers)?,
+            1 if !is_authority(first(Known::Host)) => {
+                return Err(reject(ErrorKind::BadRequest, "invalid host"));
+            }
+            1 => {}
             _ => return Err(reject(ErrorKind::BadRequest, "repeated host")),
         }
     }
 
     // Connection options: `close` wins over `keep-alive` whatever the order.
     let (mut close, mut keep, mut upgrade_token) = (false, false, false);
-    if fields.connection {
-        for value in headers.get_all(header::CONNECTION) {
-            for token in list_tokens(value) {
+    if connection {
+        for f in head.fields.iter().filter(|f| f.known == Known::Connection) {
+            for token in head.value(f).split(|&b| b == b',').map(trim_ows) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep |= token.eq_ignore_ascii_case(b"keep-alive");
                 upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
@@ -275,89 +357,69 @@ fn interpret(
     // Upgrades: HTTP/1.1 only, and never to h2c (RFC 9113 §3.1 removed it;
     // forwarding it would let a client speak h2 to an unsuspecting origin).
     let mut upgrade = false;
-    if let Some(up) = headers.get(header::UPGRADE).filter(|_| fields.upgrade) {
-        let h2c = list_tokens(up).any(|t| t.eq_ignore_ascii_case(b"h2c"));
+    if let Some(i) = upgrade_field {
+        let value = head.value(&head.fields[i]);
+        let h2c = value
+            .split(|&b| b == b',')
+            .map(trim_ows)
+            .any(|t| t.eq_ignore_ascii_case(b"h2c"));
         if h2c || !upgrade_token || version != Version::HTTP_11 {
-            headers.remove(header::UPGRADE);
-            headers.remove(HeaderName::from_static("http2-settings"));
+            for (j, f) in head.fields.iter().enumerate() {
+                if matches!(f.known, Known::Upgrade | Known::Http2Settings) {
+                    skip |= bit(j);
+                }
+            }
         } else {
             upgrade = true;
         }
     }
 
-    let expect_continue = match headers.get(header::EXPECT).filter(|_| fields.expect) {
+    let expect_continue = match expect {
         None => false,
-        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
+        Some(i) if head.value(&head.fields[i]).eq_ignore_ascii_case(b"100-continue") => true,
         Some(_) => return Err(reject(ErrorKind::BadRequest, "unsupported expectation")),
     };
-    if fields.expect {
-        // levee answers the expectation itself (see the h1 connection).
-        headers.remove(header::EXPECT);
-    }
 
-    Ok(Some(Head {
+    let raw = RawRequest {
+        head,
+        skip,
+        host: host_override,
+    };
+    // A skip mask tracks up to 64 fields; a larger head becomes a map.
+    let fields = if raw.head.fields.len() <= MAX_RAW_FIELDS {
+        RequestFields::Raw(raw)
+    } else {
+        RequestFields::Map(raw.into_map(8))
+    };
+    Ok(Head {
         method,
         uri,
         version,
-        headers,
+        fields,
         framing,
         keep_alive,
         expect_continue: expect_continue && framing != Framing::Empty && version == Version::HTTP_11,
         upgrade,
-    }))
-}
-
-/// Body framing per RFC 9112 §6, the strict way.
-fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, Rejection> {
-    let mut te_values = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let mut cl_values = headers.get_all(header::CONTENT_LENGTH).iter();
-    match (te_values.next(), cl_values.next()) {
-        (Some(_), Some(_)) => Err(reject(
-            ErrorKind::BadRequest,
-            "both content-length and transfer-encoding",
-        )),
-        (Some(te), None) => {
-            if version == Version::HTTP_10 {
-                return Err(reject(
-                    ErrorKind::BadRequest,
-                    "transfer-encoding in an HTTP/1.0 request",
-                ));
-            }
-            if te_values.next().is_some() {
-                return Err(reject(ErrorKind::BadRequest, "repeated transfer-encoding"));
-            }
-            transfer_coding(te.as_bytes())
-        }
-        (None, Some(cl)) => {
-            if cl_values.next().is_some() {
-                return Err(reject(ErrorKind::BadRequest, "repeated content-length"));
-            }
-            match parse_content_length(cl.as_bytes()) {
-                Some(0) => Ok(Framing::Empty),
-                Some(n) => Ok(Framing::Length(n)),
-                None => Err(reject(ErrorKind::BadRequest, "invalid content-length")),
-            }
-        }
-        (None, None) => Ok(Framing::Empty),
-    }
+    })
 }
 
 /// Exactly `chunked` is accepted. A clean list of other codings is valid
 /// HTTP that levee does not implement (501); anything else is malformed.
 fn transfer_coding(value: &[u8]) -> Result<Framing, Rejection> {
-    let mut codings = Vec::new();
+    let mut codings = 0;
+    let mut chunked = 0;
+    let mut last_chunked = false;
     for element in value.split(|&b| b == b',') {
         let token = trim_ows(element);
         if token.is_empty() || !token.iter().all(|&b| is_tchar(b)) {
             return Err(reject(ErrorKind::BadRequest, "malformed transfer-encoding"));
         }
-        codings.push(token);
+        codings += 1;
+        last_chunked = token.eq_ignore_ascii_case(b"chunked");
+        chunked += usize::from(last_chunked);
     }
-    let is_chunked = |t: &[u8]| t.eq_ignore_ascii_case(b"chunked");
-    let chunked = codings.iter().filter(|t| is_chunked(t)).count();
-    let last_chunked = codings.last().is_some_and(|t| is_chunked(t));
     match chunked {
-        1 if codings.len() == 1 => Ok(Framing::Chunked),
+        1 if codings == 1 => Ok(Framing::Chunked),
         0 => Err(reject(ErrorKind::NotImplemented, "unsupported transfer coding")),
         1 if last_chunked => Err(reject(ErrorKind::NotImplemented, "unsupported transfer coding")),
         _ => Err(reject(ErrorKind::BadRequest, "malformed transfer-encoding")),
@@ -372,14 +434,6 @@ pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
     value
         .iter()
         .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-}
-
-/// The one Host field is a valid authority without user information.
-fn check_host(headers: &HeaderMap) -> Result<(), Rejection> {
-    match headers.get(header::HOST) {
-        Some(h) if !is_authority(h.as_bytes()) => Err(reject(ErrorKind::BadRequest, "invalid host")),
-        _ => Ok(()),
-    }
 }
 
 /// `host [ ":" port ]` per RFC 3986 §3.2, without user information: a
@@ -413,15 +467,6 @@ pub(crate) fn is_authority(b: &[u8]) -> bool {
         }
     };
     port_ok && host_ok
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-pub(crate) fn list_tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(trim_ows)
-        .filter(|t| !t.is_empty())
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -483,43 +528,15 @@ pub(crate) fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseH
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let head = &buf[..len];
-    // Every line must end in CRLF. httparse accepts a bare LF, and a line
-    // can only end where httparse saw one: after the status line, after
-    // each field's value (and its trailing spaces), and the empty line.
-    let crlf_at = |lf: usize| lf >= 1 && head[lf - 1] == b'\r';
-    let status_lf = memchr::memchr(b'\n', head).ok_or(MALFORMED)?;
-    if !crlf_at(status_lf) {
-        return Err(MALFORMED);
-    }
-    let mut fields = Vec::with_capacity(res.headers.len());
-    let mut end_of_fields = status_lf + 1;
+    let fields = raw_fields(&buf[..len], base, res.headers.iter()).ok_or(MALFORMED)?;
     let (mut te, mut cl, mut connection) = (0u8, 0u8, false);
-    for h in res.headers.iter() {
-        let name_at = h.name.as_ptr() as usize - base;
-        let value_at = h.value.as_ptr() as usize - base;
-        let value_end = value_at + h.value.len();
-        let lf = value_end + memchr::memchr(b'\n', &head[value_end..]).ok_or(MALFORMED)?;
-        if !crlf_at(lf) {
-            return Err(MALFORMED);
-        }
-        let known = Known::of(h.name.as_bytes());
-        match known {
+    for f in &fields {
+        match f.known {
             Known::TransferEncoding => te = te.saturating_add(1),
             Known::ContentLength => cl = cl.saturating_add(1),
             Known::Connection => connection = true,
             _ => {}
         }
-        fields.push(RawField {
-            name: (name_at as u32, (name_at + h.name.len()) as u32),
-            value: (value_at as u32, value_end as u32),
-            line: (name_at as u32, (lf + 1) as u32),
-            known,
-        });
-        end_of_fields = lf + 1;
-    }
-    if head.get(end_of_fields..) != Some(b"\r\n") {
-        return Err(MALFORMED);
     }
     let raw = RawHead {
         bytes: buf.split_to(len).freeze(),
@@ -583,19 +600,6 @@ pub(crate) fn response_framing(head: &ResponseHead, request_was_head: bool) -> F
     }
 }
 
-/// Builds a header map whose values are slices of `head` (no copies).
-fn build_headers(head: &Bytes, offsets: &[[usize; 4]], extra: usize) -> Result<HeaderMap, ()> {
-    // Room for the `extra` fields levee adds on the way (request id,
-    // forwarding, via), so the map does not grow, and rehash, mid-request.
-    let mut headers = HeaderMap::with_capacity(offsets.len() + extra);
-    for &[n, nl, v, vl] in offsets {
-        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| ())?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).map_err(|_| ())?;
-        headers.append(name, value);
-    }
-    Ok(headers)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,7 +616,15 @@ mod tests {
 
     fn parse_with(bytes: &[u8], limits: HeadLimits) -> Result<Option<Head>, Rejection> {
         let mut buf = BytesMut::from(bytes);
-        parse_head(&mut buf, limits, &mut Vec::new())
+        parse_head(&mut buf, limits)
+    }
+
+    /// The fields a head forwards, as a map.
+    fn headers(h: &Head) -> HeaderMap {
+        match &h.fields {
+            RequestFields::Raw(r) => r.to_map(0),
+            RequestFields::Map(m) => m.clone(),
+        }
     }
 
     fn ok(bytes: &[u8]) -> Head {
@@ -635,7 +647,7 @@ mod tests {
         assert_eq!(h.method, Method::GET);
         assert_eq!(h.uri, "/a?b=c");
         assert_eq!(h.version, Version::HTTP_11);
-        assert_eq!(h.headers["x-a"], "1");
+        assert_eq!(headers(&h)["x-a"], "1");
         assert_eq!(h.framing, Framing::Empty);
         assert!(h.keep_alive);
         assert!(!h.upgrade);
@@ -644,16 +656,10 @@ mod tests {
     #[test]
     fn head_bytes_are_consumed_and_pipelined_bytes_kept() {
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\n"[..]);
-        let h = parse_head(&mut buf, LIMITS, &mut Vec::new())
-            .expect("ok")
-            .expect("complete");
+        let h = parse_head(&mut buf, LIMITS).expect("ok").expect("complete");
         assert_eq!(h.uri, "/");
         assert_eq!(&buf[..], b"GET /2 HTTP/1.1\r\n");
-        assert!(
-            parse_head(&mut buf, LIMITS, &mut Vec::new())
-                .expect("ok")
-                .is_none()
-        );
+        assert!(parse_head(&mut buf, LIMITS).expect("ok").is_none());
     }
 
     #[test]
@@ -758,18 +764,18 @@ mod tests {
         // Upgrade without the Connection token is not an upgrade, and is not forwarded.
         let h = ok(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n");
         assert!(!h.upgrade);
-        assert!(h.headers.get("upgrade").is_none());
+        assert!(headers(&h).get("upgrade").is_none());
         let h2c = ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
         assert!(!h2c.upgrade);
-        assert!(h2c.headers.get("upgrade").is_none());
-        assert!(h2c.headers.get("http2-settings").is_none());
+        assert!(headers(&h2c).get("upgrade").is_none());
+        assert!(headers(&h2c).get("http2-settings").is_none());
     }
 
     #[test]
     fn expect_continue() {
         let h = ok(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
         assert!(h.expect_continue);
-        assert!(h.headers.get("expect").is_none());
+        assert!(headers(&h).get("expect").is_none());
         let h = ok(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n");
         assert!(!h.expect_continue, "no body, nothing to wait for");
     }
@@ -778,7 +784,7 @@ mod tests {
     fn absolute_form_replaces_host() {
         let h = ok(b"GET http://b.example:8080/x?y HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.uri, "/x?y");
-        assert_eq!(h.headers["host"], "b.example:8080");
+        assert_eq!(headers(&h)["host"], "b.example:8080");
         assert_eq!(status(b"GET http://u@b/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
     }
 
@@ -854,7 +860,7 @@ mod tests {
         }
         req.push_str("\r\n");
         let h = parse_with(req.as_bytes(), limits).expect("ok").expect("complete");
-        assert_eq!(h.headers.len(), 501);
+        assert_eq!(headers(&h).len(), 501);
     }
 
     #[test]

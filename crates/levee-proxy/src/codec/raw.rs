@@ -24,6 +24,11 @@ pub(crate) enum Known {
     Upgrade,
     Http2Settings,
     RequestId,
+    Host,
+    Expect,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
     Other,
 }
 
@@ -32,14 +37,19 @@ impl Known {
         let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
         match name.len() {
             2 if is(b"te") => Known::Te,
+            4 if is(b"host") => Known::Host,
+            6 if is(b"expect") => Known::Expect,
             7 if is(b"upgrade") => Known::Upgrade,
             10 if is(b"connection") => Known::Connection,
             10 if is(b"keep-alive") => Known::KeepAlive,
             12 if is(b"x-request-id") => Known::RequestId,
             14 if is(b"content-length") => Known::ContentLength,
             14 if is(b"http2-settings") => Known::Http2Settings,
+            15 if is(b"x-forwarded-for") => Known::XForwardedFor,
             16 if is(b"proxy-connection") => Known::ProxyConnection,
+            16 if is(b"x-forwarded-host") => Known::XForwardedHost,
             17 if is(b"transfer-encoding") => Known::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => Known::XForwardedProto,
             _ => Known::Other,
         }
     }
@@ -88,16 +98,27 @@ impl RawHead {
 
     /// The fields as a map (values are slices of the head, not copies),
     /// with room for `extra` more.
-    pub fn to_header_map(&self, extra: usize) -> Result<HeaderMap, ()> {
+    pub fn to_header_map(&self, extra: usize) -> HeaderMap {
+        self.to_header_map_except(0, extra)
+    }
+
+    /// Like [`RawHead::to_header_map`], leaving out the fields whose bit is
+    /// set in `skip`. The parser already checked every name and value
+    /// (httparse's token and value rules are `http`'s), so none is refused.
+    pub fn to_header_map_except(&self, skip: u64, extra: usize) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.fields.len() + extra);
-        for f in &self.fields {
-            let name = HeaderName::from_bytes(self.name(f)).map_err(|_| ())?;
+        for (i, f) in self.fields.iter().enumerate() {
+            if skip & bit(i) != 0 {
+                continue;
+            }
+            let name = HeaderName::from_bytes(self.name(f));
             let value =
-                HeaderValue::from_maybe_shared(self.bytes.slice(f.value.0 as usize..f.value.1 as usize))
-                    .map_err(|_| ())?;
-            map.append(name, value);
+                HeaderValue::from_maybe_shared(self.bytes.slice(f.value.0 as usize..f.value.1 as usize));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
         }
-        Ok(map)
+        map
     }
 }
 
@@ -123,6 +144,11 @@ impl RawOut {
     }
 }
 
+/// The mask bit of field `i` (none beyond the mask's width).
+pub(crate) fn bit(i: usize) -> u64 {
+    if i < 64 { 1 << i } else { 0 }
+}
+
 /// Fields a raw head can have and still be forwarded raw (the skip mask's
 /// width); a larger head takes the map path.
 pub(crate) const MAX_RAW_FIELDS: usize = 64;
@@ -135,7 +161,7 @@ impl RawHead {
         let mut skip = 0u64;
         for (i, f) in self.fields.iter().enumerate() {
             if f.known.is_hop_by_hop() {
-                skip |= 1 << i;
+                skip |= bit(i);
             }
         }
         for c in self.fields.iter().filter(|f| f.known == Known::Connection) {
@@ -148,7 +174,7 @@ impl RawHead {
                 }
                 for (i, f) in self.fields.iter().enumerate() {
                     if self.name(f).eq_ignore_ascii_case(token) {
-                        skip |= 1 << i;
+                        skip |= bit(i);
                     }
                 }
             }
@@ -186,7 +212,7 @@ mod tests {
             0b0_1011,
             "x-a, connection and keep-alive; not host or x-b"
         );
-        let map = raw.to_header_map(0).expect("map");
+        let map = raw.to_header_map(0);
         assert_eq!(map.len(), 5);
         assert_eq!(map["x-b"], "2");
     }

@@ -8,6 +8,9 @@
 use std::net::IpAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::parse::RawRequest;
+use crate::codec::raw::Known;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Names levee reads or writes on every request, built at compile time:
@@ -123,29 +126,13 @@ pub(crate) struct Hop<'a> {
 /// `X-Forwarded-Host` to what levee saw, and appends `Via`.
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     headers.reserve(6);
-
-    // X-Forwarded-For: one field, the prior list (from every prior field
-    // line) then this client, so readers that look at one line see all.
-    let mut prior: Option<BytesMut> = None;
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        let v = v.as_bytes().trim_ascii();
-        if !v.is_empty() {
-            let list = prior.get_or_insert_with(|| BytesMut::with_capacity(64));
-            list.put_slice(v);
-            list.put_slice(b", ");
-        }
-    }
-    let value = match prior {
-        None => Some(hop.client.text.clone()),
-        Some(mut list) => {
-            list.put_slice(hop.client.text.as_bytes());
-            HeaderValue::from_maybe_shared(list.freeze()).ok()
-        }
-    };
-    if let Some(v) = value {
+    let prior = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    if let Some(v) = x_forwarded_for(prior, hop.client) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
     match hop.host {
         Some(host) => {
@@ -155,9 +142,36 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+    if let Ok(v) = HeaderValue::from_maybe_shared(forwarded(hop).freeze()) {
+        headers.append(header::FORWARDED, v);
+    }
+    headers.append(header::VIA, via(hop.received));
+}
 
-    // Forwarded (RFC 7239): a host with a port (or anything not a token)
-    // must be quoted.
+/// `X-Forwarded-For`: one field, the prior list (from every prior field
+/// line) then this client, so readers that look at one line see all.
+fn x_forwarded_for<'a>(prior: impl Iterator<Item = &'a [u8]>, client: &ClientAddr) -> Option<HeaderValue> {
+    let mut list: Option<BytesMut> = None;
+    for v in prior {
+        let v = v.trim_ascii();
+        if !v.is_empty() {
+            let list = list.get_or_insert_with(|| BytesMut::with_capacity(64));
+            list.put_slice(v);
+            list.put_slice(b", ");
+        }
+    }
+    match list {
+        None => Some(client.text.clone()),
+        Some(mut list) => {
+            list.put_slice(client.text.as_bytes());
+            HeaderValue::from_maybe_shared(list.freeze()).ok()
+        }
+    }
+}
+
+/// The `Forwarded` element for this hop (RFC 7239): a host with a port
+/// (or anything not a token) must be quoted.
+fn forwarded(hop: &Hop<'_>) -> BytesMut {
     let host = hop.host.map_or(&b""[..], |h| h.as_bytes());
     let mut fwd = BytesMut::with_capacity(hop.client.forwarded_for.len() + host.len() + 24);
     fwd.put_slice(&hop.client.forwarded_for);
@@ -176,11 +190,70 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
             fwd.put_slice(b"\"");
         }
     }
-    if let Ok(v) = HeaderValue::from_maybe_shared(fwd.freeze()) {
-        headers.append(header::FORWARDED, v);
-    }
+    fwd
+}
 
-    headers.append(header::VIA, via(hop.received));
+/// How a request received as raw lines goes to an HTTP/1.1 upstream: the
+/// fields to leave out, and the lines levee adds. The same rewriting as
+/// [`strip_hop_by_hop`] plus [`add_forwarding`] do on a map.
+pub(crate) struct RawPlan {
+    pub skip: u64,
+    pub extra: Bytes,
+}
+
+pub(crate) fn raw_plan(
+    raw: &RawRequest,
+    hop: &Hop<'_>,
+    request_id: Option<&HeaderValue>,
+    upgrade: bool,
+) -> RawPlan {
+    let head = &raw.head;
+    let mut skip = raw.skip | head.hop_by_hop_mask();
+    let mut prior = Vec::new();
+    for (i, f) in head.fields.iter().enumerate().take(64) {
+        match f.known {
+            // An upgrade keeps its Upgrade field (which `Connection:
+            // upgrade` names); levee writes its own Connection.
+            Known::Upgrade if upgrade && raw.skip & (1 << i) == 0 => skip &= !(1 << i),
+            Known::XForwardedFor => {
+                if raw.skip & (1 << i) == 0 {
+                    prior.push(head.value(f));
+                }
+                skip |= 1 << i;
+            }
+            Known::XForwardedProto | Known::XForwardedHost => skip |= 1 << i,
+            _ => {}
+        }
+    }
+    let mut extra = BytesMut::with_capacity(256);
+    let mut line = |name: &[u8], value: &[u8]| {
+        extra.put_slice(name);
+        extra.put_slice(b": ");
+        extra.put_slice(value);
+        extra.put_slice(b"\r\n");
+    };
+    if let Some(host) = &raw.host {
+        line(b"host", host.as_bytes());
+    }
+    if let Some(v) = x_forwarded_for(prior.into_iter(), hop.client) {
+        line(b"x-forwarded-for", v.as_bytes());
+    }
+    line(b"x-forwarded-proto", hop.proto.as_bytes());
+    if let Some(host) = hop.host {
+        line(b"x-forwarded-host", host.as_bytes());
+    }
+    line(b"forwarded", &forwarded(hop));
+    line(b"via", via(hop.received).as_bytes());
+    if let Some(id) = request_id {
+        line(b"x-request-id", id.as_bytes());
+    }
+    if upgrade {
+        line(b"connection", b"upgrade");
+    }
+    RawPlan {
+        skip,
+        extra: extra.freeze(),
+    }
 }
 
 /// `Via: <version> levee`.
@@ -192,12 +265,10 @@ pub(crate) fn via(version: &'static str) -> HeaderValue {
     }
 }
 
-/// The request's `X-Request-Id`, generated when absent or unusable.
+/// The request's `X-Request-Id`, generated (and inserted) when absent or
+/// unusable.
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID)
-        && !v.is_empty()
-        && v.len() <= 200
-    {
+    if let Some(v) = headers.get(&X_REQUEST_ID).filter(|v| usable_request_id(v)) {
         return v.clone();
     }
     let id = new_request_id();
@@ -205,8 +276,13 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
+/// A client's request id is kept when it is neither empty nor huge.
+pub(crate) fn usable_request_id(v: &HeaderValue) -> bool {
+    !v.is_empty() && v.len() <= 200
+}
+
 /// 128 random bits as 32 hex digits.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     let mut out = [0u8; 32];

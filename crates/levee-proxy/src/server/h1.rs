@@ -37,7 +37,7 @@ use crate::codec::encode::{
     ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk, encode_raw_head,
 };
 pub(crate) use crate::codec::parse::HeadLimits;
-use crate::codec::parse::{Framing, Head, parse_head};
+use crate::codec::parse::{Framing, Head, RequestFields, parse_head};
 use crate::forward::UpstreamUpgrade;
 
 /// A request body the upstream stopped reading is read and dropped up to
@@ -102,7 +102,6 @@ pub(crate) async fn serve<H, R, W>(
     W: AsyncWrite + Unpin,
 {
     let mut out = BytesMut::with_capacity(512);
-    let mut offsets = Vec::new();
     // Registered once for the connection's life rather than once a request.
     let drain = draining.watch();
     tokio::pin!(drain);
@@ -115,7 +114,7 @@ pub(crate) async fn serve<H, R, W>(
             drain: drain.as_mut(),
             timer: &mut timer,
         };
-        let head = match read_head(rd, &mut buf, settings, &mut offsets, waits, head_deadline).await {
+        let head = match read_head(rd, &mut buf, settings, waits, head_deadline).await {
             Ok(h) => h,
             Err(Stop::Closed) => return,
             Err(Stop::Reject(r)) => {
@@ -157,14 +156,13 @@ async fn read_head<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     settings: &Settings,
-    offsets: &mut Vec<[usize; 4]>,
     mut waits: Waits<'_, '_>,
     mut head_deadline: Option<Instant>,
 ) -> Result<Head, Stop> {
     let idle_deadline = Instant::now() + settings.keepalive_timeout;
     loop {
         if !buf.is_empty() {
-            if let Some(head) = parse_head(buf, settings.limits, offsets).map_err(Stop::Reject)? {
+            if let Some(head) = parse_head(buf, settings.limits).map_err(Stop::Reject)? {
                 return Ok(head);
             }
             // The first byte of a follow-up request starts its head's clock.
@@ -263,7 +261,7 @@ where
         method,
         uri,
         version,
-        headers,
+        fields,
         framing,
         keep_alive,
         expect_continue,
@@ -292,11 +290,17 @@ where
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
-    *req.headers_mut() = headers;
+    let raw = match fields {
+        RequestFields::Raw(raw) => Some(raw),
+        RequestFields::Map(map) => {
+            *req.headers_mut() = map;
+            None
+        }
+    };
 
     // Phase 1: wait for the response head, feeding the request body.
     let response = {
-        let fut = handler.handle(req, conn);
+        let fut = handler.handle(req, raw, conn);
         tokio::pin!(fut);
         loop {
             tokio::select! {

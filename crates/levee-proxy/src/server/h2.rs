@@ -68,7 +68,7 @@ pub(crate) async fn serve<H, IO>(
                     &conn,
                 )
             } else {
-                handler.handle(req.map(RequestBody::H2), &conn).await
+                handler.handle(req.map(RequestBody::H2), None, &conn).await
             };
             Ok::<_, Infallible>(res)
         }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request};
+use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::io::AsyncWrite;
@@ -31,8 +31,9 @@ use tokio::time::Instant;
 use super::EndpointState;
 use crate::body::{BodyError, RequestBody};
 use crate::codec::decode::{Decoded, Decoder};
-use crate::codec::encode::{ChunkLine, encode_last_chunk, encode_request_head};
+use crate::codec::encode::{ChunkLine, encode_last_chunk, encode_raw_request_head, encode_request_head};
 use crate::codec::parse::{Framing, ResponseHead, parse_response_head, response_framing};
+use crate::codec::raw::RawHead;
 use crate::timer::LazyTimer;
 
 /// Read sizes on upstream connections.
@@ -81,6 +82,17 @@ impl Conn {
     }
 }
 
+/// The fields of a request on its way out.
+pub(crate) enum OutHead<'a> {
+    Map(&'a HeaderMap),
+    /// Lines as the client sent them, less `skip`, plus `extra`.
+    Raw {
+        head: &'a RawHead,
+        skip: u64,
+        extra: &'a [u8],
+    },
+}
+
 /// A failed exchange, and whether any byte of the request reached the
 /// socket: when none did, the request may go elsewhere whatever its method.
 #[derive(Debug)]
@@ -113,20 +125,27 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    /// Prepares `req` (already rewritten for the upstream) on `conn`.
-    pub fn new(mut conn: Box<Conn>, req: Request<RequestBody>) -> Exchange {
-        let (parts, body) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    /// Prepares a request (already rewritten for the upstream) on `conn`.
+    pub fn new(
+        mut conn: Box<Conn>,
+        method: &Method,
+        target: &str,
+        head: OutHead<'_>,
+        body: RequestBody,
+    ) -> Exchange {
         let framing = match body.size_hint().exact() {
             // Some servers insist on a length for these methods, even zero.
-            Some(0) if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => {
-                Framing::Length(0)
-            }
+            Some(0) if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => Framing::Length(0),
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
             None => Framing::Chunked,
         };
-        encode_request_head(&mut conn.wbuf, &parts.method, target, &parts.headers, framing);
+        match head {
+            OutHead::Map(headers) => encode_request_head(&mut conn.wbuf, method, target, headers, framing),
+            OutHead::Raw { head, skip, extra } => {
+                encode_raw_request_head(&mut conn.wbuf, method, target, head, skip, extra, framing);
+            }
+        }
         let head = conn.wbuf.split().freeze();
         conn.queue.clear();
         let queued = head.len();
@@ -139,7 +158,7 @@ impl Exchange {
             body: has_body.then_some(body),
             body_touched: false,
             chunked: framing == Framing::Chunked,
-            head_request: parts.method == Method::HEAD,
+            head_request: *method == Method::HEAD,
         }
     }
 

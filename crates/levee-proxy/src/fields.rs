@@ -1,0 +1,39 @@
+//! A read-only view of a request's fields, whichever way levee holds them:
+//! the lines as received (HTTP/1) or a map (HTTP/2). Routing and hashing
+//! read requests through it.
+
+use http::{HeaderMap, HeaderName};
+
+use crate::codec::parse::RawRequest;
+
+#[derive(Clone, Copy)]
+pub(crate) enum FieldsView<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a RawRequest),
+}
+
+impl<'a> FieldsView<'a> {
+    /// The first value of the fields named `name`, and so on, until `f`
+    /// returns something.
+    pub fn find_map<T>(&self, name: &HeaderName, mut f: impl FnMut(&'a [u8]) -> Option<T>) -> Option<T> {
+        match *self {
+            FieldsView::Map(map) => map.get_all(name).iter().find_map(|v| f(v.as_bytes())),
+            FieldsView::Raw(raw) => {
+                let name = name.as_str().as_bytes();
+                raw.kept()
+                    .filter(|(_, field)| raw.head.name(field).eq_ignore_ascii_case(name))
+                    .find_map(|(_, field)| f(raw.head.value(field)))
+            }
+        }
+    }
+
+    /// The first value of the fields named `name`.
+    pub fn first(&self, name: &HeaderName) -> Option<&'a [u8]> {
+        self.find_map(name, Some)
+    }
+
+    /// Whether some field named `name` has exactly this value.
+    pub fn has(&self, name: &HeaderName, value: &[u8]) -> bool {
+        self.find_map(name, |v| (v == value).then_some(())).is_some()
+    }
+}
