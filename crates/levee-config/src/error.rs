@@ -26,7 +26,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Every problem found in a config, in the order of the file's sections.
+/// Every problem found in a config: shape errors first, then the checks of
+/// each section (runtime, admin, server, listeners, upstreams, routes).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 

@@ -25,8 +25,8 @@ use std::path::Path;
 
 /// Parses and validates a config from TOML text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let raw = raw::parse(text)?;
-    validate::validate(raw)
+    let (raw, shape_errors) = raw::parse(text)?;
+    validate::validate(raw, shape_errors)
 }
 
 /// Reads, parses and validates a config file.

@@ -21,6 +21,10 @@ pub struct RawConfig {
     pub listener: Vec<(String, RawListener)>,
     pub route: Vec<RawRoute>,
     pub upstream: Vec<(String, RawUpstream)>,
+    /// Named items whose shape was wrong: declared, so references to them
+    /// are not reported again as references to nothing.
+    pub broken_listeners: Vec<String>,
+    pub broken_upstreams: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,8 +114,10 @@ pub struct RawEndpointTable {
     pub weight: Option<i64>,
 }
 
-/// Parses TOML text into the raw shape, collecting shape errors per section.
-pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
+/// Parses TOML text into the raw shape. A syntax error ends there; shape
+/// errors are collected per section and returned beside what did parse,
+/// so that validation can still report the problems of everything else.
+pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         ConfigErrors(vec![ConfigError::new(
             location(text, e.span()),
@@ -137,8 +143,12 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
                     raw.server = v;
                 }
             }
-            "listener" => raw.listener = named(&mut errors, "listener", value),
-            "upstream" => raw.upstream = named(&mut errors, "upstream", value),
+            "listener" => {
+                (raw.listener, raw.broken_listeners) = named(&mut errors, "listener", value);
+            }
+            "upstream" => {
+                (raw.upstream, raw.broken_upstreams) = named(&mut errors, "upstream", value);
+            }
             "route" => match value {
                 toml::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
@@ -158,7 +168,7 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
             ),
         }
     }
-    errors.into_result(raw)
+    Ok((raw, errors))
 }
 
 /// Deserializes one section, recording an error with the full path.
@@ -174,28 +184,46 @@ fn section<T: DeserializeOwned>(errors: &mut Errors, path: &str, value: toml::Va
             } else {
                 format!("{path}.{inner}")
             };
-            errors.push(full, e.into_inner().to_string());
+            errors.push(full, serde_message(&e.into_inner()));
             None
         }
     }
 }
 
-/// Deserializes a table of named tables (`[listener.<name>]`) entry by entry.
-fn named<T: DeserializeOwned>(errors: &mut Errors, path: &str, value: toml::Value) -> Vec<(String, T)> {
+/// The first line of a deserialization error: toml appends where in the
+/// document it happened, which the path already says.
+pub(crate) fn serde_message(e: &toml::de::Error) -> String {
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
+}
+
+/// Deserializes a table of named tables (`[listener.<name>]`) entry by
+/// entry; returns those that parsed and the names of those that did not.
+fn named<T: DeserializeOwned>(
+    errors: &mut Errors,
+    path: &str,
+    value: toml::Value,
+) -> (Vec<(String, T)>, Vec<String>) {
     let toml::Value::Table(entries) = value else {
         errors.push(
             path,
             format!("must be a table of named tables, like [{path}.main]"),
         );
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    entries
-        .into_iter()
-        .filter_map(|(name, v)| {
-            let item = section(errors, &format!("{path}.{name}"), v)?;
-            Some((name, item))
-        })
-        .collect()
+    let mut good = Vec::new();
+    let mut broken = Vec::new();
+    for (name, v) in entries {
+        match section(errors, &format!("{path}.{name}"), v) {
+            Some(item) => good.push((name, item)),
+            None => broken.push(name),
+        }
+    }
+    (good, broken)
 }
 
 /// `line L, column C` for a byte span of the text.

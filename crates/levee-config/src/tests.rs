@@ -256,3 +256,33 @@ fn endpoints_may_be_names_resolved_later() {
         }
     );
 }
+
+#[test]
+fn shape_errors_do_not_hide_other_problems_or_repeat_themselves() {
+    let text = r#"
+[listener.main]
+address = "nowhere"
+
+[upstream.app.region.r]
+endpoints = ["127.0.0.1:1"]
+typo = 1
+
+[[route]]
+name = "r"
+upstream = "app"
+"#;
+    let e = errors(text);
+    assert!(
+        has(&e, "upstream.app.region.r.typo: unknown field `typo`"),
+        "{e:?}"
+    );
+    assert!(
+        has(&e, "listener.main.address: \"nowhere\" is not an IP address"),
+        "{e:?}"
+    );
+    assert!(
+        !has(&e, "no upstream named"),
+        "a broken upstream is still declared: {e:?}"
+    );
+    assert!(e.iter().all(|l| !l.contains('\n')), "one line per problem: {e:?}");
+}

@@ -17,25 +17,38 @@ use crate::raw::*;
 /// elsewhere unless the operator says so.
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
-    let mut e = Errors::default();
+/// Validates what parsed, adding to the shape errors found while parsing.
+pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigErrors> {
+    let mut e = shape_errors;
     let runtime = runtime(&mut e, raw.runtime);
     let admin = admin(&mut e, raw.admin);
     let server = server(&mut e, raw.server);
-    if raw.listener.is_empty() {
+    if raw.listener.is_empty() && raw.broken_listeners.is_empty() {
         e.push(
             "listener",
             "at least one listener is required, like [listener.main] address = \"127.0.0.1:8080\"",
         );
     }
+    let declared_listeners: Vec<String> = raw.listener.iter().map(|(n, _)| n.clone()).collect();
+    let declared_upstreams: Vec<String> = raw.upstream.iter().map(|(n, _)| n.clone()).collect();
     let listeners = listeners(&mut e, raw.listener, admin.as_ref().map(|a| a.listen));
     let upstreams: Vec<Upstream> = raw
         .upstream
         .into_iter()
         .filter_map(|(name, u)| upstream(&mut e, &name, u))
         .collect();
-    let known_upstreams: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-    let known_listeners: HashSet<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    // Every declared name counts as known, valid or not: a route naming a
+    // broken upstream gets the upstream's error, not a second one.
+    let known_upstreams: HashSet<&str> = declared_upstreams
+        .iter()
+        .chain(&raw.broken_upstreams)
+        .map(String::as_str)
+        .collect();
+    let known_listeners: HashSet<&str> = declared_listeners
+        .iter()
+        .chain(&raw.broken_listeners)
+        .map(String::as_str)
+        .collect();
     let mut route_names = HashSet::new();
     let routes: Vec<Route> = raw
         .route
@@ -467,7 +480,7 @@ fn endpoint(e: &mut Errors, path: &str, value: toml::Value) -> Option<Endpoint> 
                     } else {
                         format!("{path}.{inner}")
                     };
-                    e.push(p, err.into_inner().to_string());
+                    e.push(p, crate::raw::serde_message(&err.into_inner()));
                     return None;
                 }
             }

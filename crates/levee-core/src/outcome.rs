@@ -63,6 +63,8 @@ pub enum ErrorKind {
     DnsError,
     /// The endpoint refused the connection.
     ConnectionRefused,
+    /// No route to the endpoint's network or host.
+    DestinationUnreachable,
     /// Connecting to the endpoint took longer than `connect_timeout`.
     ConnectionTimeout,
     /// The connection closed or was reset before a complete response head.
@@ -79,7 +81,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for metrics that must list them.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::BadRequest,
         ErrorKind::UriTooLong,
         ErrorKind::HeaderTooLarge,
@@ -92,6 +94,7 @@ impl ErrorKind {
         ErrorKind::NoEndpoint,
         ErrorKind::DnsError,
         ErrorKind::ConnectionRefused,
+        ErrorKind::DestinationUnreachable,
         ErrorKind::ConnectionTimeout,
         ErrorKind::ConnectionTerminated,
         ErrorKind::ResponseTimeout,
@@ -115,6 +118,7 @@ impl ErrorKind {
             ErrorKind::NoEndpoint => 503,
             ErrorKind::DnsError => 502,
             ErrorKind::ConnectionRefused => 502,
+            ErrorKind::DestinationUnreachable => 502,
             ErrorKind::ConnectionTimeout => 504,
             ErrorKind::ConnectionTerminated => 502,
             ErrorKind::ResponseTimeout => 504,
@@ -139,6 +143,7 @@ impl ErrorKind {
             ErrorKind::NoEndpoint => "destination_unavailable",
             ErrorKind::DnsError => "dns_error",
             ErrorKind::ConnectionRefused => "connection_refused",
+            ErrorKind::DestinationUnreachable => "destination_ip_unroutable",
             ErrorKind::ConnectionTimeout => "connection_timeout",
             ErrorKind::ConnectionTerminated => "connection_terminated",
             ErrorKind::ResponseTimeout => "http_response_timeout",
@@ -160,6 +165,7 @@ impl ErrorKind {
             | ErrorKind::VersionNotSupported => Blame::Downstream,
             ErrorKind::DnsError
             | ErrorKind::ConnectionRefused
+            | ErrorKind::DestinationUnreachable
             | ErrorKind::ConnectionTimeout
             | ErrorKind::ConnectionTerminated
             | ErrorKind::ResponseTimeout
@@ -173,9 +179,10 @@ impl ErrorKind {
     /// connect prove that it did not.
     pub fn delivery(self) -> Delivery {
         match self {
-            ErrorKind::DnsError | ErrorKind::ConnectionRefused | ErrorKind::ConnectionTimeout => {
-                Delivery::NotSent
-            }
+            ErrorKind::DnsError
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::DestinationUnreachable
+            | ErrorKind::ConnectionTimeout => Delivery::NotSent,
             ErrorKind::ConnectionTerminated
             | ErrorKind::ResponseTimeout
             | ErrorKind::UpstreamProtocol
@@ -292,6 +299,7 @@ mod tests {
             vec![
                 ErrorKind::DnsError,
                 ErrorKind::ConnectionRefused,
+                ErrorKind::DestinationUnreachable,
                 ErrorKind::ConnectionTimeout
             ]
         );

@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::codec::raw::RawOut;
 use crate::forward::Completion;
+use crate::server::h2::StreamGuard;
 use crate::upstream::h1::UpstreamBody;
 
 /// Why a body stopped before its end.
@@ -28,6 +29,8 @@ use crate::upstream::h1::UpstreamBody;
 pub enum BodyError {
     #[error("the client's request body ended early or was malformed")]
     RequestAborted,
+    #[error("the client's request body is larger than allowed")]
+    RequestTooLarge,
     #[error("the upstream response body did not complete within the request timeout")]
     Timeout,
     #[error("upstream body: {0}")]
@@ -43,8 +46,27 @@ pub enum RequestBody {
     Empty,
     /// From a client's HTTP/1 connection.
     H1(H1Body),
-    /// From a client's HTTP/2 stream.
-    H2(Incoming),
+    /// From a client's HTTP/2 stream, counted against `server.max_body_bytes`.
+    H2 {
+        body: Incoming,
+        limit: Option<u64>,
+        seen: u64,
+    },
+}
+
+impl RequestBody {
+    pub(crate) fn h2(body: Incoming, limit: Option<u64>) -> RequestBody {
+        RequestBody::H2 { body, limit, seen: 0 }
+    }
+
+    /// How a failure of this body should be answered (the client's fault).
+    pub(crate) fn rejection(e: &BodyError) -> levee_core::outcome::Rejection {
+        use levee_core::outcome::{ErrorKind, Rejection};
+        match e {
+            BodyError::RequestTooLarge => Rejection::new(ErrorKind::BodyTooLarge, "request body too large"),
+            _ => Rejection::new(ErrorKind::BadRequest, "request body ended early"),
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -58,7 +80,16 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::H1(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Downstream),
+            RequestBody::H2 { body, limit, seen } => {
+                let frame = ready!(Pin::new(body).poll_frame(cx));
+                if let (Some(Ok(f)), Some(max)) = (&frame, *limit) {
+                    *seen += f.data_ref().map_or(0, |d| d.len() as u64);
+                    if *seen > max {
+                        return Poll::Ready(Some(Err(BodyError::RequestTooLarge)));
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Downstream)))
+            }
         }
     }
 
@@ -66,7 +97,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::H1(b) => b.is_end_stream(),
-            RequestBody::H2(b) => b.is_end_stream(),
+            RequestBody::H2 { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -74,7 +105,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::H1(b) => b.size_hint(),
-            RequestBody::H2(b) => b.size_hint(),
+            RequestBody::H2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -206,6 +237,8 @@ pub struct ResponseBody {
     /// The response head as received, when it is forwarded raw to an
     /// HTTP/1 client (the response's header map is then empty).
     raw_head: Option<RawOut>,
+    /// Counts an HTTP/2 stream open for as long as its response lives.
+    stream: Option<StreamGuard>,
 }
 
 enum Inner {
@@ -230,6 +263,7 @@ impl ResponseBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
             completion: None,
             raw_head: None,
+            stream: None,
         }
     }
 
@@ -242,9 +276,15 @@ impl ResponseBody {
             },
             completion: Some(completion),
             raw_head: None,
+            stream: None,
         };
         body.finish_if_ended();
         body
+    }
+
+    pub(crate) fn with_stream_guard(mut self, guard: StreamGuard) -> ResponseBody {
+        self.stream = Some(guard);
+        self
     }
 
     pub(crate) fn set_raw_head(&mut self, raw: RawOut) {

@@ -459,6 +459,7 @@ fn connect_rejection(kind: ErrorKind) -> Rejection {
     let detail = match kind {
         ErrorKind::ConnectionTimeout => "connecting to the upstream timed out",
         ErrorKind::DnsError => "upstream name did not resolve",
+        ErrorKind::DestinationUnreachable => "no route to the upstream",
         ErrorKind::ConnectionTerminated => "upstream closed the connection during the handshake",
         _ => "upstream refused the connection",
     };
@@ -471,8 +472,10 @@ pub(crate) fn classify(e: &hyper::Error) -> Rejection {
     // hyper reports a body it cannot decode as invalid data or input.
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(BodyError::RequestAborted | BodyError::Downstream(_)) = s.downcast_ref::<BodyError>() {
-            return Rejection::new(ErrorKind::BadRequest, "request body ended early");
+        if let Some(e @ (BodyError::RequestAborted | BodyError::RequestTooLarge | BodyError::Downstream(_))) =
+            s.downcast_ref::<BodyError>()
+        {
+            return RequestBody::rejection(e);
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             match io.kind() {

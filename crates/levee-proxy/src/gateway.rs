@@ -25,6 +25,8 @@ const LISTEN_BACKLOG: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    #[error("the gateway is shutting down")]
+    Draining,
     #[error("listener.{listener}: cannot listen on {address}: {source}")]
     Bind {
         listener: ListenerName,
@@ -102,6 +104,10 @@ impl Gateway {
     /// on the snapshot they started with; endpoints that stay keep their
     /// pools and counters.
     pub fn apply(&self, config: Config) -> Result<(), GatewayError> {
+        // A reload racing with shutdown must not reopen listeners.
+        if self.is_draining() {
+            return Err(GatewayError::Draining);
+        }
         let config = Arc::new(config);
         self.sync_listeners(&config)?;
         let next = Snapshot::build(config, Some(&self.state.load()), &self.metrics);

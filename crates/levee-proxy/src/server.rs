@@ -6,7 +6,7 @@
 //! the HTTP/2 connection preface means h2c, anything else is HTTP/1.
 
 pub(crate) mod h1;
-mod h2;
+pub(crate) mod h2;
 mod io;
 
 use std::future::Future;

@@ -42,8 +42,12 @@ pub struct App {
     gateway: Arc<Gateway>,
     admin_addr: SocketAddr,
     reload_tx: mpsc::Sender<ReloadRequest>,
-    /// Stops the admin listener and the reload loop, after the gateway drained.
-    stop: CancellationToken,
+    /// Stops the reload loop: first thing at shutdown, so that nothing can
+    /// reopen listeners while the gateway drains.
+    stop_reloads: CancellationToken,
+    /// Stops the admin listener, after the gateway drained (it reports the
+    /// drain on /readyz meanwhile).
+    stop_admin: CancellationToken,
     tasks: TaskTracker,
     /// Kept alive for as long as the app: dropping it stops watching.
     _watcher: Option<notify::RecommendedWatcher>,
@@ -68,7 +72,8 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let gateway = Gateway::start(config, metrics)?;
 
-        let stop = CancellationToken::new();
+        let stop_reloads = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (reload_tx, reload_rx) = mpsc::channel(16);
         let (watch_tx, watch_rx) = mpsc::channel(1);
@@ -87,7 +92,7 @@ impl App {
             source,
             reload_rx,
             watch_rx,
-            stop.clone(),
+            stop_reloads.clone(),
             applied,
         ));
 
@@ -98,7 +103,7 @@ impl App {
         if let Some(extra) = extra_admin {
             router = router.merge(extra);
         }
-        let admin_stop = stop.clone();
+        let admin_stop = stop_admin.clone();
         tasks.spawn(async move {
             if let Err(e) = levee_admin::serve(admin_listener, router, admin_stop).await {
                 tracing::error!(error = %e, "admin listener failed");
@@ -110,7 +115,8 @@ impl App {
             gateway,
             admin_addr,
             reload_tx,
-            stop,
+            stop_reloads,
+            stop_admin,
             tasks,
             _watcher: watcher,
         })
@@ -142,17 +148,18 @@ impl App {
         rx.await.unwrap_or_else(|_| stopped())
     }
 
-    /// Drains the gateway (up to `server.drain_timeout`), then stops the
-    /// admin listener and the reload loop. Returns whether every in-flight
+    /// Stops reloading, drains the gateway (up to `server.drain_timeout`),
+    /// then stops the admin listener. Returns whether every in-flight
     /// exchange finished within the deadline.
     pub async fn shutdown(self) -> bool {
+        self.stop_reloads.cancel();
         let grace = self.gateway.config().server.drain_timeout;
         tracing::info!(grace = ?grace, "draining");
         let drained = self.gateway.shutdown(grace).await;
         if !drained {
             tracing::warn!("drain deadline passed with requests still in flight");
         }
-        self.stop.cancel();
+        self.stop_admin.cancel();
         self.tasks.wait().await;
         drained
     }

@@ -29,6 +29,11 @@ pub(crate) async fn run(
     // would look like the running config and be skipped.
     mut last_applied: Option<Vec<u8>>,
 ) {
+    let initial = gateway.config();
+    let started = Started {
+        admin: initial.admin.clone(),
+        runtime: initial.runtime.clone(),
+    };
     let mut watching = true;
     loop {
         let (origin, reply) = tokio::select! {
@@ -59,7 +64,7 @@ pub(crate) async fn run(
                 if origin == ReloadSource::FileWatch && text.is_some() && text == last_applied {
                     continue;
                 }
-                let outcome = reload_file(&gateway, path, origin);
+                let outcome = reload_file(&gateway, &started, path, origin);
                 if matches!(outcome, ReloadOutcome::Applied { .. }) {
                     last_applied = text;
                 }
@@ -72,7 +77,13 @@ pub(crate) async fn run(
     }
 }
 
-fn reload_file(gateway: &Gateway, path: &Path, origin: ReloadSource) -> ReloadOutcome {
+/// The settings that only take effect at start, as the process started.
+struct Started {
+    admin: levee_config::Admin,
+    runtime: levee_config::Runtime,
+}
+
+fn reload_file(gateway: &Gateway, started: &Started, path: &Path, origin: ReloadSource) -> ReloadOutcome {
     let metrics = gateway.metrics();
     let config = match levee_config::load(path) {
         Ok(c) => c,
@@ -88,13 +99,18 @@ fn reload_file(gateway: &Gateway, path: &Path, origin: ReloadSource) -> ReloadOu
             };
         }
     };
-    let current = gateway.config();
     let mut warnings = Vec::new();
-    if config.admin != current.admin {
-        warnings.push("admin.listen: a change takes effect at restart".to_string());
+    if config.admin != started.admin {
+        warnings.push(format!(
+            "admin.listen: still {} until restart",
+            started.admin.listen
+        ));
     }
-    if config.runtime != current.runtime {
-        warnings.push("runtime.workers: a change takes effect at restart".to_string());
+    if config.runtime != started.runtime {
+        warnings.push(format!(
+            "runtime.workers: still {} until restart",
+            started.runtime.workers
+        ));
     }
     match gateway.apply(config) {
         Ok(()) => {

@@ -408,6 +408,10 @@ where
             }
         }
     }
+    // A request body that broke leaves the connection's framing unknown.
+    if pump.as_ref().is_some_and(|p| p.broken) {
+        return Next::Close;
+    }
     // Whatever is left of the request body must be read before the next
     // request can be; a bounded amount is, beyond it the connection closes.
     while pump.as_ref().is_some_and(|p| !p.done) {
@@ -538,7 +542,7 @@ async fn next_frame<R: AsyncRead + Unpin>(
             step = pump_step(pump, rd, buf, None::<&mut tokio::io::Sink>) => if step.is_err() {
                 // The request body broke mid-response: stop reading it; the
                 // response may still complete, but the connection closes.
-                *pump = None;
+                break_pump(pump);
             }
         }
     }
@@ -565,9 +569,18 @@ where
             biased;
             r = &mut write => return matches!(r, Ok(Ok(()))),
             step = pump_step(pump, rd, buf, None::<&mut tokio::io::Sink>) => if step.is_err() {
-                *pump = None;
+                break_pump(pump);
             }
         }
+    }
+}
+
+/// Stops a pump whose body failed. Dropping its sender without the end
+/// marker tells the upstream side the body was cut short.
+fn break_pump(pump: &mut Option<Pump>) {
+    if let Some(p) = pump.as_mut() {
+        p.broken = true;
+        p.sender = None;
     }
 }
 
@@ -581,6 +594,9 @@ struct Pump {
     max_body: Option<u64>,
     body_timeout: Duration,
     done: bool,
+    /// The body failed (malformed, too large, too slow, or the client went
+    /// away): nothing more is read, and the connection is not reused.
+    broken: bool,
 }
 
 enum PumpError {
@@ -600,6 +616,7 @@ impl Pump {
             max_body: settings.max_body,
             body_timeout: settings.body_timeout,
             done: false,
+            broken: false,
         }
     }
 
@@ -624,7 +641,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Some(p) = pump.as_mut().filter(|p| !p.done) else {
+    let Some(p) = pump.as_mut().filter(|p| !p.done && !p.broken) else {
         return std::future::pending().await;
     };
     if p.awaiting_continue() {

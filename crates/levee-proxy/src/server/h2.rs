@@ -8,6 +8,8 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::drain::Drain;
 use http::Request;
@@ -16,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::h1::Settings;
@@ -40,6 +43,46 @@ where
     }
 }
 
+/// The streams open on one connection, to close it when it has been idle
+/// (no stream open) for the keep-alive timeout. HTTP/2 PINGs keep a
+/// connection alive at the protocol level but are no use to anyone.
+struct Streams {
+    start: Instant,
+    active: AtomicUsize,
+    /// Time since `start` when the last stream ended, in milliseconds.
+    idle_since: AtomicU64,
+}
+
+impl Streams {
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.start + Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        Some(now.saturating_duration_since(since))
+    }
+}
+
+/// Counts a stream open until its response body is dropped (which hyper
+/// does when the stream ends, completely or not).
+pub(crate) struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn open(streams: &Arc<Streams>) -> StreamGuard {
+        streams.active.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        let millis = u64::try_from(Instant::now().duration_since(s.start).as_millis()).unwrap_or(u64::MAX);
+        s.idle_since.store(millis, Ordering::Release);
+        s.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub(crate) async fn serve<H, IO>(
     handler: Arc<H>,
     conn: Arc<ConnInfo>,
@@ -52,11 +95,23 @@ pub(crate) async fn serve<H, IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = settings.limits;
+    let max_body = settings.max_body;
+    let streams = Arc::new(Streams {
+        start: Instant::now(),
+        active: AtomicUsize::new(0),
+        idle_since: AtomicU64::new(0),
+    });
+    let counted = streams.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
         let conn = conn.clone();
+        let guard = StreamGuard::open(&counted);
         async move {
             let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+            let declared = req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| crate::codec::parse::parse_content_length(v.as_bytes()));
             let res = if uri_len > limits.max_uri {
                 handler.reject(
                     Rejection::new(ErrorKind::UriTooLong, "request target too long"),
@@ -67,10 +122,16 @@ pub(crate) async fn serve<H, IO>(
                     Rejection::new(ErrorKind::HeaderTooLarge, "too many header fields"),
                     &conn,
                 )
+            } else if declared.zip(max_body).is_some_and(|(n, max)| n > max) {
+                handler.reject(
+                    Rejection::new(ErrorKind::BodyTooLarge, "request body too large"),
+                    &conn,
+                )
             } else {
-                handler.handle(req.map(RequestBody::H2), None, &conn).await
+                let req = req.map(|body| RequestBody::h2(body, max_body));
+                handler.handle(req, None, &conn).await
             };
-            Ok::<_, Infallible>(res)
+            Ok::<_, Infallible>(res.map(|body| body.with_stream_guard(guard)))
         }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TrackedExecutor(tracker.clone()));
@@ -78,16 +139,29 @@ pub(crate) async fn serve<H, IO>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
+        // PINGs find dead peers under long streams; idleness is judged by
+        // open streams, not by whether the peer answers PINGs.
         .keep_alive_interval(Some(settings.keepalive_timeout / 2))
         .keep_alive_timeout(settings.header_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = draining.watch() => {
-            // GOAWAY: streams already open finish, new ones are refused.
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+    let idle = settings.keepalive_timeout;
+    let idle_watch = async {
+        loop {
+            let now = Instant::now();
+            match streams.idle_for(now) {
+                Some(d) if d >= idle => return,
+                Some(d) => tokio::time::sleep(idle - d).await,
+                None => tokio::time::sleep(idle).await,
+            }
         }
+    };
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = draining.watch() => {}
+        _ = idle_watch => {}
     }
+    // GOAWAY: streams already open finish, new ones are refused.
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }

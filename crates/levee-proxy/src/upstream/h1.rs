@@ -202,10 +202,8 @@ impl Exchange {
                             Err(frame) => self.finish_body(frame.into_trailers().ok()),
                         }
                     }
-                    Poll::Ready(Some(Err(_))) => {
-                        return Poll::Ready(Err(
-                            self.failure(Rejection::new(ErrorKind::BadRequest, "request body ended early"))
-                        ));
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(self.failure(RequestBody::rejection(&e))));
                     }
                 }
             }

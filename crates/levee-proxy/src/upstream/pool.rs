@@ -156,6 +156,9 @@ async fn open(address: &EndpointAddress) -> Result<TcpStream, ErrorKind> {
     }
     .map_err(|e| match e.kind() {
         std::io::ErrorKind::TimedOut => ErrorKind::ConnectionTimeout,
+        std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable => {
+            ErrorKind::DestinationUnreachable
+        }
         _ => ErrorKind::ConnectionRefused,
     })?;
     // Requests and responses are written whole; Nagle would only add delay.

@@ -444,3 +444,49 @@ async fn websocket_upgrades_pass_through() {
 fn conn_buffered_prefix(res: &levee_testkit::RawResponse) -> Vec<u8> {
     res.body.clone()
 }
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let b = Backend::start("b1").await;
+    let h = Harness::start(&(simple(&[b.addr()]) + "[server]\nkeepalive_timeout = \"300ms\"\n")).await;
+    let stream = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://localhost/")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    assert_eq!(res.status(), 200);
+    drop(res);
+    // Idle, the connection is closed by levee (GOAWAY), well within the deadline.
+    tokio::time::timeout(SETTLE, conn)
+        .await
+        .expect("closed while idle")
+        .expect("join")
+        .expect("clean close");
+}
+
+#[tokio::test]
+async fn http2_bodies_over_the_limit_are_refused() {
+    let b = Backend::start("b1").await;
+    let h = Harness::start(&(simple(&[b.addr()]) + "[server]\nmax_body_bytes = 1000\n")).await;
+    let c = Client::http2(h.addr);
+    let big = Request::post("/upload")
+        .body(Full::new(Bytes::from(vec![b'x'; 5000])))
+        .expect("request");
+    let res = c.send(big).await.expect("response");
+    assert_eq!(res.status, 413);
+    assert!(
+        res.header("proxy-status")
+            .expect("proxy-status")
+            .contains("http_request_error")
+    );
+    let small = Request::post("/upload")
+        .body(Full::new(Bytes::from(vec![b'x'; 500])))
+        .expect("request");
+    assert_eq!(c.send(small).await.expect("response").status, 200);
+    assert_eq!(b.ledger().len(), 1, "the refused body never reached the origin");
+}

@@ -233,3 +233,26 @@ async fn a_fixed_config_has_nothing_to_reload() {
     ));
     let _ = ConfigSource::Fixed;
 }
+
+#[tokio::test]
+async fn restart_only_settings_are_reported_until_restart() {
+    let a = Backend::start("a").await;
+    let h = Harness::start_file(&simple(&[a.addr()]), false).await;
+    let moved = simple(&[a.addr()]).replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        "[admin]\nlisten = \"127.0.0.2:0\"",
+    );
+    std::fs::write(h.config_path(), &moved).expect("write");
+    for _ in 0..2 {
+        match h.app.reload(ReloadSource::Api).await {
+            ReloadOutcome::Applied { warnings } => {
+                assert_eq!(warnings.len(), 1, "{warnings:?}");
+                assert!(
+                    warnings[0].starts_with("admin.listen: still 127.0.0.1:0 until restart"),
+                    "{warnings:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

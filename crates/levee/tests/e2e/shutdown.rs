@@ -215,3 +215,40 @@ async fn sighup_reloads_the_file() {
     levee.signal("TERM");
     assert_eq!(levee.exit_code().await, Some(0));
 }
+
+#[tokio::test]
+async fn a_reload_while_draining_does_not_reopen_listeners() {
+    let b = Backend::start("b").await;
+    b.set_behaviour(Behaviour::Delay(Duration::from_millis(1500)));
+    let h = Harness::start_file(&simple(&[b.addr()]), false).await;
+    let slow = tokio::spawn({
+        let c = h.client();
+        async move { c.get("/slow").await }
+    });
+    eventually(SETTLE, "the slow request reached the origin", || {
+        b.requests_in_flight() == 1
+    })
+    .await;
+    let (addr, admin) = (h.addr, h.admin);
+    let Harness { app, dir, .. } = h;
+    let drained = tokio::spawn(app.shutdown());
+    eventually_async(SETTLE, "new connections are refused", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    let req = http::Request::post("/api/v1/reload")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let res = Client::http1(admin)
+        .send(req)
+        .await
+        .expect("admin answers while draining");
+    assert_ne!(res.status, 200, "{}", res.text());
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener stayed closed"
+    );
+    assert_eq!(slow.await.expect("join").expect("reply").status, 200);
+    assert!(drained.await.expect("join"));
+    drop(dir);
+}
