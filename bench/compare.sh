@@ -3,7 +3,8 @@
 # path (client -> backend), on one box, one backend, one load generator.
 #
 # Every proxy candidate gets one worker pinned to CPU 0; the backend (one
-# nginx process) and wrk share CPU 1. Candidates run one at a time.
+# nginx process) and wrk share CPU 1. All candidates run at once (an idle one
+# costs nothing); measured runs go round-robin, one candidate at a time.
 #
 # Environment:
 #   RUNS=3                  measured runs per candidate (median + spread reported)
@@ -236,56 +237,69 @@ check_answer() {
 WRK_LOG=""
 LEVEE_LOG=""
 OUT_PREFIX=""
-# measure CANDIDATE PID (PID is the proxy process, empty for direct)
-measure() {
-  local name=$1 pid=$2 url="http://127.0.0.1:${PORT_OF[$1]}/" i out
-  local rps_list="" p50_list="" p99_list="" reqs_total=0 ticks_total=0 errs=0
-  local wslack=$(($(dur_secs "$WARMUP") + 15)) mslack=$(($(dur_secs "$DURATION") + 30))
+# Per-candidate accumulators, filled one run at a time (runs are interleaved
+# across candidates so that a noisy moment on this box hits all of them).
+declare -A RPS_LIST P50_LIST P99_LIST REQS_TOTAL TICKS_TOTAL ERR_TOTAL PID_OF
+
+# warm_up CANDIDATE
+warm_up() {
+  local name=$1 url="http://127.0.0.1:${PORT_OF[$1]}/"
+  local wslack=$(($(dur_secs "$WARMUP") + 15))
   log "$name: warm-up $WARMUP"
   timeout "$wslack" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "$url" >/dev/null 2>&1 || true
-  for ((i = 1; i <= RUNS; i++)); do
-    local t0 t1 rps p50 p99 reqs n2xx sock
-    t0=$(cpu_ticks "$pid")
-    if ! out=$(timeout "$mslack" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" 2>&1); then
-      printf '### %s run %d (wrk failed)\n%s\n\n' "$name" "$i" "$out" >>"$WRK_LOG"
-      fail "$name" "wrk failed on run $i: $(tail -n1 <<<"$out")"
-      return 1
-    fi
-    t1=$(cpu_ticks "$pid")
-    printf '### %s run %d\n%s\n\n' "$name" "$i" "$out" >>"$WRK_LOG"
-    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-    reqs=$(awk '/ requests in / {print $1}' <<<"$out")
-    n2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
-    sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out")
-    if [[ -z "$rps" || -z "$p50" || -z "$p99" || -z "$reqs" ]]; then
-      fail "$name" "could not parse wrk output of run $i (see $WRK_LOG)"
-      return 1
-    fi
-    if ! p50=$(to_ms "$p50") || ! p99=$(to_ms "$p99"); then
-      fail "$name" "unknown latency unit in run $i (see $WRK_LOG)"
-      return 1
-    fi
-    errs=$((errs + ${n2xx:-0} + ${sock:-0}))
-    reqs_total=$((reqs_total + reqs))
-    ticks_total=$((ticks_total + t1 - t0))
-    rps_list+="$rps"$'\n'
-    p50_list+="$p50"$'\n'
-    p99_list+="$p99"$'\n'
-    log "$name: run $i/$RUNS: $rps req/s, p50 $p50 ms, p99 $p99 ms${n2xx:+, non-2xx $n2xx}"
-  done
+}
+
+# measure_once CANDIDATE RUN: one measured wrk run; 1 on failure
+measure_once() {
+  local name=$1 i=$2 pid=${PID_OF[$1]:-} url="http://127.0.0.1:${PORT_OF[$1]}/" out
+  local mslack=$(($(dur_secs "$DURATION") + 30))
+  local t0 t1 rps p50 p99 reqs n2xx sock
+  t0=$(cpu_ticks "$pid")
+  if ! out=$(timeout "$mslack" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url" 2>&1); then
+    printf '### %s run %d (wrk failed)\n%s\n\n' "$name" "$i" "$out" >>"$WRK_LOG"
+    fail "$name" "wrk failed on run $i: $(tail -n1 <<<"$out")"
+    return 1
+  fi
+  t1=$(cpu_ticks "$pid")
+  printf '### %s run %d\n%s\n\n' "$name" "$i" "$out" >>"$WRK_LOG"
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  reqs=$(awk '/ requests in / {print $1}' <<<"$out")
+  n2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+  sock=$(awk '/Socket errors:/ {gsub(",", ""); print $4+$6+$8+$10}' <<<"$out")
+  if [[ -z "$rps" || -z "$p50" || -z "$p99" || -z "$reqs" ]]; then
+    fail "$name" "could not parse wrk output of run $i (see $WRK_LOG)"
+    return 1
+  fi
+  if ! p50=$(to_ms "$p50") || ! p99=$(to_ms "$p99"); then
+    fail "$name" "unknown latency unit in run $i (see $WRK_LOG)"
+    return 1
+  fi
+  ERR_TOTAL[$name]=$((${ERR_TOTAL[$name]:-0} + ${n2xx:-0} + ${sock:-0}))
+  REQS_TOTAL[$name]=$((${REQS_TOTAL[$name]:-0} + reqs))
+  TICKS_TOTAL[$name]=$((${TICKS_TOTAL[$name]:-0} + t1 - t0))
+  RPS_LIST[$name]+="$rps"$'\n'
+  P50_LIST[$name]+="$p50"$'\n'
+  P99_LIST[$name]+="$p99"$'\n'
+  log "$name: run $i/$RUNS: $rps req/s, p50 $p50 ms, p99 $p99 ms${n2xx:+, non-2xx $n2xx}"
+}
+
+# summarize CANDIDATE: medians and spread of its runs
+summarize() {
+  local name=$1 pid=${PID_OF[$1]:-}
   if [[ -n "$pid" ]] && ! is_alive "$pid"; then
     fail "$name" "process exited during the measurement"
     return 1
   fi
+  local rps_list=${RPS_LIST[$name]} reqs_total=${REQS_TOTAL[$name]:-0} ticks_total=${TICKS_TOTAL[$name]:-0}
   STATUS[$name]=ok
   RPS[$name]=$(printf '%s' "$rps_list" | median)
   RPS_MIN[$name]=$(printf '%s' "$rps_list" | sort -g | sed -n '1p')
   RPS_MAX[$name]=$(printf '%s' "$rps_list" | sort -g | sed -n '$p')
-  P50[$name]=$(printf '%s' "$p50_list" | median)
-  P99[$name]=$(printf '%s' "$p99_list" | median)
-  ERRS[$name]=$errs
+  P50[$name]=$(printf '%s' "${P50_LIST[$name]}" | median)
+  P99[$name]=$(printf '%s' "${P99_LIST[$name]}" | median)
+  ERRS[$name]=${ERR_TOTAL[$name]:-0}
   if [[ -n "$pid" ]] && ((reqs_total > 0)); then
     CPU_US[$name]=$(awk -v t="$ticks_total" -v hz="$(getconf CLK_TCK)" -v n="$reqs_total" 'BEGIN {printf "%.2f", t / hz / n * 1e6}')
   else
@@ -429,7 +443,7 @@ report() {
   echo "- kernel: $(uname -sr)"
   echo "- nginx $(version_of nginx), haproxy $(version_of haproxy), wrk $(version_of wrk)"
   echo "- levee: rev $(levee_rev)${LEVEE_BIN_RESOLVED:+, binary $LEVEE_BIN_RESOLVED}"
-  echo "- load: wrk -t1 -c$CONNS -d$DURATION --latency (closed loop), $RUNS run(s) per candidate after a $WARMUP warm-up"
+  echo "- load: wrk -t1 -c$CONNS -d$DURATION --latency (closed loop), $RUNS run(s) per candidate, interleaved across candidates, after a $WARMUP warm-up"
   echo "- pinning: candidates on CPU $PROXY_CPU (one worker each); backend nginx + wrk on CPU $LOAD_CPU; keep-alive both sides, logging off"
   echo
   echo "| candidate | req/s (median) | spread | p50 ms | p99 ms | vs nginx | vs haproxy | CPU µs/req |"
@@ -491,7 +505,9 @@ main() {
 
   start_backend
 
-  local c
+  # Start every candidate (an idle one costs nothing), check its answer,
+  # warm it up; then measure in rounds, each candidate once per round.
+  local c ready=()
   for c in "${CANDS[@]}"; do
     [[ "${STATUS[$c]:-}" == skipped ]] && continue
     log "---- $c"
@@ -510,10 +526,25 @@ main() {
       nginx) start_nginx || continue ;;
       haproxy) start_haproxy || continue ;;
     esac
+    PID_OF[$c]=$CAND_PID
     if check_answer "$c"; then
-      measure "$c" "$CAND_PID" || true
+      warm_up "$c"
+      ready+=("$c")
+    elif [[ -n "$CAND_PID" ]]; then
+      stop_pid "$CAND_PID"
     fi
-    if [[ -n "$CAND_PID" ]]; then stop_pid "$CAND_PID"; fi
+  done
+  local round failed
+  declare -A failed=()
+  for ((round = 1; round <= RUNS; round++)); do
+    for c in "${ready[@]}"; do
+      [[ -n "${failed[$c]:-}" ]] && continue
+      measure_once "$c" "$round" || failed[$c]=1
+    done
+  done
+  for c in "${ready[@]}"; do
+    [[ -n "${failed[$c]:-}" ]] || summarize "$c" || true
+    if [[ -n "${PID_OF[$c]:-}" ]]; then stop_pid "${PID_OF[$c]}"; fi
   done
 
   stop_pid "$BACKEND_PID"

@@ -82,6 +82,7 @@ impl Handler for Proxy {
         };
         let host = host_value
             .as_ref()
+            .filter(|_| snap.router.uses_hosts())
             .and_then(|h| h.to_str().ok())
             .map(normalise_host);
         let route_index = snap.router.find(&RouteInput {

@@ -12,6 +12,8 @@ use crate::fields::FieldsView;
 
 pub(crate) struct Router {
     routes: Vec<Entry>,
+    /// Whether any route looks at the host (else it need not be worked out).
+    uses_hosts: bool,
 }
 
 struct Entry {
@@ -36,6 +38,7 @@ pub(crate) struct RouteInput<'a> {
 impl Router {
     pub fn new(routes: &[Route]) -> Router {
         Router {
+            uses_hosts: routes.iter().any(|r| !r.matcher.hosts.is_empty()),
             routes: routes
                 .iter()
                 .map(|r| Entry {
@@ -47,6 +50,10 @@ impl Router {
                 })
                 .collect(),
         }
+    }
+
+    pub fn uses_hosts(&self) -> bool {
+        self.uses_hosts
     }
 
     /// The index of the first matching route.

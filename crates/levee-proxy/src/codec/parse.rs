@@ -202,8 +202,13 @@ fn raw_fields<'h>(
         let name_at = h.name.as_ptr() as usize - base;
         let value_at = h.value.as_ptr() as usize - base;
         let value_end = value_at + h.value.len();
-        let lf = value_end + memchr::memchr(b'\n', &head[value_end..])?;
-        if !crlf_at(lf) {
+        // What follows a value is trailing whitespace (rare), then the line
+        // end: no search needed.
+        let mut lf = value_end;
+        while matches!(head.get(lf), Some(b' ' | b'\t' | b'\r')) {
+            lf += 1;
+        }
+        if head.get(lf) != Some(&b'\n') || !crlf_at(lf) {
             return None;
         }
         fields.push(RawField {
@@ -459,15 +464,41 @@ pub(crate) fn is_authority(b: &[u8]) -> bool {
                     .iter()
                     .all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
         }
-        _ => {
-            !host.is_empty()
-                && host
-                    .iter()
-                    .all(|&c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&c))
-        }
+        _ => !host.is_empty() && host.iter().all(|&c| REG_NAME[c as usize]),
     };
     port_ok && host_ok
 }
+
+/// The bytes of a reg-name or IPv4 address: unreserved, sub-delims and `%`
+/// (RFC 3986 §3.2.2), as a table because every request's Host is checked.
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        c += 1;
+    }
+    t
+};
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {

@@ -35,21 +35,23 @@ pub(crate) enum Known {
 impl Known {
     pub fn of(name: &[u8]) -> Known {
         let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
-        match name.len() {
-            2 if is(b"te") => Known::Te,
-            4 if is(b"host") => Known::Host,
-            6 if is(b"expect") => Known::Expect,
-            7 if is(b"upgrade") => Known::Upgrade,
-            10 if is(b"connection") => Known::Connection,
-            10 if is(b"keep-alive") => Known::KeepAlive,
-            12 if is(b"x-request-id") => Known::RequestId,
-            14 if is(b"content-length") => Known::ContentLength,
-            14 if is(b"http2-settings") => Known::Http2Settings,
-            15 if is(b"x-forwarded-for") => Known::XForwardedFor,
-            16 if is(b"proxy-connection") => Known::ProxyConnection,
-            16 if is(b"x-forwarded-host") => Known::XForwardedHost,
-            17 if is(b"transfer-encoding") => Known::TransferEncoding,
-            17 if is(b"x-forwarded-proto") => Known::XForwardedProto,
+        // Length and first letter rule out most names before any compare.
+        let first = name.first().map_or(0, u8::to_ascii_lowercase);
+        match (name.len(), first) {
+            (2, b't') if is(b"te") => Known::Te,
+            (4, b'h') if is(b"host") => Known::Host,
+            (6, b'e') if is(b"expect") => Known::Expect,
+            (7, b'u') if is(b"upgrade") => Known::Upgrade,
+            (10, b'c') if is(b"connection") => Known::Connection,
+            (10, b'k') if is(b"keep-alive") => Known::KeepAlive,
+            (12, b'x') if is(b"x-request-id") => Known::RequestId,
+            (14, b'c') if is(b"content-length") => Known::ContentLength,
+            (14, b'h') if is(b"http2-settings") => Known::Http2Settings,
+            (15, b'x') if is(b"x-forwarded-for") => Known::XForwardedFor,
+            (16, b'p') if is(b"proxy-connection") => Known::ProxyConnection,
+            (16, b'x') if is(b"x-forwarded-host") => Known::XForwardedHost,
+            (17, b't') if is(b"transfer-encoding") => Known::TransferEncoding,
+            (17, b'x') if is(b"x-forwarded-proto") => Known::XForwardedProto,
             _ => Known::Other,
         }
     }
@@ -166,9 +168,13 @@ impl RawHead {
         }
         for c in self.fields.iter().filter(|f| f.known == Known::Connection) {
             for token in self.value(c).split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                // Options that are no field (`close`), fields always hop-by-hop
+                // (already in the mask), and the protected ones need no search.
+                let plain = Known::of(token);
                 if token.is_empty()
-                    || token.eq_ignore_ascii_case(b"host")
-                    || token.eq_ignore_ascii_case(b"content-length")
+                    || plain.is_hop_by_hop()
+                    || matches!(plain, Known::Host | Known::ContentLength)
+                    || token.eq_ignore_ascii_case(b"close")
                 {
                     continue;
                 }
