@@ -128,7 +128,35 @@ pub struct Upstream {
     pub response_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
+    /// Active health checks; without them every endpoint takes traffic.
+    pub health: Option<HealthCheck>,
     pub regions: Vec<Region>,
+}
+
+/// `[upstream.<u>.health]`: active health checks of every endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    /// The interval while an endpoint is unhealthy (to notice recovery sooner).
+    pub unhealthy_interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub jitter_percent: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `GET path` must answer with a status in one of `expect`'s ranges.
+    Http {
+        path: String,
+        /// The Host header; the endpoint's address when absent.
+        host: Option<String>,
+        expect: Vec<(u16, u16)>,
+    },
+    /// A TCP connection must open.
+    Tcp,
 }
 
 impl Upstream {

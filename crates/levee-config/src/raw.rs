@@ -93,8 +93,25 @@ pub struct RawUpstream {
     pub response_header_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_idle_per_endpoint: Option<i64>,
+    pub health: Option<RawHealth>,
     #[serde(default)]
     pub region: BTreeMap<String, RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect: Option<Vec<String>>,
+    pub interval: Option<String>,
+    pub unhealthy_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub jitter_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -286,3 +286,77 @@ upstream = "app"
     );
     assert!(e.iter().all(|l| !l.contains('\n')), "one line per problem: {e:?}");
 }
+
+#[test]
+fn health_checks_parse_with_defaults() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[upstream.app.health]\npath = \"/healthz\"\n"
+    ))
+    .expect("valid");
+    let h = c.upstreams[0].health.as_ref().expect("checks");
+    assert_eq!(
+        h.kind,
+        CheckKind::Http {
+            path: "/healthz".into(),
+            host: None,
+            expect: vec![(200, 399)]
+        }
+    );
+    assert_eq!(
+        (h.interval, h.unhealthy_interval, h.timeout),
+        (
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            Duration::from_secs(1)
+        )
+    );
+    assert_eq!((h.rise, h.fall, h.jitter_percent), (2, 3, 10));
+    let c = parse(&format!(
+        "{MINIMAL}\n[upstream.app.health]\ntype = \"tcp\"\ninterval = \"5s\"\nunhealthy_interval = \"1s\"\n"
+    ))
+    .expect("valid");
+    let h = c.upstreams[0].health.as_ref().expect("checks");
+    assert_eq!(h.kind, CheckKind::Tcp);
+    assert_eq!(h.unhealthy_interval, Duration::from_secs(1));
+    assert!(
+        parse(MINIMAL).expect("valid").upstreams[0].health.is_none(),
+        "no section, no checks"
+    );
+}
+
+#[test]
+fn health_check_errors_name_their_key() {
+    let text = format!(
+        "{MINIMAL}\n[upstream.app.health]\ntype = \"udp\"\npath = \"healthz\"\nexpect = [\"200-\", \"700\"]\nrise = 0\ntimeout = \"0s\"\n"
+    );
+    let e = errors(&text);
+    for needle in [
+        "upstream.app.health.type: \"udp\" is not one of http, tcp",
+        "upstream.app.health.rise: must be between 1 and 100, got 0",
+        "upstream.app.health.timeout: must be greater than 0",
+    ] {
+        assert!(has(&e, needle), "missing {needle:?} in {e:?}");
+    }
+    let e = errors(&format!(
+        "{MINIMAL}\n[upstream.app.health]\npath = \"healthz\"\nexpect = [\"200-\", \"700\"]\n"
+    ));
+    assert!(
+        has(&e, "upstream.app.health.path: \"healthz\" is not a path"),
+        "{e:?}"
+    );
+    assert!(
+        has(
+            &e,
+            "upstream.app.health.expect[0]: \"200-\" is not a status or a range"
+        ),
+        "{e:?}"
+    );
+    assert!(has(&e, "upstream.app.health.expect[1]: \"700\""), "{e:?}");
+    let e = errors(&format!(
+        "{MINIMAL}\n[upstream.app.health]\ntype = \"tcp\"\npath = \"/x\"\n"
+    ));
+    assert!(
+        has(&e, "upstream.app.health.path: applies to type = \"http\" only"),
+        "{e:?}"
+    );
+}

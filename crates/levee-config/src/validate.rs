@@ -376,6 +376,7 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
         0,
         100_000,
     );
+    let health = raw.health.and_then(|h| health(e, &format!("{path}.health"), h));
     if raw.region.is_empty() {
         e.push(
             format!("{path}.region"),
@@ -397,8 +398,109 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
         response_header_timeout,
         idle_timeout,
         max_idle_per_endpoint: max_idle_per_endpoint?,
+        health,
         regions,
     })
+}
+
+fn health(e: &mut Errors, path: &str, raw: RawHealth) -> Option<HealthCheck> {
+    let interval = timeout(
+        e,
+        &format!("{path}.interval"),
+        raw.interval,
+        Duration::from_secs(2),
+    );
+    let unhealthy_interval = timeout(
+        e,
+        &format!("{path}.unhealthy_interval"),
+        raw.unhealthy_interval,
+        interval,
+    );
+    let check_timeout = timeout(e, &format!("{path}.timeout"), raw.timeout, Duration::from_secs(1));
+    let rise = count(e, &format!("{path}.rise"), raw.rise, 2, 1, 100);
+    let fall = count(e, &format!("{path}.fall"), raw.fall, 3, 1, 100);
+    let jitter = count(
+        e,
+        &format!("{path}.jitter_percent"),
+        raw.jitter_percent,
+        10,
+        0,
+        50,
+    );
+    let http_only = |e: &mut Errors, key: &str, given: bool| {
+        if given {
+            e.push(format!("{path}.{key}"), "applies to type = \"http\" only");
+        }
+    };
+    let kind = match raw.kind.as_deref().unwrap_or("http") {
+        "tcp" => {
+            http_only(e, "path", raw.path.is_some());
+            http_only(e, "host", raw.host.is_some());
+            http_only(e, "expect", raw.expect.is_some());
+            Some(CheckKind::Tcp)
+        }
+        "http" => {
+            let check_path = raw.path.unwrap_or_else(|| "/".to_string());
+            if !check_path.starts_with('/') || http::uri::PathAndQuery::try_from(check_path.as_str()).is_err()
+            {
+                e.push(
+                    format!("{path}.path"),
+                    format!("{check_path:?} is not a path like \"/healthz\""),
+                );
+            }
+            if let Some(h) = &raw.host
+                && http::uri::Authority::try_from(h.as_str()).is_err()
+            {
+                e.push(
+                    format!("{path}.host"),
+                    format!("{h:?} is not a host name (with an optional port)"),
+                );
+            }
+            let expect: Vec<(u16, u16)> = raw
+                .expect
+                .unwrap_or_else(|| vec!["200-399".to_string()])
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| status_range(e, &format!("{path}.expect[{i}]"), r))
+                .collect();
+            Some(CheckKind::Http {
+                path: check_path,
+                host: raw.host,
+                expect,
+            })
+        }
+        other => {
+            e.push(
+                format!("{path}.type"),
+                format!("{other:?} is not one of http, tcp"),
+            );
+            None
+        }
+    };
+    Some(HealthCheck {
+        kind: kind?,
+        interval,
+        unhealthy_interval,
+        timeout: check_timeout,
+        rise: rise? as u32,
+        fall: fall? as u32,
+        jitter_percent: jitter? as u32,
+    })
+}
+
+/// `"200"` or `"200-399"`, within 100–599.
+fn status_range(e: &mut Errors, path: &str, text: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+        (Ok(lo), Ok(hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => Some((lo, hi)),
+        _ => {
+            e.push(
+                path,
+                format!("{text:?} is not a status or a range like \"200-399\""),
+            );
+            None
+        }
+    }
 }
 
 fn hash_on(e: &mut Errors, path: &str, text: &str) -> Option<HashOn> {

@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 9] = [
+const TABLES: [Table; 10] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -124,6 +124,12 @@ const TABLES: [Table; 9] = [
         probe: "[upstream.u]\nzz_probe = 1\n",
         path: "upstream.u.zz_probe",
         heading: "`[upstream.<name>]`",
+    },
+    Table {
+        name: "health",
+        probe: "[upstream.u.health]\nzz_probe = 1\n",
+        path: "upstream.u.health.zz_probe",
+        heading: "`[upstream.<u>.health]`",
     },
     Table {
         name: "region",
@@ -242,6 +248,10 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         .collect();
     let upstreams = tables(root.get("upstream"));
     let regions: Vec<toml::Table> = upstreams.iter().flat_map(|u| tables(u.get("region"))).collect();
+    let health: Vec<toml::Table> = upstreams
+        .iter()
+        .filter_map(|u| u.get("health").and_then(|h| h.as_table()).cloned())
+        .collect();
     let endpoints: Vec<toml::Table> = regions.iter().flat_map(|r| tables(r.get("endpoints"))).collect();
     let string_endpoint = regions.iter().any(|r| {
         r.get("endpoints")
@@ -260,6 +270,7 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         ("route", union(&routes)),
         ("route.match", union(&matches)),
         ("upstream", union(&upstreams)),
+        ("health", union(&health)),
         ("region", union(&regions)),
         ("endpoint", union(&endpoints)),
     ]
@@ -344,7 +355,7 @@ fn the_probes_see_real_key_lists() {
     // tests above must fail rather than check nothing.
     let server = accepted_keys(&TABLES[2]);
     assert!(server.iter().any(|k| k == "header_timeout"), "{server:?}");
-    let endpoint = accepted_keys(&TABLES[8]);
+    let endpoint = accepted_keys(&TABLES[9]);
     assert_eq!(endpoint, ["address", "weight"]);
     let matcher = accepted_keys(&TABLES[5]);
     assert!(!matcher.iter().any(|k| k == "match"), "{matcher:?}");

@@ -10,6 +10,7 @@
 
 pub mod balance;
 pub mod hash;
+pub mod health;
 pub mod id;
 pub mod outcome;
 pub mod select;

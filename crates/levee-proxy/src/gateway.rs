@@ -18,6 +18,7 @@ use crate::forward::Proxy;
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::server::{ListenerContext, accept_loop};
 use crate::snapshot::Snapshot;
+use crate::upstream::health::{self, EndpointName};
 
 /// How often idle upstream connections past their idle timeout are closed.
 const EVICT_EVERY: Duration = Duration::from_secs(5);
@@ -74,6 +75,7 @@ impl Gateway {
         let config = gateway.config();
         gateway.sync_listeners(&config)?;
         gateway.spawn_evictor();
+        gateway.start_checkers();
         Ok(gateway)
     }
 
@@ -112,7 +114,28 @@ impl Gateway {
         self.sync_listeners(&config)?;
         let next = Snapshot::build(config, Some(&self.state.load()), &self.metrics);
         self.state.store(Arc::new(next));
+        self.start_checkers();
         Ok(())
+    }
+
+    /// Starts a checker for every checked endpoint that has none running.
+    fn start_checkers(&self) {
+        let snap = self.state.load();
+        for u in &snap.upstreams {
+            for e in &u.endpoints {
+                let wanted = e.state.check.load().is_some();
+                if wanted && !e.state.checking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let name = EndpointName {
+                        upstream: u.name.to_string(),
+                        region: e.region.to_string(),
+                        address: e.address.clone(),
+                    };
+                    let state = Arc::downgrade(&e.state);
+                    self.tracker
+                        .spawn(health::run(state, name, self.draining.clone()));
+                }
+            }
+        }
     }
 
     /// Makes the running listeners match `config`: binds the new ones, stops

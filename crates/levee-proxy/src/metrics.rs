@@ -54,6 +54,14 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub upstream: String,
+    pub region: String,
+    pub endpoint: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -75,6 +83,8 @@ pub struct Metrics {
     pub(crate) connections_total: Family<ListenerLabels, Counter>,
     pub(crate) upstream_connects: Family<EndpointLabels, Counter>,
     pub(crate) upstream_in_flight: Family<EndpointLabels, Gauge>,
+    upstream_healthy: Family<EndpointLabels, Gauge>,
+    health_checks: Family<CheckLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
 }
 
@@ -131,6 +141,18 @@ impl Metrics {
             "Requests in flight to an upstream endpoint",
             upstream_in_flight.clone(),
         );
+        let upstream_healthy = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 while an upstream endpoint is taking traffic, 0 while its health checks fail",
+            upstream_healthy.clone(),
+        );
+        let health_checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "upstream_health_checks",
+            "Active health check probes, by result",
+            health_checks.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -156,6 +178,8 @@ impl Metrics {
             connections_total,
             upstream_connects,
             upstream_in_flight,
+            upstream_healthy,
+            health_checks,
             reloads,
         }
     }
@@ -171,6 +195,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Handles for one endpoint's health series.
+    pub(crate) fn endpoint(&self, labels: &EndpointLabels) -> crate::upstream::EndpointMetrics {
+        let check = |result| {
+            self.health_checks.get_or_create_owned(&CheckLabels {
+                upstream: labels.upstream.clone(),
+                region: labels.region.clone(),
+                endpoint: labels.endpoint.clone(),
+                result,
+            })
+        };
+        crate::upstream::EndpointMetrics {
+            healthy: self.upstream_healthy.get_or_create_owned(labels),
+            check_ok: check("success"),
+            check_failed: check("failure"),
+        }
     }
 
     /// Handles for one route's series (or the unmatched pseudo-route).

@@ -78,8 +78,11 @@ impl Snapshot {
                                 Pool::new(e.address.clone(), settings),
                                 metrics.upstream_in_flight.get_or_create_owned(&labels),
                                 metrics.upstream_connects.get_or_create_owned(&labels),
+                                metrics.endpoint(&labels),
                             ))
                         });
+                        // New settings reach a running checker; `None` stops it.
+                        state.check.store(u.health.clone().map(Arc::new));
                         Endpoint {
                             address: e.address.clone(),
                             region: region.name.clone(),

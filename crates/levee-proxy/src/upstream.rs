@@ -7,15 +7,18 @@
 //! (weight, region, priority) lives in [`Endpoint`] and is rebuilt.
 
 pub(crate) mod h1;
+pub(crate) mod health;
 mod pool;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use http::header::COOKIE;
-use levee_config::{EndpointAddress, HashOn, Protocol};
+use levee_config::{EndpointAddress, HashOn, HealthCheck, Protocol};
 use levee_core::hash::hash64;
 use levee_core::id::{RegionName, UpstreamName};
 use levee_core::select::{Endpoints, Selector};
@@ -50,20 +53,54 @@ pub(crate) struct EndpointState {
     pub pool: Pool,
     in_flight_gauge: Gauge,
     pub connects: Counter,
+    /// What active checks last decided; true without checks.
+    healthy: AtomicBool,
+    /// The upstream's current check settings (replaced on reload); `None`
+    /// stops the checker.
+    pub check: ArcSwapOption<HealthCheck>,
+    /// Whether a checker task runs for this endpoint.
+    pub checking: AtomicBool,
+    pub metrics: EndpointMetrics,
+}
+
+/// Per-endpoint series, resolved once.
+pub(crate) struct EndpointMetrics {
+    pub healthy: Gauge,
+    pub check_ok: Counter,
+    pub check_failed: Counter,
 }
 
 impl EndpointState {
-    pub fn new(pool: Pool, in_flight_gauge: Gauge, connects: Counter) -> EndpointState {
+    pub fn new(
+        pool: Pool,
+        in_flight_gauge: Gauge,
+        connects: Counter,
+        metrics: EndpointMetrics,
+    ) -> EndpointState {
+        metrics.healthy.set(1);
         EndpointState {
             in_flight: AtomicU64::new(0),
             pool,
             in_flight_gauge,
             connects,
+            healthy: AtomicBool::new(true),
+            check: ArcSwapOption::empty(),
+            checking: AtomicBool::new(false),
+            metrics,
         }
     }
 
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        self.metrics.healthy.set(i64::from(healthy));
     }
 }
 
@@ -86,10 +123,8 @@ impl Drop for InFlight {
 }
 
 impl Endpoints for Upstream {
-    fn available(&self, _endpoint: usize) -> bool {
-        // Every configured endpoint takes traffic until health checking and
-        // outlier detection decide otherwise.
-        true
+    fn available(&self, endpoint: usize) -> bool {
+        self.endpoints[endpoint].state.is_healthy()
     }
 
     fn in_flight(&self, endpoint: usize) -> u64 {

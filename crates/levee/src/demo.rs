@@ -248,12 +248,15 @@ Try:
   curl -s http://{gateway}/                        # answered by primary-1, -2, -3 in turn
   curl -s http://{admin}/demo                      # the backends and their state
   curl -s -X POST http://{admin}/demo/backends/primary-2/fail
-  curl -s -X POST http://{admin}/demo/regions/primary/fail
+  curl -s -X POST http://{admin}/demo/regions/primary/fail     # then curl the gateway again
   curl -s -X POST http://{admin}/demo/regions/primary/restore
-  curl -s http://{admin}/metrics | grep levee_http_requests_total
+  curl -s http://{admin}/metrics | grep -E 'levee_(http_requests_total|upstream_endpoint_healthy)'
 
 A failed backend refuses connections and resets open ones, as a crashed
-machine would. Press Ctrl-C to stop.
+machine would. Health checks (GET /healthz every second) take it out of
+rotation within about two seconds; fail the whole primary region and the
+traffic moves to secondary, restore it and the traffic comes back.
+Press Ctrl-C to stop.
 "#
         )
     }

@@ -140,7 +140,7 @@ impl Pool {
 }
 
 /// Resolves (when the endpoint is a name) and connects.
-async fn open(address: &EndpointAddress) -> Result<TcpStream, ErrorKind> {
+pub(crate) async fn open(address: &EndpointAddress) -> Result<TcpStream, ErrorKind> {
     let stream = match address {
         EndpointAddress::Ip(addr) => TcpStream::connect(addr).await,
         EndpointAddress::Dns { host, port } => {

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod demo;
 mod errors;
+mod health;
 mod proxy;
 mod reload;
 mod shutdown;

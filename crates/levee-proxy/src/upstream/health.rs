@@ -1,0 +1,143 @@
+//! Active health checks: one task per checked endpoint probes it on a
+//! schedule and publishes healthy or not for selection to read.
+//!
+//! The task holds only a weak reference to the endpoint's state, so it ends
+//! by itself when no config snapshot uses the endpoint any more; it also
+//! ends when the upstream's checks are removed (the endpoint then counts as
+//! healthy) or when the gateway drains. Its [`Health`] lives in the task,
+//! so an endpoint that stays across a reload keeps its state.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use levee_config::{CheckKind, EndpointAddress, HealthCheck};
+use levee_core::health::{Health, Thresholds, Transition, jittered};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::EndpointState;
+use super::pool::open;
+use crate::codec::parse::parse_response_head;
+
+/// Names for the log lines a checker writes.
+#[derive(Clone, Debug)]
+pub(crate) struct EndpointName {
+    pub upstream: String,
+    pub region: String,
+    pub address: EndpointAddress,
+}
+
+/// Probes one endpoint until it leaves the config, loses its checks, or
+/// `stop` fires.
+pub(crate) async fn run(state: Weak<EndpointState>, name: EndpointName, stop: CancellationToken) {
+    let mut health = Health::new();
+    // The first probe comes anywhere within the first interval, so a fleet
+    // (or many endpoints started at once) does not probe in step.
+    let mut delay = match state.upgrade().and_then(|s| s.check.load_full()) {
+        Some(c) => jittered(c.interval / 2, 100, fastrand::u64(..)),
+        None => Duration::ZERO,
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let Some(check) = state.upgrade().and_then(|s| current(&s)) else {
+            break;
+        };
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => break,
+            outcome = probe(&name.address, &check) => outcome,
+        };
+        let Some(s) = state.upgrade() else { break };
+        let _ = match &outcome {
+            Ok(()) => s.metrics.check_ok.inc(),
+            Err(_) => s.metrics.check_failed.inc(),
+        };
+        let thresholds = thresholds(&check);
+        match health.observe(outcome.is_ok(), &thresholds) {
+            Some(Transition::BecameUnhealthy) => {
+                s.set_healthy(false);
+                tracing::warn!(
+                    upstream = %name.upstream,
+                    region = %name.region,
+                    endpoint = %name.address,
+                    reason = outcome.err().unwrap_or("failed"),
+                    "endpoint is unhealthy",
+                );
+            }
+            Some(Transition::BecameHealthy) => {
+                s.set_healthy(true);
+                tracing::info!(
+                    upstream = %name.upstream,
+                    region = %name.region,
+                    endpoint = %name.address,
+                    "endpoint is healthy",
+                );
+            }
+            None => {}
+        }
+        delay = health.next_delay(&thresholds, fastrand::u64(..));
+    }
+    if let Some(s) = state.upgrade() {
+        // Without checks, an endpoint takes traffic.
+        s.set_healthy(true);
+        s.checking.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The endpoint's check settings, unless they were removed.
+fn current(s: &Arc<EndpointState>) -> Option<Arc<HealthCheck>> {
+    s.check.load_full()
+}
+
+fn thresholds(c: &HealthCheck) -> Thresholds {
+    Thresholds {
+        rise: c.rise,
+        fall: c.fall,
+        interval: c.interval,
+        unhealthy_interval: c.unhealthy_interval,
+        jitter_percent: c.jitter_percent,
+    }
+}
+
+/// One probe within the check's timeout. The error says why, for the log.
+async fn probe(address: &EndpointAddress, check: &HealthCheck) -> Result<(), &'static str> {
+    match tokio::time::timeout(check.timeout, probe_once(address, &check.kind)).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out"),
+    }
+}
+
+async fn probe_once(address: &EndpointAddress, kind: &CheckKind) -> Result<(), &'static str> {
+    let mut stream = open(address).await.map_err(|_| "connection failed")?;
+    let CheckKind::Http { path, host, expect } = kind else {
+        return Ok(());
+    };
+    let host = host.clone().unwrap_or_else(|| address.to_string());
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: levee-health-check\r\nconnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|_| "write failed")?;
+    let mut buf = bytes::BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await.map_err(|_| "read failed")? == 0 {
+            return Err("closed before a response");
+        }
+        match parse_response_head(&mut buf) {
+            Ok(Some(head)) => {
+                let status = head.status.as_u16();
+                return if expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
+                    Ok(())
+                } else {
+                    Err("unexpected status")
+                };
+            }
+            Ok(None) => {}
+            Err(_) => return Err("malformed response"),
+        }
+    }
+}
