@@ -125,18 +125,16 @@ impl Decoder {
             match self.state {
                 State::Done => return Ok(Decoded::End),
                 State::Length { remaining } => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take(buf, remaining) else {
                         return Ok(Decoded::NeedMore);
-                    }
-                    let n = remaining.min(buf.len() as u64) as usize;
-                    let left = remaining - n as u64;
+                    };
                     self.state = if left == 0 {
                         State::Done
                     } else {
                         State::Length { remaining: left }
                     };
-                    self.received += n as u64;
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    self.received += data.len() as u64;
+                    return Ok(Decoded::Data(data));
                 }
                 State::UntilClose => {
                     if buf.is_empty() {
@@ -146,18 +144,16 @@ impl Decoder {
                     return Ok(Decoded::Data(buf.split().freeze()));
                 }
                 State::Data { remaining } => {
-                    if buf.is_empty() {
+                    let Some((data, left)) = take(buf, remaining) else {
                         return Ok(Decoded::NeedMore);
-                    }
-                    let n = remaining.min(buf.len() as u64) as usize;
-                    let left = remaining - n as u64;
+                    };
                     self.state = if left == 0 {
                         State::DataCr
                     } else {
                         State::Data { remaining: left }
                     };
-                    self.received += n as u64;
-                    return Ok(Decoded::Data(buf.split_to(n).freeze()));
+                    self.received += data.len() as u64;
+                    return Ok(Decoded::Data(data));
                 }
                 State::Trailers => return self.trailers(buf),
                 _ => {
@@ -267,6 +263,16 @@ impl Decoder {
             Decoded::Trailers(map)
         })
     }
+}
+
+/// Up to `remaining` bytes from the front of `buf` (without copying them),
+/// and how many will remain after; `None` when `buf` is empty.
+fn take(buf: &mut BytesMut, remaining: u64) -> Option<(Bytes, u64)> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = remaining.min(buf.len() as u64) as usize;
+    Some((buf.split_to(n).freeze(), remaining - n as u64))
 }
 
 /// Fields that must not appear in trailers because they frame, route or

@@ -106,12 +106,8 @@ pub(crate) fn encode_raw_head(
 /// The framing and connection fields, and the empty line.
 fn finish_head(out: &mut BytesMut, framing: OutFraming, persistence: Persistence) {
     match framing {
-        OutFraming::Length(n) => {
-            out.put_slice(b"content-length: ");
-            put_decimal(out, n);
-            out.put_slice(b"\r\n");
-        }
-        OutFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        OutFraming::Length(n) => put_framing(out, Some(n)),
+        OutFraming::Chunked => put_framing(out, None),
         OutFraming::Bodyless | OutFraming::Close => {}
     }
     match persistence {
@@ -226,13 +222,21 @@ pub(crate) fn encode_raw_request_head(
 fn put_request_framing(out: &mut BytesMut, framing: super::parse::Framing) {
     use super::parse::Framing;
     match framing {
-        Framing::Length(n) => {
+        Framing::Length(n) => put_framing(out, Some(n)),
+        Framing::Chunked => put_framing(out, None),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+}
+
+/// `content-length: n` for a known length, else `transfer-encoding: chunked`.
+fn put_framing(out: &mut BytesMut, length: Option<u64>) {
+    match length {
+        Some(n) => {
             out.put_slice(b"content-length: ");
             put_decimal(out, n);
             out.put_slice(b"\r\n");
         }
-        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::Empty | Framing::UntilClose => {}
+        None => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
 }
 
