@@ -51,12 +51,20 @@ pub enum RequestBody {
         body: Incoming,
         limit: Option<u64>,
         seen: u64,
+        /// Set once the body went over `limit`: it stays failed, so that no
+        /// reader can mistake what follows for the rest of a whole body.
+        too_large: bool,
     },
 }
 
 impl RequestBody {
     pub(crate) fn h2(body: Incoming, limit: Option<u64>) -> RequestBody {
-        RequestBody::H2 { body, limit, seen: 0 }
+        RequestBody::H2 {
+            body,
+            limit,
+            seen: 0,
+            too_large: false,
+        }
     }
 
     /// How a failure of this body should be answered (the client's fault).
@@ -80,11 +88,20 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::H1(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::H2 { body, limit, seen } => {
+            RequestBody::H2 {
+                body,
+                limit,
+                seen,
+                too_large,
+            } => {
+                if *too_large {
+                    return Poll::Ready(Some(Err(BodyError::RequestTooLarge)));
+                }
                 let frame = ready!(Pin::new(body).poll_frame(cx));
                 if let (Some(Ok(f)), Some(max)) = (&frame, *limit) {
                     *seen += f.data_ref().map_or(0, |d| d.len() as u64);
                     if *seen > max {
+                        *too_large = true;
                         return Poll::Ready(Some(Err(BodyError::RequestTooLarge)));
                     }
                 }
@@ -152,6 +169,7 @@ pub(crate) fn channel(length: Option<u64>) -> (BodySender, H1Body) {
             want,
             remaining: length,
             done: false,
+            aborted: false,
         },
     )
 }
@@ -167,6 +185,9 @@ pub struct H1Body {
     /// Bytes still to come, when the length is known.
     remaining: Option<u64>,
     done: bool,
+    /// The body was cut short; it stays failed, so that no reader can take
+    /// what it has seen for a whole body.
+    aborted: bool,
 }
 
 impl Body for H1Body {
@@ -177,6 +198,9 @@ impl Body for H1Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.aborted {
+            return Poll::Ready(Some(Err(BodyError::RequestAborted)));
+        }
         if self.done {
             return Poll::Ready(None);
         }
@@ -196,7 +220,7 @@ impl Body for H1Body {
                 Poll::Ready(None)
             }
             None => {
-                self.done = true;
+                self.aborted = true;
                 Poll::Ready(Some(Err(BodyError::RequestAborted)))
             }
         }
@@ -356,6 +380,11 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            // Checked on every poll, not only when waiting: a body that is
+            // always ready would otherwise never see its deadline.
+            Inner::Upstream { deadline, .. } if Instant::now() >= *deadline => {
+                Poll::Ready(Some(Err(BodyError::Timeout)))
+            }
             Inner::Upstream {
                 body,
                 deadline,
@@ -371,6 +400,9 @@ impl Body for ResponseBody {
                 }
             },
         };
+        if let Some(stream) = &this.stream {
+            stream.polled(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        }
         match &polled {
             Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
             Poll::Ready(None) => {
@@ -402,5 +434,84 @@ impl Body for ResponseBody {
                 UpstreamKind::H2(b) => b.size_hint(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, Method};
+    use http_body_util::BodyExt;
+    use levee_config::{EndpointAddress, Protocol};
+    use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::metrics::{EndpointLabels, Metrics};
+    use crate::upstream::h1::{Conn, Exchange, OutHead};
+    use crate::upstream::{EndpointState, Pool, PoolSettings};
+
+    #[tokio::test]
+    async fn the_deadline_holds_for_a_body_that_is_always_ready() {
+        const LEN: usize = 256 * 1024;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let origin = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head).await.expect("request");
+            let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+            response.resize(response.len() + LEN, b'x');
+            s.write_all(&response).await.expect("response");
+            // Held open until the test is done with it.
+            let _ = s.read(&mut head).await;
+        });
+        let conn = Conn::new(TcpStream::connect(addr).await.expect("connect"));
+        let headers = HeaderMap::new();
+        let mut exchange = Exchange::new(
+            conn,
+            &Method::GET,
+            "/",
+            OutHead::Map(&headers),
+            RequestBody::Empty,
+        );
+        let head = std::future::poll_fn(|cx| exchange.poll_head(cx))
+            .await
+            .expect("head");
+        let plan = exchange.plan(&head);
+        let metrics = Metrics::new();
+        let labels = EndpointLabels {
+            upstream: "u".into(),
+            region: "r".into(),
+            endpoint: addr.to_string(),
+        };
+        let settings = PoolSettings {
+            protocol: Protocol::Http1,
+            max_idle: 1,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let state = Arc::new(EndpointState::new(
+            Pool::new(EndpointAddress::Ip(addr), settings),
+            Gauge::default(),
+            Counter::default(),
+            metrics.endpoint(&labels),
+        ));
+        let upstream = exchange.into_body(plan, state);
+        // The whole body waits in the socket: every poll would find data.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let deadline = Instant::now();
+        let completion = Completion::new(deadline, 200, metrics.route("r", "u"), None);
+        let mut body = ResponseBody::upstream(UpstreamKind::H1(upstream), deadline, completion);
+        match body.frame().await {
+            Some(Err(BodyError::Timeout)) => {}
+            Some(Ok(f)) => panic!(
+                "a frame after the deadline: {:?} bytes",
+                f.data_ref().map(Bytes::len)
+            ),
+            other => panic!("{other:?}"),
+        }
+        origin.abort();
     }
 }

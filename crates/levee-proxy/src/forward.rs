@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use levee_config::Protocol;
+use levee_config::{EndpointAddress, Protocol};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
@@ -136,7 +136,13 @@ impl Handler for Proxy {
             Some(r) => {
                 let upgrade =
                     req.version() == Version::HTTP_11 && r.kept().any(|(_, f)| f.known == Known::Upgrade);
-                let plan = headers::raw_plan(&r, &hop, id_generated.then_some(&request_id), upgrade);
+                let plan = headers::raw_plan(
+                    &r,
+                    &hop,
+                    id_generated.then_some(&request_id),
+                    upgrade,
+                    &endpoint.address,
+                );
                 let out = OutHead::Raw {
                     head: &r.head,
                     skip: plan.skip,
@@ -149,7 +155,7 @@ impl Handler for Proxy {
                 )
             }
             None => {
-                let upgrade = prepare_request(&mut req, &hop, upstream.protocol);
+                let upgrade = prepare_request(&mut req, &hop, upstream.protocol, &endpoint.address);
                 let sent = match upstream.protocol {
                     Protocol::Http1 => {
                         let (parts, body) = req.into_parts();
@@ -217,12 +223,12 @@ impl Handler for Proxy {
                 None
             }
         };
-        let completion = Completion {
+        let completion = Completion::new(
             start,
-            status: parts.status.as_u16(),
-            metrics: route.metrics.clone(),
-            in_flight: Some(in_flight),
-        };
+            parts.status.as_u16(),
+            route.metrics.clone(),
+            Some(in_flight),
+        );
         let mut body = match body {
             Received::H1(exchange, _) if is_upgrade => {
                 parts
@@ -269,19 +275,21 @@ impl Proxy {
         start: Instant,
     ) -> Response<ResponseBody> {
         let id = (!request_id.is_empty()).then_some(request_id);
-        let completion = Completion {
-            start,
-            status: 0,
-            metrics: metrics.clone(),
-            in_flight: None,
-        };
+        let completion = Completion::new(start, 0, metrics.clone(), None);
         completion.into_error_response(rejection, id)
     }
 }
 
 /// Rewrites a client's request (its fields as a map) for the upstream.
-/// Returns whether it is a protocol upgrade being forwarded.
-fn prepare_request(req: &mut Request<RequestBody>, hop: &headers::Hop<'_>, protocol: Protocol) -> bool {
+/// A request without a host (HTTP/1.0 allows that) is sent with the
+/// endpoint's address as its host. Returns whether it is a protocol upgrade
+/// being forwarded.
+fn prepare_request(
+    req: &mut Request<RequestBody>,
+    hop: &headers::Hop<'_>,
+    protocol: Protocol,
+    endpoint: &EndpointAddress,
+) -> bool {
     let wants_trailers = headers::wants_trailers(req.headers());
     let asked_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let upgrade = asked_upgrade && protocol == Protocol::Http1;
@@ -294,10 +302,14 @@ fn prepare_request(req: &mut Request<RequestBody>, hop: &headers::Hop<'_>, proto
                 h.insert(header::UPGRADE, v);
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            if let Some(host) = hop.host
-                && !h.contains_key(header::HOST)
-            {
-                h.insert(header::HOST, host.clone());
+            if !h.contains_key(header::HOST) {
+                let host = match hop.host {
+                    Some(host) => Some(host.clone()),
+                    None => HeaderValue::from_str(&endpoint.to_string()).ok(),
+                };
+                if let Some(host) = host {
+                    h.insert(header::HOST, host);
+                }
             }
             // Origin form: the upstream sees the path, the host is in Host.
             if req.uri().scheme().is_some() {
@@ -314,7 +326,14 @@ fn prepare_request(req: &mut Request<RequestBody>, hop: &headers::Hop<'_>, proto
             }
             // HTTP/2 carries the host as :authority.
             h.remove(header::HOST);
-            let authority = hop.host.and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+            let fallback;
+            let authority = match hop.host.and_then(|v| v.to_str().ok()) {
+                Some(host) => host,
+                None => {
+                    fallback = endpoint.to_string();
+                    &fallback
+                }
+            };
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             if let Ok(uri) = Uri::builder()
                 .scheme("http")
@@ -523,6 +542,20 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
+    pub(crate) fn new(
+        start: Instant,
+        status: u16,
+        metrics: Arc<RouteMetrics>,
+        in_flight: Option<InFlight>,
+    ) -> Completion {
+        Completion {
+            start,
+            status,
+            metrics,
+            in_flight,
+        }
+    }
+
     /// levee's response for this request after all, counted as such.
     pub(crate) fn into_error_response(
         mut self,

@@ -47,6 +47,10 @@ struct Running {
     draining: Arc<Drain>,
 }
 
+/// A listener bound and not yet accepting: its name, configured address
+/// and socket.
+type Bound = (ListenerName, SocketAddr, TcpListener);
+
 pub struct Gateway {
     state: Arc<ArcSwap<Snapshot>>,
     proxy: Arc<Proxy>,
@@ -73,7 +77,8 @@ impl Gateway {
             draining: CancellationToken::new(),
         });
         let config = gateway.config();
-        gateway.sync_listeners(&config)?;
+        let bound = gateway.bind_new(&config)?;
+        gateway.switch_listeners(&config, bound);
         gateway.spawn_evictor();
         gateway.start_checkers();
         Ok(gateway)
@@ -111,9 +116,12 @@ impl Gateway {
             return Err(GatewayError::Draining);
         }
         let config = Arc::new(config);
-        self.sync_listeners(&config)?;
-        let next = Snapshot::build(config, Some(&self.state.load()), &self.metrics);
+        let bound = self.bind_new(&config)?;
+        let next = Snapshot::build(config.clone(), Some(&self.state.load()), &self.metrics);
+        // Published before new listeners accept, so that their first
+        // requests already see the routes that name them.
         self.state.store(Arc::new(next));
+        self.switch_listeners(&config, bound);
         self.start_checkers();
         Ok(())
     }
@@ -138,10 +146,10 @@ impl Gateway {
         }
     }
 
-    /// Makes the running listeners match `config`: binds the new ones, stops
-    /// the removed ones (their connections drain), keeps the rest.
-    fn sync_listeners(&self, config: &Config) -> Result<(), GatewayError> {
-        let mut running = lock(&self.listeners);
+    /// Binds the listeners `config` has and the gateway does not run yet;
+    /// if one cannot be bound, none is kept.
+    fn bind_new(&self, config: &Config) -> Result<Vec<Bound>, GatewayError> {
+        let running = lock(&self.listeners);
         let mut bound = Vec::new();
         for l in &config.listeners {
             let kept = running
@@ -161,6 +169,13 @@ impl Gateway {
                 }
             }
         }
+        Ok(bound)
+    }
+
+    /// Makes the running listeners match `config`: starts the `bound` ones,
+    /// stops the removed ones (their connections drain), keeps the rest.
+    fn switch_listeners(&self, config: &Config, bound: Vec<Bound>) {
+        let mut running = lock(&self.listeners);
         running.retain(|r| {
             let keep = config
                 .listeners
@@ -197,7 +212,6 @@ impl Gateway {
             });
             self.tracker.spawn(accept_loop(listener, ctx));
         }
-        Ok(())
     }
 
     /// Closes pooled upstream connections that have been idle too long.

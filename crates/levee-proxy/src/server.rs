@@ -159,7 +159,7 @@ async fn connection<H: Handler>(
         .await;
     } else {
         let (mut rd, mut wr) = stream.split();
-        h1::serve(
+        let ending = h1::serve(
             &*ctx.handler,
             &info,
             &mut rd,
@@ -170,6 +170,9 @@ async fn connection<H: Handler>(
             accepted,
         )
         .await;
+        if ending == h1::Ending::Reset {
+            let _ = stream.set_zero_linger();
+        }
     }
 }
 

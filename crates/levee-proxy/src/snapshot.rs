@@ -33,8 +33,9 @@ pub(crate) struct RouteRuntime {
     pub metrics: Arc<RouteMetrics>,
 }
 
-/// What identifies an endpoint's reusable state across reloads.
-type StateKey = (UpstreamName, RegionName, EndpointAddress, PoolSettings);
+/// What identifies an endpoint's state across reloads: the endpoint's
+/// metric labels, so one series never has two owners.
+type StateKey = (UpstreamName, RegionName, EndpointAddress);
 
 impl Snapshot {
     /// Builds a snapshot, taking over the state of endpoints that `previous`
@@ -44,12 +45,7 @@ impl Snapshot {
         if let Some(prev) = previous {
             for u in &prev.upstreams {
                 for e in &u.endpoints {
-                    let key = (
-                        u.name.clone(),
-                        e.region.clone(),
-                        e.address.clone(),
-                        e.state.pool.settings,
-                    );
+                    let key = (u.name.clone(), e.region.clone(), e.address.clone());
                     carried.insert(key, e.state.clone());
                 }
             }
@@ -67,20 +63,26 @@ impl Snapshot {
                 let endpoints: Vec<Endpoint> = u
                     .endpoints()
                     .map(|(region, e)| {
-                        let key = (u.name.clone(), region.name.clone(), e.address.clone(), settings);
-                        let state = carried.remove(&key).unwrap_or_else(|| {
-                            let labels = EndpointLabels {
-                                upstream: u.name.to_string(),
-                                region: region.name.to_string(),
-                                endpoint: e.address.to_string(),
-                            };
-                            Arc::new(EndpointState::new(
-                                Pool::new(e.address.clone(), settings),
-                                metrics.upstream_in_flight.get_or_create_owned(&labels),
-                                metrics.upstream_connects.get_or_create_owned(&labels),
-                                metrics.endpoint(&labels),
-                            ))
-                        });
+                        let key = (u.name.clone(), region.name.clone(), e.address.clone());
+                        let state = match carried.remove(&key) {
+                            Some(state) => {
+                                state.pool.reconfigure(settings);
+                                state
+                            }
+                            None => {
+                                let labels = EndpointLabels {
+                                    upstream: u.name.to_string(),
+                                    region: region.name.to_string(),
+                                    endpoint: e.address.to_string(),
+                                };
+                                Arc::new(EndpointState::new(
+                                    Pool::new(e.address.clone(), settings),
+                                    metrics.upstream_in_flight.get_or_create_owned(&labels),
+                                    metrics.upstream_connects.get_or_create_owned(&labels),
+                                    metrics.endpoint(&labels),
+                                ))
+                            }
+                        };
                         // New settings reach a running checker; `None` stops it.
                         state.check.store(u.health.clone().map(Arc::new));
                         Endpoint {
@@ -113,6 +115,11 @@ impl Snapshot {
                 })
             })
             .collect();
+        // Endpoints that left the config: their checkers stop now, not when
+        // the last request still using the old snapshot ends.
+        for state in carried.values() {
+            state.check.store(None);
+        }
 
         let routes = config
             .routes

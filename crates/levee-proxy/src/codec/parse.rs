@@ -12,6 +12,8 @@
 //! Header values are not copied: the head is frozen into one `Bytes` and
 //! each value is a slice of it.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Uri, Version};
@@ -68,15 +70,45 @@ pub(crate) enum RequestFields {
 #[derive(Debug)]
 pub(crate) struct RawRequest {
     pub head: RawHead,
-    /// Fields not to forward (bit `i` is field `i`): `Expect`, which levee
-    /// answers itself; an `Upgrade` that is no upgrade (or to h2c) with its
-    /// `HTTP2-Settings`; `Host` when an absolute target replaces it.
+    /// The fields [`RawRequest::is_dropped`] leaves out, as a mask (bit `i`
+    /// is field `i`, for heads of up to 64 fields).
     pub skip: u64,
     /// The authority of an absolute-form target, the request's Host.
     pub host: Option<HeaderValue>,
+    /// The `Upgrade` fields are no upgrade (or one to h2c).
+    pub drop_upgrade: bool,
 }
 
 impl RawRequest {
+    fn new(head: RawHead, host: Option<HeaderValue>, drop_upgrade: bool) -> RawRequest {
+        let mut raw = RawRequest {
+            head,
+            skip: 0,
+            host,
+            drop_upgrade,
+        };
+        raw.skip = raw
+            .head
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| raw.is_dropped(f))
+            .fold(0, |skip, (i, _)| skip | bit(i));
+        raw
+    }
+
+    /// Whether a field is not forwarded, whatever the hop-by-hop rules say:
+    /// `Expect`, which levee answers itself; an `Upgrade` that is no upgrade
+    /// with its `HTTP2-Settings`; `Host` when an absolute target replaces it.
+    fn is_dropped(&self, f: &RawField) -> bool {
+        match f.known {
+            Known::Expect => true,
+            Known::Upgrade | Known::Http2Settings => self.drop_upgrade,
+            Known::Host => self.host.is_some(),
+            _ => false,
+        }
+    }
+
     /// The fields that are forwarded, with their index.
     pub fn kept(&self) -> impl Iterator<Item = (usize, &RawField)> {
         self.head
@@ -103,7 +135,7 @@ impl RawRequest {
     }
 
     fn to_map(&self, extra: usize) -> HeaderMap {
-        let mut map = self.head.to_header_map_except(self.skip, extra);
+        let mut map = self.head.to_header_map_where(extra, |f| !self.is_dropped(f));
         if let Some(host) = &self.host {
             map.insert(header::HOST, host.clone());
         }
@@ -248,7 +280,6 @@ fn has_bare_lf(bytes: &[u8]) -> bool {
 fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> Result<Head, Rejection> {
     // One pass for the few fields that shape the request.
     let (mut cl, mut te, mut hosts) = (0u8, 0u8, 0u8);
-    let mut skip = 0u64;
     let mut connection = false;
     let mut upgrade_field = None;
     let mut expect = None;
@@ -259,11 +290,8 @@ fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> R
             Known::Host => hosts = hosts.saturating_add(1),
             Known::Connection => connection = true,
             Known::Upgrade => upgrade_field = upgrade_field.or(Some(i)),
-            Known::Expect => {
-                expect = expect.or(Some(i));
-                // levee answers the expectation itself (see the h1 connection).
-                skip |= bit(i);
-            }
+            // levee answers the expectation itself (see the h1 connection).
+            Known::Expect => expect = expect.or(Some(i)),
             _ => {}
         }
     }
@@ -324,14 +352,12 @@ fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> R
             .filter(|a| !a.as_str().contains('@'))
             .ok_or(invalid)?;
         host_override = Some(HeaderValue::from_str(authority.as_str()).map_err(|_| invalid)?);
-        for (i, f) in head.fields.iter().enumerate() {
-            if f.known == Known::Host {
-                skip |= bit(i);
-            }
-        }
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        uri = Uri::try_from(if path.is_empty() { "/" } else { path })
-            .map_err(|_| reject(ErrorKind::BadRequest, "invalid request target"))?;
+        // `http://h` and `http://h?q` have an empty path, which is `/`.
+        let target = match (uri.path(), uri.query()) {
+            (path, None) => Cow::Borrowed(path),
+            (path, Some(query)) => Cow::Owned(format!("{path}?{query}")),
+        };
+        uri = Uri::try_from(&*target).map_err(|_| reject(ErrorKind::BadRequest, "invalid request target"))?;
     } else if !uri.path().starts_with('/') {
         return Err(reject(ErrorKind::BadRequest, "invalid request target"));
     } else {
@@ -362,21 +388,15 @@ fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> R
     // Upgrades: HTTP/1.1 only, and never to h2c (RFC 9113 §3.1 removed it;
     // forwarding it would let a client speak h2 to an unsuspecting origin).
     let mut upgrade = false;
+    let mut drop_upgrade = false;
     if let Some(i) = upgrade_field {
         let value = head.value(&head.fields[i]);
         let h2c = value
             .split(|&b| b == b',')
             .map(trim_ows)
             .any(|t| t.eq_ignore_ascii_case(b"h2c"));
-        if h2c || !upgrade_token || version != Version::HTTP_11 {
-            for (j, f) in head.fields.iter().enumerate() {
-                if matches!(f.known, Known::Upgrade | Known::Http2Settings) {
-                    skip |= bit(j);
-                }
-            }
-        } else {
-            upgrade = true;
-        }
+        drop_upgrade = h2c || !upgrade_token || version != Version::HTTP_11;
+        upgrade = !drop_upgrade;
     }
 
     let expect_continue = match expect {
@@ -385,11 +405,7 @@ fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> R
         Some(_) => return Err(reject(ErrorKind::BadRequest, "unsupported expectation")),
     };
 
-    let raw = RawRequest {
-        head,
-        skip,
-        host: host_override,
-    };
+    let raw = RawRequest::new(head, host_override, drop_upgrade);
     // A skip mask tracks up to 64 fields; a larger head becomes a map.
     let fields = if raw.head.fields.len() <= MAX_RAW_FIELDS {
         RequestFields::Raw(raw)
@@ -817,6 +833,38 @@ mod tests {
         assert_eq!(h.uri, "/x?y");
         assert_eq!(headers(&h)["host"], "b.example:8080");
         assert_eq!(status(b"GET http://u@b/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        // An empty path is `/`, query or not.
+        assert_eq!(ok(b"GET http://b?q=1 HTTP/1.1\r\nHost: a\r\n\r\n").uri, "/?q=1");
+        assert_eq!(ok(b"GET http://b HTTP/1.1\r\nHost: a\r\n\r\n").uri, "/");
+    }
+
+    #[test]
+    fn fields_levee_drops_stay_dropped_in_heads_too_large_for_raw() {
+        // More fields than a raw head tracks: the head becomes a map, and
+        // what the parser decided about Expect, h2c and Host must survive.
+        let mut text = String::from("PUT http://b.example/x HTTP/1.1\r\n");
+        for i in 0..MAX_RAW_FIELDS + 5 {
+            text.push_str(&format!("X-F{i}: {i}\r\n"));
+        }
+        text.push_str(
+            "Host: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        );
+        let limits = HeadLimits {
+            max_headers: 200,
+            ..LIMITS
+        };
+        let h = parse_with(text.as_bytes(), limits)
+            .expect("ok")
+            .expect("complete");
+        assert!(matches!(h.fields, RequestFields::Map(_)));
+        assert!(h.expect_continue);
+        let map = headers(&h);
+        assert_eq!(map.get_all("host").iter().collect::<Vec<_>>(), ["b.example"]);
+        for gone in ["expect", "upgrade", "http2-settings"] {
+            assert!(map.get(gone).is_none(), "{gone} was kept");
+        }
+        assert_eq!(map["x-f68"], "68");
     }
 
     #[test]

@@ -101,16 +101,16 @@ impl RawHead {
     /// The fields as a map (values are slices of the head, not copies),
     /// with room for `extra` more.
     pub fn to_header_map(&self, extra: usize) -> HeaderMap {
-        self.to_header_map_except(0, extra)
+        self.to_header_map_where(extra, |_| true)
     }
 
-    /// Like [`RawHead::to_header_map`], leaving out the fields whose bit is
-    /// set in `skip`. The parser already checked every name and value
-    /// (httparse's token and value rules are `http`'s), so none is refused.
-    pub fn to_header_map_except(&self, skip: u64, extra: usize) -> HeaderMap {
+    /// Like [`RawHead::to_header_map`], with only the fields `keep` accepts.
+    /// The parser already checked every name and value (httparse's token
+    /// and value rules are `http`'s), so none is refused.
+    pub fn to_header_map_where(&self, extra: usize, keep: impl Fn(&RawField) -> bool) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.fields.len() + extra);
-        for (i, f) in self.fields.iter().enumerate() {
-            if skip & bit(i) != 0 {
+        for f in &self.fields {
+            if !keep(f) {
                 continue;
             }
             let name = HeaderName::from_bytes(self.name(f));
@@ -157,8 +157,8 @@ pub(crate) const MAX_RAW_FIELDS: usize = 64;
 
 impl RawHead {
     /// The hop-by-hop fields of the head, and those its `Connection`
-    /// fields name (except `Host` and `Content-Length`, which no option may
-    /// remove), as a skip mask.
+    /// fields name (except `Host`, `Content-Length` and `X-Request-Id`,
+    /// which no option may remove), as a skip mask.
     pub fn hop_by_hop_mask(&self) -> u64 {
         let mut skip = 0u64;
         for (i, f) in self.fields.iter().enumerate() {
@@ -173,7 +173,7 @@ impl RawHead {
                 let plain = Known::of(token);
                 if token.is_empty()
                     || plain.is_hop_by_hop()
-                    || matches!(plain, Known::Host | Known::ContentLength)
+                    || matches!(plain, Known::Host | Known::ContentLength | Known::RequestId)
                     || token.eq_ignore_ascii_case(b"close")
                 {
                     continue;

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use levee_config::EndpointAddress;
+
 use crate::codec::parse::RawRequest;
 use crate::codec::raw::Known;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -35,9 +37,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Fields a `Connection` option may never remove: the message would lose
-/// its meaning (`Host`) or levee its control over framing.
+/// its meaning (`Host`), levee its control over framing, or the request the
+/// id that follows it through every log.
 fn protected(name: &HeaderName) -> bool {
-    name == header::HOST || name == header::CONTENT_LENGTH
+    name == header::HOST || name == header::CONTENT_LENGTH || name == X_REQUEST_ID
 }
 
 /// Removes hop-by-hop fields. Returns the `Upgrade` value when `keep_upgrade`
@@ -208,27 +211,36 @@ pub(crate) struct RawPlan {
     pub extra: Bytes,
 }
 
+///
+/// `request_id` is levee's id when the client sent none it could use (an
+/// unusable one is replaced); `default_host` is the `Host` for a request
+/// that has none (HTTP/1.0 allows that; an HTTP/1.1 upstream does not).
 pub(crate) fn raw_plan(
     raw: &RawRequest,
     hop: &Hop<'_>,
     request_id: Option<&HeaderValue>,
     upgrade: bool,
+    default_host: &EndpointAddress,
 ) -> RawPlan {
     let head = &raw.head;
     let mut skip = raw.skip | head.hop_by_hop_mask();
     let mut prior = Vec::new();
+    let mut has_host = raw.host.is_some();
     for (i, f) in head.fields.iter().enumerate().take(64) {
+        let kept = skip & (1 << i) == 0;
         match f.known {
             // An upgrade keeps its Upgrade field (which `Connection:
             // upgrade` names); levee writes its own Connection.
             Known::Upgrade if upgrade && raw.skip & (1 << i) == 0 => skip &= !(1 << i),
             Known::XForwardedFor => {
-                if raw.skip & (1 << i) == 0 {
+                if kept {
                     prior.push(head.value(f));
                 }
                 skip |= 1 << i;
             }
             Known::XForwardedProto | Known::XForwardedHost => skip |= 1 << i,
+            Known::RequestId if request_id.is_some() => skip |= 1 << i,
+            Known::Host => has_host |= kept,
             _ => {}
         }
     }
@@ -236,6 +248,8 @@ pub(crate) fn raw_plan(
     // Each line's fixed parts are one constant: fewer, larger copies.
     if let Some(host) = &raw.host {
         put_line(&mut extra, b"host: ", host.as_bytes());
+    } else if !has_host {
+        put_line(&mut extra, b"host: ", default_host.to_string().as_bytes());
     }
     if let Some(v) = x_forwarded_for(prior.into_iter(), hop.client) {
         put_line(&mut extra, b"x-forwarded-for: ", v.as_bytes());

@@ -81,8 +81,21 @@ enum Next {
     KeepAlive,
     /// Close politely (the response is complete).
     Close,
-    /// Drop at once: the response is broken or the client is gone.
+    /// Drop at once: the client is gone, or the connection is over (a
+    /// tunnel ended, a refusal was written).
     Abort,
+    /// The response was cut off after part of it was written: reset the
+    /// connection, so that the client cannot take a body delimited by the
+    /// close (or a truncated one of any framing) for a whole one.
+    Reset,
+}
+
+/// How a connection [`serve`] gave up should be closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Close,
+    /// With a TCP reset (`SO_LINGER` zero), not a FIN.
+    Reset,
 }
 
 /// Serves requests on one client connection until it closes.
@@ -96,7 +109,8 @@ pub(crate) async fn serve<H, R, W>(
     settings: &Settings,
     draining: &Drain,
     accepted: Instant,
-) where
+) -> Ending
+where
     H: Handler,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -116,10 +130,10 @@ pub(crate) async fn serve<H, R, W>(
         };
         let head = match read_head(rd, &mut buf, settings, waits, head_deadline).await {
             Ok(h) => h,
-            Err(Stop::Closed) => return,
+            Err(Stop::Closed) => return Ending::Close,
             Err(Stop::Reject(r)) => {
                 reject(handler, conn, r, rd, wr, &mut out, settings).await;
-                return;
+                return Ending::Close;
             }
         };
         head_deadline = None;
@@ -131,9 +145,10 @@ pub(crate) async fn serve<H, R, W>(
             Next::KeepAlive => {}
             Next::Close => {
                 linger_close(rd, wr).await;
-                return;
+                return Ending::Close;
             }
-            Next::Abort => return,
+            Next::Abort => return Ending::Close,
+            Next::Reset => return Ending::Reset,
         }
     }
 }
@@ -386,7 +401,7 @@ where
     // Phase 2: the response body, still feeding the request body.
     match write_body(&mut body, framing_out, out, rd, wr, buf, &mut pump, settings).await {
         Written::Complete => drop(body),
-        Written::Broken => return Next::Abort,
+        Written::Broken => return Next::Reset,
         Written::FailedBeforeHead(e) => {
             // Nothing reached the client yet: it gets levee's answer, not
             // a silent close.
@@ -414,6 +429,12 @@ where
     }
     // Whatever is left of the request body must be read before the next
     // request can be; a bounded amount is, beyond it the connection closes.
+    // The response is complete, so nobody needs the rest: it is discarded
+    // (waiting to hand it over could wait on an upstream that stopped
+    // taking it, with no deadline).
+    if let Some(p) = pump.as_mut() {
+        p.sender = None;
+    }
     while pump.as_ref().is_some_and(|p| !p.done) {
         if pump_step(&mut pump, rd, buf, None::<&mut W>).await.is_err() {
             return Next::Close;

@@ -7,8 +7,10 @@
 //! to the same [`Handler`] as HTTP/1.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use crate::drain::Drain;
@@ -24,22 +26,94 @@ use tokio_util::task::TaskTracker;
 use super::h1::Settings;
 use super::{ConnInfo, Handler};
 use crate::body::RequestBody;
+use crate::timer::LazyTimer;
 
 /// Streams a client may open at once on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Spawns hyper's per-stream tasks on the gateway's tracker, so shutdown
-/// waits for them like for connections.
+/// waits for them like for connections, each under a [`StallWatch`].
 #[derive(Clone)]
-struct TrackedExecutor(TaskTracker);
+struct TrackedExecutor {
+    tracker: TaskTracker,
+    body_timeout: Duration,
+}
 
 impl<F> hyper::rt::Executor<F> for TrackedExecutor
 where
-    F: std::future::Future + Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        self.0.spawn(fut);
+        let watch = Arc::new(StallWatch::new());
+        let body_timeout = self.body_timeout;
+        self.tracker.spawn(async move {
+            let stream = STALL_WATCH.scope(watch.clone(), fut);
+            tokio::pin!(stream);
+            let mut timer: Option<LazyTimer> = None;
+            std::future::poll_fn(|cx| {
+                if stream.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                // Only the stream's own polls change the watch, so what it
+                // says now holds until the timer fires.
+                let Some(since) = watch.stalled_since() else {
+                    return Poll::Pending;
+                };
+                let timer = timer.get_or_insert_with(LazyTimer::new);
+                ready!(timer.poll_until(since + body_timeout, cx));
+                tracing::debug!("HTTP/2 client took no response data for the body timeout; stream reset");
+                Poll::Ready(())
+            })
+            .await;
+            // Dropping the stream's future resets the stream, if still open,
+            // and releases the upstream exchange behind it.
+        });
+    }
+}
+
+tokio::task_local! {
+    /// The watch of the stream whose task is running, for its response body.
+    static STALL_WATCH: Arc<StallWatch>;
+}
+
+/// Whether a stream's client is keeping up with its response. hyper polls a
+/// response body only when the client has granted flow-control window for
+/// more; a client that stops granting it (or stops reading the socket)
+/// would otherwise hold the stream, and the upstream exchange behind it,
+/// for as long as it likes. So the time from a frame handed to hyper to
+/// hyper asking for the next is bounded by `body_timeout`, as each write to
+/// an HTTP/1 client is.
+pub(crate) struct StallWatch {
+    origin: Instant,
+    /// When a frame was handed over and not yet followed by a poll, as
+    /// milliseconds since `origin` plus one; zero when not waiting.
+    since: AtomicU64,
+}
+
+impl StallWatch {
+    fn new() -> StallWatch {
+        StallWatch {
+            origin: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// The response body was polled and returned a frame (`handed_over`) or
+    /// not (pending, or its end).
+    pub(crate) fn polled(&self, handed_over: bool) {
+        let value = if handed_over {
+            let millis = Instant::now().duration_since(self.origin).as_millis();
+            u64::try_from(millis).unwrap_or(u64::MAX - 1) + 1
+        } else {
+            0
+        };
+        self.since.store(value, Ordering::Relaxed);
+    }
+
+    fn stalled_since(&self) -> Option<Instant> {
+        let value = self.since.load(Ordering::Relaxed);
+        (value > 0).then(|| self.origin + Duration::from_millis(value - 1))
     }
 }
 
@@ -64,19 +138,33 @@ impl Streams {
 }
 
 /// Counts a stream open until its response body is dropped (which hyper
-/// does when the stream ends, completely or not).
-pub(crate) struct StreamGuard(Arc<Streams>);
+/// does when the stream ends, completely or not), and carries the stream's
+/// [`StallWatch`] to the body.
+pub(crate) struct StreamGuard {
+    streams: Arc<Streams>,
+    watch: Option<Arc<StallWatch>>,
+}
 
 impl StreamGuard {
     fn open(streams: &Arc<Streams>) -> StreamGuard {
         streams.active.fetch_add(1, Ordering::AcqRel);
-        StreamGuard(streams.clone())
+        StreamGuard {
+            streams: streams.clone(),
+            watch: None,
+        }
+    }
+
+    /// Called from the response body after each poll by hyper.
+    pub(crate) fn polled(&self, handed_over: bool) {
+        if let Some(w) = &self.watch {
+            w.polled(handed_over);
+        }
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let s = &self.0;
+        let s = &self.streams;
         let millis = u64::try_from(Instant::now().duration_since(s.start).as_millis()).unwrap_or(u64::MAX);
         s.idle_since.store(millis, Ordering::Release);
         s.active.fetch_sub(1, Ordering::AcqRel);
@@ -105,8 +193,10 @@ pub(crate) async fn serve<H, IO>(
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
         let conn = conn.clone();
-        let guard = StreamGuard::open(&counted);
+        let mut guard = StreamGuard::open(&counted);
         async move {
+            // Runs in the stream's own task, where its watch is set.
+            guard.watch = STALL_WATCH.try_with(Arc::clone).ok();
             let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
             let declared = req
                 .headers()
@@ -134,7 +224,10 @@ pub(crate) async fn serve<H, IO>(
             Ok::<_, Infallible>(res.map(|body| body.with_stream_guard(guard)))
         }
     });
-    let mut builder = hyper::server::conn::http2::Builder::new(TrackedExecutor(tracker.clone()));
+    let mut builder = hyper::server::conn::http2::Builder::new(TrackedExecutor {
+        tracker: tracker.clone(),
+        body_timeout: settings.body_timeout,
+    });
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)

@@ -203,6 +203,9 @@ impl Exchange {
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        // The client's body failed: that is final, never a
+                        // reason to try the request on another connection.
+                        self.body_touched = true;
                         return Poll::Ready(Err(self.failure(RequestBody::rejection(&e))));
                     }
                 }
@@ -347,18 +350,26 @@ impl Exchange {
         let framing = response_framing(head, self.head_request);
         BodyPlan {
             framing,
-            reusable: head.keep_alive && framing != Framing::UntilClose,
+            // An upstream that answered before it had the whole request may
+            // or may not read the rest: the connection's state is unknown.
+            reusable: head.keep_alive && framing != Framing::UntilClose && self.sent_all(),
         }
     }
 
     /// Turns the exchange into the response body, read from the connection.
     pub fn into_body(self, plan: BodyPlan, state: Arc<EndpointState>) -> UpstreamBody {
-        UpstreamBody {
+        let mut body = UpstreamBody {
             decoder: Decoder::new(plan.framing, MAX_TRAILERS),
             reusable: plan.reusable,
             exchange: Some(self),
             state,
+        };
+        // Nothing to read (HEAD, 204, 304, a zero length): the connection
+        // is free now, even if the body is never polled.
+        if body.decoder.is_done() {
+            body.finish();
         }
+        body
     }
 
     /// The connection after a `101`, for a tunnel.
@@ -479,6 +490,49 @@ impl Body for UpstreamBody {
         match self.decoder.remaining() {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_whose_body_failed_is_never_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect = || async { Conn::new(TcpStream::connect(addr).await.expect("connect")) };
+        // The client's body is cut short before levee could send anything.
+        let (sender, body) = crate::body::channel(None);
+        drop(sender);
+        let headers = HeaderMap::new();
+        let mut exchange = Exchange::new(
+            connect().await,
+            &Method::POST,
+            "/",
+            OutHead::Map(&headers),
+            RequestBody::H1(body),
+        );
+        let failure = std::future::poll_fn(|cx| exchange.poll_head(cx))
+            .await
+            .expect_err("the body failed");
+        assert!(!failure.sent, "nothing reached the socket");
+        assert_eq!(failure.rejection.kind, ErrorKind::BadRequest);
+        // Sending it again would send a truncated body as a whole one.
+        assert!(exchange.retry_on(connect().await).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cut_short_body_stays_failed() {
+        let (sender, body) = crate::body::channel(None);
+        drop(sender);
+        let mut body = std::pin::pin!(body);
+        for _ in 0..3 {
+            let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            assert!(matches!(frame, Some(Err(BodyError::RequestAborted))), "{frame:?}");
         }
     }
 }

@@ -7,6 +7,7 @@
 //! healthy) or when the gateway drains. Its [`Health`] lives in the task,
 //! so an endpoint that stays across a reload keeps its state.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -30,6 +31,22 @@ pub(crate) struct EndpointName {
 /// Probes one endpoint until it leaves the config, loses its checks, or
 /// `stop` fires.
 pub(crate) async fn run(state: Weak<EndpointState>, name: EndpointName, stop: CancellationToken) {
+    loop {
+        check(&state, &name, &stop).await;
+        let Some(s) = state.upgrade() else { return };
+        // Without checks, an endpoint takes traffic.
+        s.set_healthy(true);
+        s.checking.store(false, Ordering::Release);
+        // A reload may have given the endpoint checks again after this task
+        // saw them removed, and left them to this task because it was still
+        // running: then it carries on, with a fresh history.
+        if stop.is_cancelled() || s.check.load().is_none() || s.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
+
+async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &CancellationToken) {
     let mut health = Health::new();
     // The first probe comes anywhere within the first interval, so a fleet
     // (or many endpoints started at once) does not probe in step.
@@ -78,11 +95,6 @@ pub(crate) async fn run(state: Weak<EndpointState>, name: EndpointName, stop: Ca
             None => {}
         }
         delay = health.next_delay(&thresholds, fastrand::u64(..));
-    }
-    if let Some(s) = state.upgrade() {
-        // Without checks, an endpoint takes traffic.
-        s.set_healthy(true);
-        s.checking.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -32,12 +32,19 @@ pub(crate) type H2Sender = http2::SendRequest<RequestBody>;
 
 pub(crate) struct Pool {
     pub address: EndpointAddress,
-    pub settings: PoolSettings,
-    idle: Mutex<Vec<Idle>>,
+    /// The settings live with the idle connections they govern, so that a
+    /// reload can change them under the one lock every use takes anyway.
+    idle: Mutex<IdleSet>,
     shared: Mutex<Option<H2Sender>>,
     /// Held while an HTTP/2 connection is being opened, so that a burst of
     /// requests opens one connection rather than one each.
     connecting: tokio::sync::Mutex<()>,
+}
+
+struct IdleSet {
+    settings: PoolSettings,
+    /// Oldest first.
+    conns: Vec<Idle>,
 }
 
 struct Idle {
@@ -49,20 +56,36 @@ impl Pool {
     pub fn new(address: EndpointAddress, settings: PoolSettings) -> Pool {
         Pool {
             address,
-            settings,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleSet {
+                settings,
+                conns: Vec::new(),
+            }),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// Takes a reloaded upstream's settings. The connections already open
+    /// stay, unless the protocol changed: those would never be used again.
+    pub fn reconfigure(&self, settings: PoolSettings) {
+        let mut idle = lock(&self.idle);
+        if idle.settings.protocol != settings.protocol {
+            idle.conns.clear();
+            *lock(&self.shared) = None;
+        }
+        let excess = idle.conns.len().saturating_sub(settings.max_idle);
+        idle.conns.drain(..excess);
+        idle.settings = settings;
+    }
+
     /// An idle HTTP/1.1 connection that is still usable, if any.
     pub fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
         let mut idle = lock(&self.idle);
+        let idle_timeout = idle.settings.idle_timeout;
         // Most recently used first: its TCP state is warmest and the oldest
         // ones are left to expire.
-        while let Some(mut c) = idle.pop() {
-            if now.duration_since(c.since) < self.settings.idle_timeout && c.conn.is_usable() {
+        while let Some(mut c) = idle.conns.pop() {
+            if now.duration_since(c.since) < idle_timeout && c.conn.is_usable() {
                 return Some(c.conn);
             }
         }
@@ -72,15 +95,18 @@ impl Pool {
     /// Returns an HTTP/1.1 connection whose exchange completed cleanly.
     pub fn give_back(&self, conn: Box<Conn>, now: Instant) {
         let mut idle = lock(&self.idle);
-        if idle.len() < self.settings.max_idle {
-            idle.push(Idle { conn, since: now });
+        if idle.conns.len() < idle.settings.max_idle {
+            idle.conns.push(Idle { conn, since: now });
         }
     }
 
     /// Closes idle connections past the idle timeout or closed by the peer.
     pub fn evict_expired(&self, now: Instant) {
-        lock(&self.idle)
-            .retain_mut(|c| now.duration_since(c.since) < self.settings.idle_timeout && c.conn.is_usable());
+        let mut idle = lock(&self.idle);
+        let idle_timeout = idle.settings.idle_timeout;
+        idle.conns
+            .retain_mut(|c| now.duration_since(c.since) < idle_timeout && c.conn.is_usable());
+        drop(idle);
         let mut shared = lock(&self.shared);
         if shared.as_ref().is_some_and(|s| s.is_closed()) {
             *shared = None;

@@ -130,6 +130,41 @@ async fn health_state_survives_a_reload() {
 }
 
 #[tokio::test]
+async fn health_state_survives_a_reload_that_changes_the_pool() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let toml = simple(&[a.addr(), b.addr()]) + FAST_CHECKS;
+    let h = Harness::start_file(&toml, false).await;
+    let c = h.client();
+    a.set_behaviour(Behaviour::Status(503));
+    eventually_async(SETTLE, "a is out of rotation", || {
+        let c = c.clone();
+        async move { backends_seen(&c, 6).await.iter().all(|s| s == "200:b") }
+    })
+    .await;
+    // The pool's settings change with the checks': still the same endpoints.
+    let next = toml.replace("interval = \"100ms\"", "interval = \"1h\"").replace(
+        "[upstream.app]\n",
+        "[upstream.app]\nmax_idle_per_endpoint = 3\nidle_timeout = \"5s\"\n",
+    );
+    assert_ne!(next, toml);
+    std::fs::write(h.config_path(), next).expect("write");
+    assert!(matches!(
+        h.app.reload(ReloadSource::Api).await,
+        ReloadOutcome::Applied { .. }
+    ));
+    assert!(
+        backends_seen(&c, 10).await.iter().all(|s| s == "200:b"),
+        "a stayed out after the reload"
+    );
+    let series = format!(
+        "levee_upstream_endpoint_healthy{{upstream=\"app\",region=\"local\",endpoint=\"{}\"}}",
+        a.addr()
+    );
+    assert_eq!(h.metric(&series).await, 0.0);
+}
+
+#[tokio::test]
 async fn tcp_checks_need_only_a_connection() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;

@@ -490,3 +490,79 @@ async fn http2_bodies_over_the_limit_are_refused() {
     assert_eq!(c.send(small).await.expect("response").status, 200);
     assert_eq!(b.ledger().len(), 1, "the refused body never reached the origin");
 }
+
+/// A request body of unknown length: one chunk, then the end.
+struct Unsized(Option<Bytes>);
+
+impl http_body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn http2_bodies_over_the_limit_are_never_retried_on_a_fresh_connection() {
+    // A body found too large before any byte left on a pooled connection
+    // must end the request, not send it again (without its body) elsewhere.
+    let b = Backend::start("b1").await;
+    let h = Harness::start(&(simple(&[b.addr()]) + "[server]\nmax_body_bytes = 1000\n")).await;
+    let stream = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, Unsized>(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    for round in 0..5 {
+        // Leaves an idle connection in levee's pool.
+        let warm = Request::get("http://localhost/warm")
+            .body(Unsized(None))
+            .expect("request");
+        let res = sender.send_request(warm).await.expect("response");
+        assert_eq!(res.status(), 200);
+        let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+
+        let big = Request::post("http://localhost/upload")
+            .body(Unsized(Some(Bytes::from(vec![b'x'; 5000]))))
+            .expect("request");
+        let res = sender.send_request(big).await.expect("response");
+        assert_eq!(res.status(), 413, "round {round}");
+    }
+    let uploads: Vec<_> = b
+        .ledger()
+        .arrivals()
+        .into_iter()
+        .filter(|a| a.path == "/upload")
+        .collect();
+    assert!(uploads.iter().all(|a| !a.complete), "{uploads:#?}");
+}
+
+#[tokio::test]
+async fn bodyless_responses_leave_the_upstream_connection_pooled() {
+    let b = Backend::start("b1").await;
+    let h = Harness::start(&simple(&[b.addr()])).await;
+    let c = h.client();
+    let head = Request::head("/head")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(c.send(head).await.expect("reply").status, 200);
+    for status in [204, 304] {
+        let req = Request::get("/status")
+            .header("x-testkit-status", status)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(c.send(req).await.expect("reply").status, status);
+    }
+    assert_eq!(c.get("/last").await.expect("reply").status, 200);
+    assert_eq!(b.ledger().len(), 4);
+    assert_eq!(
+        b.connections_accepted(),
+        1,
+        "one upstream connection served all four"
+    );
+}

@@ -14,6 +14,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use levee_testkit::{Backend, Client, pattern_sha256};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -217,4 +218,93 @@ async fn upload_and_download_at_once_do_not_deadlock() {
     }
     assert_eq!(len, total);
     assert_eq!(hex(&hash.finalize()), pattern_sha256(total));
+}
+
+#[tokio::test]
+async fn an_http2_client_that_takes_no_data_is_reset_after_the_body_timeout() {
+    let backend = Backend::start("origin").await;
+    let h = Harness::start(&(simple(&[backend.addr()]) + "[server]\nbody_timeout = \"1s\"\n")).await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    // The connection keeps running (and answering PINGs); only the stream stalls.
+    tokio::spawn(conn);
+    let total = 1_000_000_000u64;
+    let req = Request::get(format!("http://localhost/bytes/{total}"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    assert_eq!(res.status(), 200);
+    // Nothing is read, so the stream's flow-control window never reopens.
+    levee_testkit::eventually(SETTLE, "the origin's exchange is released", || {
+        backend.requests_in_flight() == 0
+    })
+    .await;
+    let body = tokio::time::timeout(SETTLE, res.into_body().collect())
+        .await
+        .expect("the stream ends");
+    assert!(body.is_err(), "the stream was reset, not completed");
+}
+
+#[tokio::test]
+async fn request_timeout_cuts_off_a_body_the_client_reads_slowly() {
+    // The origin is fast and the client slow: levee mostly waits on the
+    // client, and the route's deadline must still end the exchange.
+    let backend = Backend::start("origin").await;
+    let toml = simple(&[backend.addr()]).replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nrequest_timeout = \"1s\"\n",
+    );
+    let h = Harness::start(&toml).await;
+    let total = 2_000_000_000u64;
+    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
+    stream
+        .write_all(format!("GET /bytes/{total} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut received = 0u64;
+    let mut scratch = vec![0u8; 16 * 1024];
+    let ended = tokio::time::timeout(SETTLE, async {
+        loop {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n as u64,
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the response was cut off at the deadline");
+    assert!(received < total, "{received} bytes");
+}
+
+#[tokio::test]
+async fn a_broken_close_delimited_response_ends_in_a_reset() {
+    // An HTTP/1.0 client reads a body of unknown length until the close:
+    // a clean close would make a truncated body look whole.
+    let backend = Backend::start("origin").await;
+    backend.set_behaviour(levee_testkit::Behaviour::Raw(Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )));
+    let h = Harness::start(&simple(&[backend.addr()])).await;
+    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await.expect("send");
+    let mut received = Vec::new();
+    let end = tokio::time::timeout(SETTLE, async {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match stream.read(&mut scratch).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => received.extend_from_slice(&scratch[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    let error = end.expect_err("a reset, not a clean end");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
 }

@@ -584,3 +584,102 @@ async fn counters_agree_with_the_refusals_clients_saw() {
     assert_eq!(ok.status, 200);
     assert_eq!(h.metric(&series).await - before, f64::from(seen));
 }
+
+/// Sends `request` (one head, no body) on a fresh connection and returns
+/// the single arrival it caused, the ledger cleared before.
+async fn arrival_of(h: &Harness, backend: &Backend, request: &[u8]) -> Arrival {
+    backend.ledger().clear();
+    let (_conn, responses) = exchange(h, request, 1).await;
+    assert_eq!(responses[0].status, 200, "{responses:?}");
+    let arrivals = backend.ledger().arrivals();
+    assert_eq!(arrivals.len(), 1, "{arrivals:#?}");
+    arrivals.into_iter().next().expect("one arrival")
+}
+
+/// The fields an arrival carried, as a sorted list, without the padding
+/// fields and with a generated request id reduced to its shape.
+fn field_set(arrival: &Arrival) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = arrival
+        .headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with("x-pad-"))
+        .map(|(name, value)| match name.as_str() {
+            "x-request-id" if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                (name.clone(), "<generated>".to_string())
+            }
+            _ => (name.clone(), value.clone()),
+        })
+        .collect();
+    fields.sort();
+    fields
+}
+
+/// A head with more fields than levee forwards as received lines takes the
+/// header-map path; both paths must rewrite a request the same way.
+#[tokio::test]
+async fn large_and_small_heads_are_rewritten_alike() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway_config(&backend, "max_header_count = 200")).await;
+    let padding: String = (0..70).map(|i| format!("X-Pad-{i}: {i}\r\n")).collect();
+    let long_id = "i".repeat(300);
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "levee's own fields named in Connection",
+            "GET /c HTTP/1.1\r\nHost: a\r\nConnection: x-request-id, x-forwarded-for\r\n\
+             X-Request-Id: client-id\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                .to_string(),
+        ),
+        (
+            "an empty request id",
+            "GET /c HTTP/1.1\r\nHost: a\r\nX-Request-Id: \r\n".to_string(),
+        ),
+        (
+            "an oversized request id",
+            format!("GET /c HTTP/1.1\r\nHost: a\r\nX-Request-Id: {long_id}\r\n"),
+        ),
+        ("HTTP/1.0 without Host", "GET /c HTTP/1.0\r\n".to_string()),
+        (
+            "absolute form with an empty path",
+            "GET http://b.example?q=1 HTTP/1.1\r\nHost: a\r\n".to_string(),
+        ),
+        (
+            "an upgrade to h2c",
+            "GET /c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+             HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+                .to_string(),
+        ),
+    ];
+    for (case, head) in cases {
+        let small = format!("{head}\r\n");
+        let large = format!("{head}{padding}\r\n");
+        let raw = arrival_of(&h, &backend, small.as_bytes()).await;
+        let map = arrival_of(&h, &backend, large.as_bytes()).await;
+        assert_eq!(raw.path, map.path, "{case}");
+        assert_eq!(field_set(&raw), field_set(&map), "{case}");
+        assert_eq!(raw.header_all("x-request-id").len(), 1, "{case}: {raw:#?}");
+        assert!(raw.header("host").is_some(), "{case}: {raw:#?}");
+    }
+}
+
+#[tokio::test]
+async fn requests_without_a_host_get_the_endpoints() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&simple(&[backend.addr()])).await;
+    let arrival = arrival_of(&h, &backend, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert_eq!(arrival.header("host"), Some(backend.addr().to_string().as_str()));
+    assert_eq!(arrival.header("x-forwarded-host"), None, "{arrival:#?}");
+}
+
+#[tokio::test]
+async fn absolute_form_with_an_empty_path_asks_for_the_root() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&simple(&[backend.addr()])).await;
+    let arrival = arrival_of(
+        &h,
+        &backend,
+        b"GET http://b.example?q=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(arrival.path, "/?q=1");
+    assert_eq!(arrival.header("host"), Some("b.example"));
+}
