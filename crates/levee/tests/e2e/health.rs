@@ -102,35 +102,11 @@ async fn the_next_priority_takes_over_and_gives_back() {
     .await;
 }
 
-#[tokio::test]
-async fn health_state_survives_a_reload() {
-    let a = Backend::start("a").await;
-    let b = Backend::start("b").await;
-    // Slow checks after the reload: a recovered `a` could not be seen again
-    // within the test's window, so only the carried-over state keeps it out.
-    let toml = simple(&[a.addr(), b.addr()]) + FAST_CHECKS;
-    let h = Harness::start_file(&toml, false).await;
-    let c = h.client();
-    a.set_behaviour(Behaviour::Status(503));
-    eventually_async(SETTLE, "a is out of rotation", || {
-        let c = c.clone();
-        async move { backends_seen(&c, 6).await.iter().all(|s| s == "200:b") }
-    })
-    .await;
-    let next = toml.replace("interval = \"100ms\"", "interval = \"1h\"");
-    std::fs::write(h.config_path(), next).expect("write");
-    assert!(matches!(
-        h.app.reload(ReloadSource::Api).await,
-        ReloadOutcome::Applied { .. }
-    ));
-    assert!(
-        backends_seen(&c, 10).await.iter().all(|s| s == "200:b"),
-        "a stayed out after the reload"
-    );
-}
-
-#[tokio::test]
-async fn health_state_survives_a_reload_that_changes_the_pool() {
+/// Takes endpoint `a` out of rotation, reloads with `change` applied to the
+/// config, and checks that `a` stayed out. The reloaded checks are slow: a
+/// recovered `a` could not be seen again within the test's window, so only
+/// the carried-over state keeps it out.
+async fn health_state_survives(change: fn(&str) -> String) {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let toml = simple(&[a.addr(), b.addr()]) + FAST_CHECKS;
@@ -142,12 +118,7 @@ async fn health_state_survives_a_reload_that_changes_the_pool() {
         async move { backends_seen(&c, 6).await.iter().all(|s| s == "200:b") }
     })
     .await;
-    // The pool's settings change with the checks': still the same endpoints.
-    let next = toml.replace("interval = \"100ms\"", "interval = \"1h\"").replace(
-        "[upstream.app]\n",
-        "[upstream.app]\nmax_idle_per_endpoint = 3\nidle_timeout = \"5s\"\n",
-    );
-    assert_ne!(next, toml);
+    let next = change(&toml).replace("interval = \"100ms\"", "interval = \"1h\"");
     std::fs::write(h.config_path(), next).expect("write");
     assert!(matches!(
         h.app.reload(ReloadSource::Api).await,
@@ -162,6 +133,23 @@ async fn health_state_survives_a_reload_that_changes_the_pool() {
         a.addr()
     );
     assert_eq!(h.metric(&series).await, 0.0);
+}
+
+#[tokio::test]
+async fn health_state_survives_a_reload() {
+    health_state_survives(str::to_string).await;
+}
+
+#[tokio::test]
+async fn health_state_survives_a_reload_that_changes_the_pool() {
+    // Same endpoints, new pool settings.
+    health_state_survives(|toml| {
+        toml.replace(
+            "[upstream.app]\n",
+            "[upstream.app]\nmax_idle_per_endpoint = 3\nidle_timeout = \"5s\"\n",
+        )
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -32,14 +32,7 @@ async fn api_reload_switches_to_the_new_config() {
     assert_eq!(backend_of(&h.client()).await, "a");
 
     std::fs::write(h.config_path(), simple(&[b.addr()])).expect("write");
-    let res = Client::http1(h.admin)
-        .send(
-            Request::post("/api/v1/reload")
-                .body(Full::new(Bytes::new()))
-                .expect("req"),
-        )
-        .await
-        .expect("reply");
+    let res = api_reload(h.admin).await.expect("reply");
     assert_eq!(res.status, 200, "{}", res.text());
     assert!(res.text().contains("\"status\":\"applied\""), "{}", res.text());
     assert_eq!(backend_of(&h.client()).await, "b");
@@ -55,14 +48,7 @@ async fn a_bad_config_changes_nothing_and_reports_every_error() {
     let h = Harness::start_file(&simple(&[a.addr()]), false).await;
     let bad = simple(&[a.addr()]).replace("priority = 0", "priority = -3\nweigth = 2");
     std::fs::write(h.config_path(), &bad).expect("write");
-    let res = Client::http1(h.admin)
-        .send(
-            Request::post("/api/v1/reload")
-                .body(Full::new(Bytes::new()))
-                .expect("req"),
-        )
-        .await
-        .expect("reply");
+    let res = api_reload(h.admin).await.expect("reply");
     assert_eq!(res.status, 422);
     let text = res.text();
     assert!(text.contains("\"status\":\"rejected\""), "{text}");

@@ -5,23 +5,27 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use levee_testkit::{Backend, Behaviour, Client, eventually, eventually_async};
+use levee_testkit::{Backend, Behaviour, Client, Reply, eventually, eventually_async};
 
 use crate::support::*;
 
-#[tokio::test]
-async fn a_slow_request_in_flight_completes() {
-    let b = Backend::start("b").await;
+/// Makes the origin answer after 1.5 s and sends it `GET /slow`; returns
+/// once the request is in flight at the origin.
+async fn slow_request(c: Client, b: &Backend) -> tokio::task::JoinHandle<anyhow::Result<Reply>> {
     b.set_behaviour(Behaviour::Delay(Duration::from_millis(1500)));
-    let h = Harness::start(&simple(&[b.addr()])).await;
-    let slow = tokio::spawn({
-        let c = h.client();
-        async move { c.get("/slow").await }
-    });
+    let slow = tokio::spawn(async move { c.get("/slow").await });
     eventually(SETTLE, "the slow request reached the origin", || {
         b.requests_in_flight() == 1
     })
     .await;
+    slow
+}
+
+#[tokio::test]
+async fn a_slow_request_in_flight_completes() {
+    let b = Backend::start("b").await;
+    let h = Harness::start(&simple(&[b.addr()])).await;
+    let slow = slow_request(h.client(), &b).await;
     let addr = h.addr;
     let Harness { app, .. } = h;
     let drained = tokio::spawn(app.shutdown());
@@ -169,15 +173,7 @@ impl Drop for Levee {
 async fn sigterm_drains_then_exits_zero() {
     let b = Backend::start("b").await;
     let mut levee = Levee::start(b.addr()).await;
-    b.set_behaviour(Behaviour::Delay(Duration::from_millis(1500)));
-    let slow = tokio::spawn({
-        let c = Client::http1(levee.addr);
-        async move { c.get("/slow").await }
-    });
-    eventually(SETTLE, "the slow request reached the origin", || {
-        b.requests_in_flight() == 1
-    })
-    .await;
+    let slow = slow_request(Client::http1(levee.addr), &b).await;
     levee.signal("TERM");
     let admin = levee.admin;
     eventually_async(SETTLE, "readiness turns off while draining", || async move {
@@ -219,16 +215,8 @@ async fn sighup_reloads_the_file() {
 #[tokio::test]
 async fn a_reload_while_draining_does_not_reopen_listeners() {
     let b = Backend::start("b").await;
-    b.set_behaviour(Behaviour::Delay(Duration::from_millis(1500)));
     let h = Harness::start_file(&simple(&[b.addr()]), false).await;
-    let slow = tokio::spawn({
-        let c = h.client();
-        async move { c.get("/slow").await }
-    });
-    eventually(SETTLE, "the slow request reached the origin", || {
-        b.requests_in_flight() == 1
-    })
-    .await;
+    let slow = slow_request(h.client(), &b).await;
     let (addr, admin) = (h.addr, h.admin);
     let Harness { app, dir, .. } = h;
     let drained = tokio::spawn(app.shutdown());
@@ -236,13 +224,7 @@ async fn a_reload_while_draining_does_not_reopen_listeners() {
         tokio::net::TcpStream::connect(addr).await.is_err()
     })
     .await;
-    let req = http::Request::post("/api/v1/reload")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let res = Client::http1(admin)
-        .send(req)
-        .await
-        .expect("admin answers while draining");
+    let res = api_reload(admin).await.expect("admin answers while draining");
     assert_ne!(res.status, 200, "{}", res.text());
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),

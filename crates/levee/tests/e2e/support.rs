@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use levee::{App, ConfigSource};
-use levee_testkit::Client;
+use levee_testkit::{Client, Reply};
 
 /// A generous deadline for things that settle asynchronously; the tests
 /// never rely on timing beyond this upper bound.
@@ -107,4 +107,12 @@ pub fn config(regions: &[(&str, u32, &[SocketAddr])], upstream_keys: &str, extra
 /// One region "local" with these endpoints.
 pub fn simple(endpoints: &[SocketAddr]) -> String {
     config(&[("local", 0, endpoints)], "", "")
+}
+
+/// `POST /api/v1/reload` on an admin listener.
+pub async fn api_reload(admin: SocketAddr) -> anyhow::Result<Reply> {
+    let req = http::Request::post("/api/v1/reload")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    Client::http1(admin).send(req).await
 }
