@@ -380,16 +380,18 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            // Checked on every poll, not only when waiting: a body that is
-            // always ready would otherwise never see its deadline.
-            Inner::Upstream { deadline, .. } if Instant::now() >= *deadline => {
-                Poll::Ready(Some(Err(BodyError::Timeout)))
-            }
             Inner::Upstream {
                 body,
                 deadline,
                 sleep,
             } => match body.poll_frame(cx) {
+                // Checked on every data frame, not only when waiting: a body
+                // that is always ready would otherwise never see its
+                // deadline. Its end (or trailers) still passes: a response
+                // that is complete is not cut.
+                Poll::Ready(Some(Ok(frame))) if frame.is_data() && Instant::now() >= *deadline => {
+                    Poll::Ready(Some(Err(BodyError::Timeout)))
+                }
                 Poll::Ready(frame) => Poll::Ready(frame),
                 Poll::Pending => {
                     let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
@@ -453,20 +455,17 @@ mod tests {
     use crate::upstream::h1::{Conn, Exchange, OutHead};
     use crate::upstream::{EndpointState, Pool, PoolSettings};
 
-    #[tokio::test]
-    async fn the_deadline_holds_for_a_body_that_is_always_ready() {
-        const LEN: usize = 256 * 1024;
+    /// An upstream body read from a real connection whose origin sends
+    /// `response` at once and then holds the connection open.
+    async fn upstream_body(response: Vec<u8>) -> (UpstreamBody, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let origin = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
-            let mut head = [0u8; 1024];
-            let _ = s.read(&mut head).await.expect("request");
-            let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
-            response.resize(response.len() + LEN, b'x');
+            let mut scratch = [0u8; 1024];
+            let _ = s.read(&mut scratch).await.expect("request");
             s.write_all(&response).await.expect("response");
-            // Held open until the test is done with it.
-            let _ = s.read(&mut head).await;
+            let _ = s.read(&mut scratch).await;
         });
         let conn = Conn::new(TcpStream::connect(addr).await.expect("connect"));
         let headers = HeaderMap::new();
@@ -481,29 +480,39 @@ mod tests {
             .await
             .expect("head");
         let plan = exchange.plan(&head);
-        let metrics = Metrics::new();
-        let labels = EndpointLabels {
-            upstream: "u".into(),
-            region: "r".into(),
-            endpoint: addr.to_string(),
-        };
         let settings = PoolSettings {
             protocol: Protocol::Http1,
             max_idle: 1,
             idle_timeout: Duration::from_secs(1),
         };
+        let labels = EndpointLabels {
+            upstream: "u".into(),
+            region: "r".into(),
+            endpoint: addr.to_string(),
+        };
         let state = Arc::new(EndpointState::new(
             Pool::new(EndpointAddress::Ip(addr), settings),
             Gauge::default(),
             Counter::default(),
-            metrics.endpoint(&labels),
+            Metrics::new().endpoint(&labels),
         ));
-        let upstream = exchange.into_body(plan, state);
+        (exchange.into_body(plan, state), origin)
+    }
+
+    fn response_body(upstream: UpstreamBody, deadline: Instant) -> ResponseBody {
+        let completion = Completion::new(deadline, 200, Metrics::new().route("r", "u"), None);
+        ResponseBody::upstream(UpstreamKind::H1(upstream), deadline, completion)
+    }
+
+    #[tokio::test]
+    async fn the_deadline_holds_for_a_body_that_is_always_ready() {
+        const LEN: usize = 256 * 1024;
+        let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+        response.resize(response.len() + LEN, b'x');
+        let (upstream, origin) = upstream_body(response).await;
         // The whole body waits in the socket: every poll would find data.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let deadline = Instant::now();
-        let completion = Completion::new(deadline, 200, metrics.route("r", "u"), None);
-        let mut body = ResponseBody::upstream(UpstreamKind::H1(upstream), deadline, completion);
+        let mut body = response_body(upstream, Instant::now());
         match body.frame().await {
             Some(Err(BodyError::Timeout)) => {}
             Some(Ok(f)) => panic!(
@@ -512,6 +521,16 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+        origin.abort();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ended_is_not_cut_by_the_deadline() {
+        let response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec();
+        let (upstream, origin) = upstream_body(response).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut body = response_body(upstream, Instant::now());
+        assert!(body.frame().await.is_none(), "the end, not a timeout");
         origin.abort();
     }
 }

@@ -210,9 +210,7 @@ impl Handler for Proxy {
                     Fields::Raw(raw) => raw.to_header_map(3),
                     Fields::Map(map) => map,
                 };
-                let upgrade_value = headers::strip_hop_by_hop(&mut h, is_upgrade);
-                if let Some(v) = upgrade_value {
-                    h.insert(header::UPGRADE, v);
+                if headers::strip_hop_by_hop(&mut h, is_upgrade) {
                     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 }
                 h.append(header::VIA, via);
@@ -294,12 +292,11 @@ fn prepare_request(
     let asked_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let upgrade = asked_upgrade && protocol == Protocol::Http1;
     let h = req.headers_mut();
-    let upgrade_value = headers::strip_hop_by_hop(h, upgrade);
+    let upgrade_kept = headers::strip_hop_by_hop(h, upgrade);
     headers::add_forwarding(h, hop);
     match protocol {
         Protocol::Http1 => {
-            if let Some(v) = upgrade_value {
-                h.insert(header::UPGRADE, v);
+            if upgrade_kept {
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
             if !h.contains_key(header::HOST) {
@@ -395,7 +392,7 @@ async fn send_h1(
     let mut reused = reused;
     loop {
         let polled = std::future::poll_fn(|cx| exchange.poll_head_until(head_deadline, cx)).await;
-        let failure = match polled {
+        let rejection = match polled {
             Ok(head) => {
                 let plan = exchange.plan(&head);
                 let (mut parts, ()) = Response::new(()).into_parts();
@@ -403,12 +400,12 @@ async fn send_h1(
                 parts.version = head.version;
                 return Ok((parts, Fields::Raw(head.raw), Received::H1(exchange, plan)));
             }
-            Err(f) => f,
+            Err(r) => r,
         };
         // A pooled connection the upstream had closed, caught before any of
         // the request left levee: the request goes on a fresh connection,
         // whatever its method, since the upstream cannot have seen it.
-        if reused && !failure.sent {
+        if reused && exchange.can_retry() {
             let fresh = connect_h1(upstream, endpoint, deadline).await?;
             if let Some(again) = exchange.retry_on(fresh) {
                 exchange = again;
@@ -416,7 +413,7 @@ async fn send_h1(
                 continue;
             }
         }
-        return Err(failure.rejection);
+        return Err(rejection);
     }
 }
 

@@ -176,6 +176,11 @@ impl Gateway {
     /// stops the removed ones (their connections drain), keeps the rest.
     fn switch_listeners(&self, config: &Config, bound: Vec<Bound>) {
         let mut running = lock(&self.listeners);
+        // Shutdown began after `apply` checked: it owns the listeners now,
+        // and the new sockets close unused.
+        if self.is_draining() {
+            return;
+        }
         running.retain(|r| {
             let keep = config
                 .listeners

@@ -281,7 +281,7 @@ fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> R
     // One pass for the few fields that shape the request.
     let (mut cl, mut te, mut hosts) = (0u8, 0u8, 0u8);
     let mut connection = false;
-    let mut upgrade_field = None;
+    let mut upgrade_field = false;
     let mut expect = None;
     for (i, f) in head.fields.iter().enumerate() {
         match f.known {
@@ -289,7 +289,7 @@ fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> R
             Known::TransferEncoding => te = te.saturating_add(1),
             Known::Host => hosts = hosts.saturating_add(1),
             Known::Connection => connection = true,
-            Known::Upgrade => upgrade_field = upgrade_field.or(Some(i)),
+            Known::Upgrade => upgrade_field = true,
             // levee answers the expectation itself (see the h1 connection).
             Known::Expect => expect = expect.or(Some(i)),
             _ => {}
@@ -389,10 +389,13 @@ fn interpret(method: Method, mut uri: Uri, version: Version, head: RawHead) -> R
     // forwarding it would let a client speak h2 to an unsuspecting origin).
     let mut upgrade = false;
     let mut drop_upgrade = false;
-    if let Some(i) = upgrade_field {
-        let value = head.value(&head.fields[i]);
-        let h2c = value
-            .split(|&b| b == b',')
+    if upgrade_field {
+        // In any of the fields: the upgrade is forwarded with all of them.
+        let h2c = head
+            .fields
+            .iter()
+            .filter(|f| f.known == Known::Upgrade)
+            .flat_map(|f| head.value(f).split(|&b| b == b','))
             .map(trim_ows)
             .any(|t| t.eq_ignore_ascii_case(b"h2c"));
         drop_upgrade = h2c || !upgrade_token || version != Version::HTTP_11;
@@ -816,6 +819,11 @@ mod tests {
         assert!(!h2c.upgrade);
         assert!(headers(&h2c).get("upgrade").is_none());
         assert!(headers(&h2c).get("http2-settings").is_none());
+        let hidden = ok(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+        );
+        assert!(!hidden.upgrade, "h2c in a second Upgrade field");
+        assert!(headers(&hidden).get("upgrade").is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Fields that are always hop-by-hop.
+/// Fields that are always hop-by-hop (`Connection` first).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TE,
@@ -35,6 +35,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     PROXY_CONNECTION,
     HTTP2_SETTINGS,
 ];
+/// The index of `Upgrade` in [`HOP_BY_HOP`].
+const UPGRADE: usize = 3;
 
 /// Fields a `Connection` option may never remove: the message would lose
 /// its meaning (`Host`), levee its control over framing, or the request the
@@ -43,9 +45,10 @@ fn protected(name: &HeaderName) -> bool {
     name == header::HOST || name == header::CONTENT_LENGTH || name == X_REQUEST_ID
 }
 
-/// Removes hop-by-hop fields. Returns the `Upgrade` value when `keep_upgrade`
-/// is set, for the caller to put back on the upgrade it forwards.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Option<HeaderValue> {
+/// Removes hop-by-hop fields. With `keep_upgrade`, the `Upgrade` fields stay
+/// (all of them, as on the raw path); returns whether any did, for the
+/// caller to add the `Connection: upgrade` that names them.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // One pass over the names (cheap comparisons for standard names) finds
     // which are present; most messages carry none or only `Connection`.
     let mut present = [false; 7];
@@ -55,14 +58,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> O
         }
     }
     if !present.contains(&true) {
-        return None;
+        return false;
     }
-    // Taken first: `Connection: upgrade` names the field it keeps.
-    let upgrade = if keep_upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
+    let kept = keep_upgrade && present[UPGRADE];
     if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -75,10 +73,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> O
             headers.remove(name);
         }
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present[i] && !(kept && i == UPGRADE) {
+            headers.remove(name);
+        }
     }
-    upgrade
+    kept
 }
 
 /// Whether the client's `TE` asks for trailers (gRPC over HTTP/2 needs it).
@@ -345,19 +345,23 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-kept", "yes"),
         ]);
-        assert_eq!(strip_hop_by_hop(&mut h, false), None);
+        assert!(!strip_hop_by_hop(&mut h, false));
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["host", "x-kept"]);
     }
 
     #[test]
-    fn keeps_the_upgrade_value_when_asked() {
-        let mut h = map(&[("connection", "upgrade"), ("upgrade", "websocket")]);
-        assert_eq!(
-            strip_hop_by_hop(&mut h, true),
-            Some(HeaderValue::from_static("websocket"))
-        );
-        assert!(h.is_empty());
+    fn keeps_every_upgrade_field_when_asked() {
+        let mut h = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "x-other"),
+        ]);
+        assert!(strip_hop_by_hop(&mut h, true));
+        let kept: Vec<_> = h.get_all("upgrade").iter().collect();
+        assert_eq!(kept, ["websocket", "x-other"]);
+        assert!(h.get("connection").is_none());
+        assert!(!strip_hop_by_hop(&mut map(&[("connection", "close")]), true));
     }
 
     #[test]

@@ -93,14 +93,6 @@ pub(crate) enum OutHead<'a> {
     },
 }
 
-/// A failed exchange, and whether any byte of the request reached the
-/// socket: when none did, the request may go elsewhere whatever its method.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub rejection: Rejection,
-    pub sent: bool,
-}
-
 /// The upgraded connection after a `101 Switching Protocols`, with any
 /// bytes the upstream sent after the head.
 pub(crate) struct Upgraded {
@@ -162,10 +154,16 @@ impl Exchange {
         }
     }
 
-    /// The same request on another connection, if nothing of it has left
-    /// levee yet (neither a byte to the socket nor a byte from the body).
+    /// Whether nothing of the request has left levee yet (neither a byte to
+    /// the socket nor a byte from the body, which has not failed either), so
+    /// that it can go on another connection whatever its method.
+    pub fn can_retry(&self) -> bool {
+        self.written == 0 && !self.body_touched
+    }
+
+    /// The same request on another connection, if [`Exchange::can_retry`].
     pub fn retry_on(self, mut conn: Box<Conn>) -> Option<Exchange> {
-        if self.written > 0 || self.body_touched {
+        if !self.can_retry() {
             return None;
         }
         let mut old = self.conn;
@@ -177,16 +175,9 @@ impl Exchange {
         self.body.is_none() && self.conn.queue.is_empty()
     }
 
-    fn failure(&self, rejection: Rejection) -> Failure {
-        Failure {
-            rejection,
-            sent: self.written > 0,
-        }
-    }
-
     /// Writes what is queued and pulls more of the body; `Ready(Ok)` once
     /// the whole request is on the socket.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Rejection>> {
         loop {
             // Gather what the body has ready, so that the head and the first
             // bytes leave in one write.
@@ -206,7 +197,7 @@ impl Exchange {
                         // The client's body failed: that is final, never a
                         // reason to try the request on another connection.
                         self.body_touched = true;
-                        return Poll::Ready(Err(self.failure(RequestBody::rejection(&e))));
+                        return Poll::Ready(Err(RequestBody::rejection(&e)));
                     }
                 }
             }
@@ -219,10 +210,10 @@ impl Exchange {
             }
             if let Err(e) = ready!(self.poll_write_queue(cx)) {
                 tracing::debug!(error = %e, "writing to upstream failed");
-                return Poll::Ready(Err(self.failure(Rejection::new(
+                return Poll::Ready(Err(Rejection::new(
                     ErrorKind::ConnectionTerminated,
                     "upstream connection failed while sending the request",
-                ))));
+                )));
             }
         }
     }
@@ -297,15 +288,15 @@ impl Exchange {
         &mut self,
         deadline: Instant,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<ResponseHead, Failure>> {
+    ) -> Poll<Result<ResponseHead, Rejection>> {
         if let Poll::Ready(r) = self.poll_head(cx) {
             return Poll::Ready(r);
         }
         match self.conn.timer.poll_until(deadline, cx) {
-            Poll::Ready(()) => Poll::Ready(Err(self.failure(Rejection::new(
+            Poll::Ready(()) => Poll::Ready(Err(Rejection::new(
                 ErrorKind::ResponseTimeout,
                 "upstream response timed out",
-            )))),
+            ))),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -313,12 +304,12 @@ impl Exchange {
     /// Sends the request (as far as the socket and the body allow) and reads
     /// the response head. Interim 1xx responses other than 101 are skipped:
     /// levee answers `Expect: 100-continue` itself.
-    pub fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, Failure>> {
+    pub fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, Rejection>> {
         loop {
             if !self.sent_all()
-                && let Poll::Ready(Err(f)) = self.poll_send(cx)
+                && let Poll::Ready(Err(r)) = self.poll_send(cx)
             {
-                return Poll::Ready(Err(f));
+                return Poll::Ready(Err(r));
             }
             if !self.conn.rbuf.is_empty() {
                 match parse_response_head(&mut self.conn.rbuf) {
@@ -330,15 +321,15 @@ impl Exchange {
                     }
                     Ok(Some(head)) => return Poll::Ready(Ok(head)),
                     Ok(None) => {}
-                    Err(r) => return Poll::Ready(Err(self.failure(r))),
+                    Err(r) => return Poll::Ready(Err(r)),
                 }
             }
             match ready!(self.poll_read(cx)) {
                 Ok(0) | Err(_) => {
-                    return Poll::Ready(Err(self.failure(Rejection::new(
+                    return Poll::Ready(Err(Rejection::new(
                         ErrorKind::ConnectionTerminated,
                         "upstream closed the connection before a response",
-                    ))));
+                    )));
                 }
                 Ok(_) => {}
             }
@@ -430,9 +421,9 @@ impl Body for UpstreamBody {
             return Poll::Ready(None);
         };
         if !ex.sent_all()
-            && let Poll::Ready(Err(f)) = ex.poll_send(cx)
+            && let Poll::Ready(Err(r)) = ex.poll_send(cx)
         {
-            return this.fail(f.rejection);
+            return this.fail(r);
         }
         loop {
             match this.decoder.decode(&mut ex.conn.rbuf) {
@@ -516,11 +507,12 @@ mod tests {
             OutHead::Map(&headers),
             RequestBody::H1(body),
         );
-        let failure = std::future::poll_fn(|cx| exchange.poll_head(cx))
+        let rejection = std::future::poll_fn(|cx| exchange.poll_head(cx))
             .await
             .expect_err("the body failed");
-        assert!(!failure.sent, "nothing reached the socket");
-        assert_eq!(failure.rejection.kind, ErrorKind::BadRequest);
+        assert_eq!(exchange.written, 0, "nothing reached the socket");
+        assert_eq!(rejection.kind, ErrorKind::BadRequest);
+        assert!(!exchange.can_retry());
         // Sending it again would send a truncated body as a whole one.
         assert!(exchange.retry_on(connect().await).is_none());
     }

@@ -92,10 +92,11 @@ impl Pool {
         None
     }
 
-    /// Returns an HTTP/1.1 connection whose exchange completed cleanly.
+    /// Returns an HTTP/1.1 connection whose exchange completed cleanly
+    /// (unless a reload switched the endpoint to HTTP/2 meanwhile).
     pub fn give_back(&self, conn: Box<Conn>, now: Instant) {
         let mut idle = lock(&self.idle);
-        if idle.conns.len() < idle.settings.max_idle {
+        if idle.settings.protocol == Protocol::Http1 && idle.conns.len() < idle.settings.max_idle {
             idle.conns.push(Idle { conn, since: now });
         }
     }
@@ -156,7 +157,12 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream h2 connection ended with an error");
             }
         });
-        *lock(&self.shared) = Some(sender.clone());
+        // Shared only while the endpoint speaks HTTP/2: a request that
+        // started before a reload switched it to HTTP/1.1 uses this
+        // connection alone, and it closes when that request is done.
+        if lock(&self.idle).settings.protocol == Protocol::Http2 {
+            *lock(&self.shared) = Some(sender.clone());
+        }
         Ok((sender, true))
     }
 
