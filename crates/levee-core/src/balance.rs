@@ -30,15 +30,19 @@ pub enum Policy {
     RingHash,
     /// Consistent hashing with a Maglev lookup table.
     Maglev,
+    /// Power of two choices on peak-EWMA latency × in-flight requests, per
+    /// unit of weight; failures count as slow ([`crate::ewma`]).
+    PeakEwma,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 6] = [
         Policy::RoundRobin,
         Policy::LeastRequest,
         Policy::Random,
         Policy::RingHash,
         Policy::Maglev,
+        Policy::PeakEwma,
     ];
 
     /// The name used in config files.
@@ -49,6 +53,7 @@ impl Policy {
             Policy::Random => "random",
             Policy::RingHash => "ring_hash",
             Policy::Maglev => "maglev",
+            Policy::PeakEwma => "peak_ewma",
         }
     }
 
@@ -72,6 +77,12 @@ pub trait Members {
     fn available(&self, i: usize) -> bool;
     /// Requests currently in flight to the endpoint.
     fn in_flight(&self, i: usize) -> u64;
+    /// The endpoint's peak-EWMA latency in nanoseconds (0 when unmeasured);
+    /// only `peak_ewma` reads it.
+    fn latency(&self, i: usize) -> f64 {
+        let _ = i;
+        0.0
+    }
 }
 
 /// One level's balancer.
@@ -86,6 +97,7 @@ pub struct Balancer {
 enum Kind {
     RoundRobin(SmoothWeighted),
     LeastRequest,
+    PeakEwma,
     Random,
     Ring(Ring),
     Maglev(Maglev),
@@ -100,6 +112,7 @@ impl Balancer {
         let kind = match policy {
             Policy::RoundRobin => Kind::RoundRobin(SmoothWeighted::new(&weights)),
             Policy::LeastRequest => Kind::LeastRequest,
+            Policy::PeakEwma => Kind::PeakEwma,
             Policy::Random => Kind::Random,
             Policy::RingHash => Kind::Ring(Ring::new(&weights, keys)),
             Policy::Maglev => Kind::Maglev(Maglev::new(&weights, keys)),
@@ -135,7 +148,10 @@ impl Balancer {
             (Kind::RoundRobin(rr), _) => rr.pick(members),
             (Kind::Ring(ring), Some(h)) => ring.pick(members, h),
             (Kind::Maglev(table), Some(h)) => table.pick(members, h),
-            (Kind::LeastRequest, _) => self.pick_least_request(members, entropy),
+            (Kind::LeastRequest, _) => self.pick_two(members, entropy, |i| members.in_flight(i) as f64),
+            (Kind::PeakEwma, _) => self.pick_two(members, entropy, |i| {
+                crate::ewma::cost(members.latency(i), members.in_flight(i))
+            }),
             (Kind::Random | Kind::Ring(_) | Kind::Maglev(_), _) => self.pick_random(members, entropy),
         }
     }
@@ -167,18 +183,18 @@ impl Balancer {
     }
 
     /// Power of two choices: draw two distinct available endpoints, keep
-    /// the one with fewer in-flight requests per unit of weight (ties go to
-    /// the first draw, which is itself random). Distinct, because with few
+    /// the one with the lower `load` per unit of weight (ties go to the
+    /// first draw, which is itself random). Distinct, because with few
     /// endpoints two equal draws would ignore load half of the time.
-    fn pick_least_request(&self, members: &dyn Members, entropy: u64) -> Option<usize> {
+    fn pick_two(&self, members: &dyn Members, entropy: u64, load: impl Fn(usize) -> f64) -> Option<usize> {
         let a = self.pick_random(members, entropy)?;
         let b = self.pick_other(members, a, mix(entropy ^ 0x5851_f42d_4c95_7f2d));
         let Some(b) = b else {
             return Some(a);
         };
-        // Compare in_flight(a)/w(a) with in_flight(b)/w(b) without division.
-        let load_a = u128::from(members.in_flight(a)) * u128::from(self.weights[b]);
-        let load_b = u128::from(members.in_flight(b)) * u128::from(self.weights[a]);
+        // Compare load(a)/w(a) with load(b)/w(b) without division.
+        let load_a = load(a) * f64::from(self.weights[b]);
+        let load_b = load(b) * f64::from(self.weights[a]);
         Some(if load_b < load_a { b } else { a })
     }
 
@@ -215,6 +231,7 @@ pub(crate) mod tests {
     pub(crate) struct Fixed {
         pub up: Vec<bool>,
         pub in_flight: RefCell<Vec<u64>>,
+        pub latency: Vec<f64>,
     }
 
     impl Fixed {
@@ -222,6 +239,7 @@ pub(crate) mod tests {
             Fixed {
                 up: vec![true; n],
                 in_flight: RefCell::new(vec![0; n]),
+                latency: vec![0.0; n],
             }
         }
     }
@@ -235,6 +253,9 @@ pub(crate) mod tests {
         }
         fn in_flight(&self, i: usize) -> u64 {
             self.in_flight.borrow()[i]
+        }
+        fn latency(&self, i: usize) -> f64 {
+            self.latency[i]
         }
     }
 
@@ -329,6 +350,26 @@ pub(crate) mod tests {
             counts[b.pick(&m, None, mix(e)).expect("up")] += 1;
         }
         assert!(counts[1] > counts[0] * 3, "{counts:?}");
+    }
+
+    #[test]
+    fn peak_ewma_avoids_the_slow_endpoint_and_weighs_its_load() {
+        let b = balancer(Policy::PeakEwma, &[1, 1, 1]);
+        let mut m = Fixed::all_up(3);
+        // Endpoint 2 answers errors fast, which counts as a one-second latency.
+        m.latency = vec![5e6, 5e6, 1e9];
+        let mut counts = [0u32; 3];
+        for e in 0..9_000u64 {
+            counts[b.pick(&m, None, mix(e)).expect("up")] += 1;
+        }
+        assert!(counts[2] < 100, "{counts:?}");
+        // Equal latency: in-flight decides.
+        m.latency = vec![5e6; 3];
+        *m.in_flight.borrow_mut() = vec![0, 9, 9];
+        let wins = (0..9_000u64)
+            .filter(|&e| b.pick(&m, None, mix(e)) == Some(0))
+            .count();
+        assert!(wins > 4_500, "{wins}");
     }
 
     #[test]

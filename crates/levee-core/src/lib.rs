@@ -9,8 +9,12 @@
 //! synchronously and deterministically.
 
 pub mod balance;
+pub mod ewma;
+pub mod failover;
 pub mod hash;
 pub mod health;
 pub mod id;
 pub mod outcome;
+pub mod outlier;
+pub mod retry;
 pub mod select;

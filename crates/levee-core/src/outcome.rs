@@ -58,6 +58,9 @@ pub enum ErrorKind {
     NoRoute,
     /// The route's upstream has no endpoint available.
     NoEndpoint,
+    /// One of the upstream's circuit breakers (`[upstream.<u>.limits]`) is
+    /// full: the request fails fast rather than queue.
+    ConnectionLimit,
     // The upstream attempt.
     /// DNS resolution of the endpoint failed.
     DnsError,
@@ -81,7 +84,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for metrics that must list them.
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::BadRequest,
         ErrorKind::UriTooLong,
         ErrorKind::HeaderTooLarge,
@@ -92,6 +95,7 @@ impl ErrorKind {
         ErrorKind::VersionNotSupported,
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoint,
+        ErrorKind::ConnectionLimit,
         ErrorKind::DnsError,
         ErrorKind::ConnectionRefused,
         ErrorKind::DestinationUnreachable,
@@ -116,6 +120,7 @@ impl ErrorKind {
             ErrorKind::VersionNotSupported => 505,
             ErrorKind::NoRoute => 404,
             ErrorKind::NoEndpoint => 503,
+            ErrorKind::ConnectionLimit => 503,
             ErrorKind::DnsError => 502,
             ErrorKind::ConnectionRefused => 502,
             ErrorKind::DestinationUnreachable => 502,
@@ -141,6 +146,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "http_request_denied",
             ErrorKind::NoRoute => "destination_not_found",
             ErrorKind::NoEndpoint => "destination_unavailable",
+            ErrorKind::ConnectionLimit => "connection_limit_reached",
             ErrorKind::DnsError => "dns_error",
             ErrorKind::ConnectionRefused => "connection_refused",
             ErrorKind::DestinationUnreachable => "destination_ip_unroutable",
@@ -171,7 +177,9 @@ impl ErrorKind {
             | ErrorKind::ResponseTimeout
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpgradeFailed => Blame::Upstream,
-            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::Internal => Blame::Proxy,
+            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::ConnectionLimit | ErrorKind::Internal => {
+                Blame::Proxy
+            }
         }
     }
 
