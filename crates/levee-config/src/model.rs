@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 use levee_core::balance::Policy;
+pub use levee_core::failover::{Mode as FailoverMode, Params as FailoverParams};
 use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
+pub use levee_core::outlier::{Params as OutlierParams, SuccessRate};
+pub use levee_core::retry::{Backoff, RetryOn};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -83,6 +86,44 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub upstream: UpstreamName,
     pub request_timeout: Duration,
+    pub retry: Retry,
+}
+
+/// `[route.retry]`: how a route's failed attempts are tried again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    /// Tries in all, the first included; 1 turns retries off.
+    pub attempts: u32,
+    pub retry_on: RetryOn,
+    /// Deadline of each try's response head; the upstream's
+    /// `response_header_timeout` when absent.
+    pub per_try_timeout: Option<Duration>,
+    pub backoff: Backoff,
+    /// A `Retry-After` up to this long is waited out; a longer one is not
+    /// retried.
+    pub retry_after_max: Duration,
+    /// Request bodies up to this size are kept for a retry.
+    pub max_body_bytes: u64,
+    /// Every method of the route counts as idempotent.
+    pub idempotent: bool,
+    /// Idempotent requests without a body get a second try on another
+    /// endpoint when no response head came within this long.
+    pub hedge_after: Option<Duration>,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            attempts: 2,
+            retry_on: RetryOn::default_set(),
+            per_try_timeout: None,
+            backoff: Backoff::DEFAULT,
+            retry_after_max: Duration::from_secs(1),
+            max_body_bytes: 64 * 1024,
+            idempotent: false,
+            hedge_after: None,
+        }
+    }
 }
 
 /// `[route.match]`: every condition given must hold.
@@ -130,7 +171,65 @@ pub struct Upstream {
     pub max_idle_per_endpoint: usize,
     /// Active health checks; without them every endpoint takes traffic.
     pub health: Option<HealthCheck>,
+    /// `[upstream.<u>.failover]`
+    pub failover: FailoverParams,
+    /// `[upstream.<u>.outlier]`; without it, no passive ejection.
+    pub outlier: Option<Outlier>,
+    /// `[upstream.<u>.limits]`: the circuit breakers.
+    pub limits: Limits,
+    /// `[upstream.<u>.retry_budget]`
+    pub retry_budget: RetryBudget,
     pub regions: Vec<Region>,
+}
+
+/// `[upstream.<u>.outlier]`: passive outlier detection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outlier {
+    pub params: OutlierParams,
+    /// A passing active check ends an ejection early.
+    pub uneject_on_check_success: bool,
+}
+
+/// `[upstream.<u>.limits]`: requests beyond these fail fast with 503.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections to the upstream's endpoints, idle ones included.
+    pub max_connections: u64,
+    /// Requests waiting for a connection to open.
+    pub max_pending: u64,
+    /// Requests in flight.
+    pub max_requests: u64,
+    /// Retries in flight (beyond it, a failed try is not retried).
+    pub max_retries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 1024,
+            max_pending: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// `[upstream.<u>.retry_budget]`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Retries in flight may be this share of the requests in flight...
+    pub percent: u32,
+    /// ...plus this many a second.
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> RetryBudget {
+        RetryBudget {
+            percent: 20,
+            min_per_second: 10,
+        }
+    }
 }
 
 /// `[upstream.<u>.health]`: active health checks of every endpoint.

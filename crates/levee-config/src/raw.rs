@@ -69,6 +69,21 @@ pub struct RawRoute {
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     pub request_timeout: Option<String>,
+    pub retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<i64>,
+    pub retry_on: Option<Vec<String>>,
+    pub per_try_timeout: Option<String>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+    pub retry_after_max: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub idempotent: Option<bool>,
+    pub hedge_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,8 +109,55 @@ pub struct RawUpstream {
     pub idle_timeout: Option<String>,
     pub max_idle_per_endpoint: Option<i64>,
     pub health: Option<RawHealth>,
+    pub failover: Option<RawFailover>,
+    pub outlier: Option<RawOutlier>,
+    pub limits: Option<RawLimits>,
+    pub retry_budget: Option<RawRetryBudget>,
     #[serde(default)]
     pub region: BTreeMap<String, RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    pub mode: Option<String>,
+    pub overprovisioning: Option<f64>,
+    pub panic_threshold_percent: Option<i64>,
+    pub failback_after: Option<String>,
+    pub ramp: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_5xx: Option<i64>,
+    pub consecutive_gateway_failure: Option<i64>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub ejection_jitter: Option<String>,
+    pub max_ejection_percent: Option<i64>,
+    pub min_available_per_region: Option<i64>,
+    pub uneject_on_check_success: Option<bool>,
+    pub success_rate_min_hosts: Option<i64>,
+    pub success_rate_request_volume: Option<i64>,
+    pub success_rate_stdev_factor: Option<f64>,
+    pub success_rate_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<i64>,
+    pub max_pending: Option<i64>,
+    pub max_requests: Option<i64>,
+    pub max_retries: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub percent: Option<i64>,
+    pub min_per_second: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -360,3 +360,118 @@ fn health_check_errors_name_their_key() {
         "{e:?}"
     );
 }
+
+#[test]
+fn resilience_defaults() {
+    let c = parse(MINIMAL).expect("valid");
+    let r = &c.routes[0].retry;
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.retry_on, RetryOn::default_set());
+    assert_eq!(r.backoff, Backoff::DEFAULT);
+    assert_eq!(r.max_body_bytes, 65536);
+    assert!(!r.idempotent);
+    assert_eq!(r.hedge_after, None);
+    let u = &c.upstreams[0];
+    assert_eq!(u.failover, FailoverParams::DEFAULT);
+    assert_eq!(u.outlier, None, "passive ejection is opted into");
+    assert_eq!(u.limits, Limits::default());
+    assert_eq!(u.retry_budget, RetryBudget::default());
+}
+
+#[test]
+fn resilience_tables_parse() {
+    let text = format!(
+        "{MINIMAL}
+[route.retry]
+attempts = 3
+retry_on = [\"reset\", \"gateway-error\", \"429\"]
+per_try_timeout = \"2s\"
+backoff_base = \"10ms\"
+backoff_max = \"100ms\"
+retry_after_max = \"0s\"
+max_body_bytes = 1024
+idempotent = true
+hedge_after = \"50ms\"
+
+[upstream.app.failover]
+mode = \"strict\"
+failback_after = \"5s\"
+ramp = \"0\"
+
+[upstream.app.outlier]
+consecutive_5xx = 0
+base_ejection_time = \"10s\"
+success_rate_min_hosts = 0
+
+[upstream.app.limits]
+max_requests = 10
+max_retries = 0
+
+[upstream.app.retry_budget]
+percent = 50
+min_per_second = 1
+"
+    );
+    let c = parse(&text).expect("valid");
+    let r = &c.routes[0].retry;
+    assert_eq!(r.attempts, 3);
+    assert!(!r.retry_on.connect_failure && r.retry_on.reset && !r.retry_on.timeout);
+    assert_eq!(r.retry_on.statuses, [429, 502, 503, 504]);
+    assert_eq!(r.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(r.retry_after_max, Duration::ZERO);
+    assert_eq!(r.hedge_after, Some(Duration::from_millis(50)));
+    let u = &c.upstreams[0];
+    assert_eq!(u.failover.mode, FailoverMode::Strict);
+    assert_eq!(u.failover.failback_after, Duration::from_secs(5));
+    assert_eq!(u.failover.ramp, Duration::ZERO);
+    let o = u.outlier.as_ref().expect("outlier detection on");
+    assert_eq!(o.params.consecutive_5xx, 0);
+    assert_eq!(o.params.consecutive_gateway_failure, 5);
+    assert_eq!(o.params.base_ejection_time, Duration::from_secs(10));
+    assert_eq!(o.params.success_rate, None);
+    assert!(o.uneject_on_check_success);
+    assert_eq!(u.limits.max_requests, 10);
+    assert_eq!(u.limits.max_connections, 1024);
+    assert_eq!(u.limits.max_retries, 0);
+    assert_eq!(u.retry_budget.percent, 50);
+}
+
+#[test]
+fn resilience_errors_name_their_key() {
+    let text = format!(
+        "{MINIMAL}
+[route.retry]
+attempts = 0
+retry_on = [\"5xx\"]
+backoff_base = \"1s\"
+backoff_max = \"10ms\"
+
+[upstream.app.failover]
+mode = \"eager\"
+overprovisioning = 0.5
+failback_after = \"soon\"
+
+[upstream.app.outlier]
+max_ejection_percent = 150
+base_ejection_time = \"60s\"
+max_ejection_time = \"10s\"
+
+[upstream.app.limits]
+max_requests = 0
+"
+    );
+    let e = errors(&text);
+    for expected in [
+        "route[0].retry.attempts: must be between 1 and 10, got 0",
+        "route[0].retry.retry_on[0]: \"5xx\" is not one of",
+        "route[0].retry.backoff_max: must not be shorter than backoff_base",
+        "upstream.app.failover.mode: \"eager\" is not one of proportional, strict",
+        "upstream.app.failover.overprovisioning: must be between 1.0 and 10.0, got 0.5",
+        "upstream.app.failover.failback_after: must be a duration",
+        "upstream.app.outlier.max_ejection_percent: must be between 0 and 100, got 150",
+        "upstream.app.outlier.max_ejection_time: must not be shorter than base_ejection_time",
+        "upstream.app.limits.max_requests: must be between 1 and 1000000, got 0",
+    ] {
+        assert!(has(&e, expected), "missing {expected:?} in {e:#?}");
+    }
+}

@@ -217,13 +217,110 @@ fn route(
         Duration::from_secs(300),
     );
     let matcher = route_match(e, &format!("{path}.match"), raw.matcher);
+    let retry = match raw.retry {
+        Some(r) => retry(e, &format!("{path}.retry"), r),
+        None => Retry::default(),
+    };
     Some(Route {
         name: RouteName::new(&name?),
         listeners: raw.listeners.iter().map(|l| ListenerName::new(l)).collect(),
         matcher,
         upstream: UpstreamName::new(&raw.upstream),
         request_timeout,
+        retry,
     })
+}
+
+fn retry(e: &mut Errors, path: &str, raw: RawRetry) -> Retry {
+    let d = Retry::default();
+    let attempts = count(e, &format!("{path}.attempts"), raw.attempts, 2, 1, 10).unwrap_or(2) as u32;
+    let retry_on = match raw.retry_on {
+        None => d.retry_on,
+        Some(list) => {
+            let mut on = RetryOn {
+                connect_failure: false,
+                reset: false,
+                timeout: false,
+                statuses: Vec::new(),
+            };
+            for (i, item) in list.iter().enumerate() {
+                match item.as_str() {
+                    "connect-failure" => on.connect_failure = true,
+                    "reset" => on.reset = true,
+                    "timeout" => on.timeout = true,
+                    "gateway-error" => on.statuses.extend([502, 503, 504]),
+                    status => match status.parse::<u16>() {
+                        Ok(code) if code == 429 || (500..=599).contains(&code) => on.statuses.push(code),
+                        _ => e.push(
+                            format!("{path}.retry_on[{i}]"),
+                            format!(
+                                "{item:?} is not one of connect-failure, reset, timeout, gateway-error, \
+                                 429 or a 5xx status like \"503\""
+                            ),
+                        ),
+                    },
+                }
+            }
+            on.statuses.sort_unstable();
+            on.statuses.dedup();
+            on
+        }
+    };
+    let per_try_timeout = raw.per_try_timeout.map(|t| {
+        timeout(
+            e,
+            &format!("{path}.per_try_timeout"),
+            Some(t),
+            Duration::from_secs(1),
+        )
+    });
+    let base = timeout(
+        e,
+        &format!("{path}.backoff_base"),
+        raw.backoff_base,
+        d.backoff.base,
+    );
+    let cap = timeout(e, &format!("{path}.backoff_max"), raw.backoff_max, d.backoff.cap);
+    if base > cap {
+        e.push(
+            format!("{path}.backoff_max"),
+            "must not be shorter than backoff_base",
+        );
+    }
+    let retry_after_max = duration_or_zero(
+        e,
+        &format!("{path}.retry_after_max"),
+        raw.retry_after_max,
+        d.retry_after_max,
+    );
+    let max_body_bytes = count(
+        e,
+        &format!("{path}.max_body_bytes"),
+        raw.max_body_bytes,
+        d.max_body_bytes as usize,
+        0,
+        64 << 20,
+    )
+    .unwrap_or(d.max_body_bytes as usize) as u64;
+    let hedge_after = raw
+        .hedge_after
+        .map(|t| timeout(e, &format!("{path}.hedge_after"), Some(t), Duration::from_secs(1)));
+    if hedge_after.is_some() && attempts < 2 {
+        e.push(
+            format!("{path}.hedge_after"),
+            "needs attempts of at least 2: a hedge is a second try",
+        );
+    }
+    Retry {
+        attempts,
+        retry_on,
+        per_try_timeout,
+        backoff: Backoff { base, cap },
+        retry_after_max,
+        max_body_bytes,
+        idempotent: raw.idempotent.unwrap_or(false),
+        hedge_after,
+    }
 }
 
 fn route_match(e: &mut Errors, path: &str, raw: RawMatch) -> RouteMatch {
@@ -377,6 +474,19 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
         100_000,
     );
     let health = raw.health.and_then(|h| health(e, &format!("{path}.health"), h));
+    let failover = match raw.failover {
+        Some(f) => failover(e, &format!("{path}.failover"), f),
+        None => FailoverParams::DEFAULT,
+    };
+    let outlier = raw.outlier.map(|o| outlier(e, &format!("{path}.outlier"), o));
+    let limits = match raw.limits {
+        Some(l) => limits(e, &format!("{path}.limits"), l),
+        None => Limits::default(),
+    };
+    let retry_budget = match raw.retry_budget {
+        Some(b) => retry_budget(e, &format!("{path}.retry_budget"), b),
+        None => RetryBudget::default(),
+    };
     if raw.region.is_empty() {
         e.push(
             format!("{path}.region"),
@@ -399,8 +509,196 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
         idle_timeout,
         max_idle_per_endpoint: max_idle_per_endpoint?,
         health,
+        failover,
+        outlier,
+        limits,
+        retry_budget,
         regions,
     })
+}
+
+fn failover(e: &mut Errors, path: &str, raw: RawFailover) -> FailoverParams {
+    let d = FailoverParams::DEFAULT;
+    let mode = match raw.mode.as_deref() {
+        None => d.mode,
+        Some(m) => FailoverMode::parse(m).unwrap_or_else(|| {
+            e.push(
+                format!("{path}.mode"),
+                format!("{m:?} is not one of proportional, strict"),
+            );
+            d.mode
+        }),
+    };
+    let overprovisioning_percent = match raw.overprovisioning {
+        None => d.overprovisioning_percent,
+        Some(f) if (1.0..=10.0).contains(&f) => (f * 100.0).round() as u32,
+        Some(f) => {
+            e.push(
+                format!("{path}.overprovisioning"),
+                format!("must be between 1.0 and 10.0, got {f}"),
+            );
+            d.overprovisioning_percent
+        }
+    };
+    if raw.overprovisioning.is_some() && mode == FailoverMode::Strict {
+        e.push(
+            format!("{path}.overprovisioning"),
+            "has no effect with mode = \"strict\"",
+        );
+    }
+    let panic_threshold_percent = count(
+        e,
+        &format!("{path}.panic_threshold_percent"),
+        raw.panic_threshold_percent,
+        d.panic_threshold_percent as usize,
+        0,
+        100,
+    )
+    .unwrap_or(d.panic_threshold_percent as usize) as u32;
+    FailoverParams {
+        mode,
+        overprovisioning_percent,
+        panic_threshold_percent,
+        failback_after: duration_or_zero(
+            e,
+            &format!("{path}.failback_after"),
+            raw.failback_after,
+            d.failback_after,
+        ),
+        ramp: duration_or_zero(e, &format!("{path}.ramp"), raw.ramp, d.ramp),
+    }
+}
+
+fn outlier(e: &mut Errors, path: &str, raw: RawOutlier) -> Outlier {
+    let d = OutlierParams::DEFAULT;
+    let sr = SuccessRate::DEFAULT;
+    let n = |e: &mut Errors, key: &str, raw: Option<i64>, default: usize, min: usize, max: usize| {
+        count(e, &format!("{path}.{key}"), raw, default, min, max).unwrap_or(default)
+    };
+    let consecutive_5xx = n(e, "consecutive_5xx", raw.consecutive_5xx, 5, 0, 1000) as u32;
+    let consecutive_gateway_failure = n(
+        e,
+        "consecutive_gateway_failure",
+        raw.consecutive_gateway_failure,
+        5,
+        0,
+        1000,
+    ) as u32;
+    let base_ejection_time = timeout(
+        e,
+        &format!("{path}.base_ejection_time"),
+        raw.base_ejection_time,
+        d.base_ejection_time,
+    );
+    let max_ejection_time = timeout(
+        e,
+        &format!("{path}.max_ejection_time"),
+        raw.max_ejection_time,
+        d.max_ejection_time.max(base_ejection_time),
+    );
+    if max_ejection_time < base_ejection_time {
+        e.push(
+            format!("{path}.max_ejection_time"),
+            "must not be shorter than base_ejection_time",
+        );
+    }
+    let jitter = duration_or_zero(
+        e,
+        &format!("{path}.ejection_jitter"),
+        raw.ejection_jitter,
+        d.jitter,
+    );
+    let max_ejection_percent = n(e, "max_ejection_percent", raw.max_ejection_percent, 10, 0, 100) as u32;
+    let min_available_per_region = n(
+        e,
+        "min_available_per_region",
+        raw.min_available_per_region,
+        1,
+        0,
+        1000,
+    ) as u32;
+    let min_hosts = n(
+        e,
+        "success_rate_min_hosts",
+        raw.success_rate_min_hosts,
+        5,
+        0,
+        10_000,
+    ) as u32;
+    let request_volume = n(
+        e,
+        "success_rate_request_volume",
+        raw.success_rate_request_volume,
+        100,
+        1,
+        1_000_000,
+    ) as u64;
+    let stdev_factor = match raw.success_rate_stdev_factor {
+        None => sr.stdev_factor,
+        Some(f) if f > 0.0 && f <= 10.0 => f,
+        Some(f) => {
+            e.push(
+                format!("{path}.success_rate_stdev_factor"),
+                format!("must be above 0 and at most 10, got {f}"),
+            );
+            sr.stdev_factor
+        }
+    };
+    let interval = timeout(
+        e,
+        &format!("{path}.success_rate_interval"),
+        raw.success_rate_interval,
+        sr.interval,
+    );
+    Outlier {
+        params: OutlierParams {
+            consecutive_5xx,
+            consecutive_gateway_failure,
+            base_ejection_time,
+            max_ejection_time,
+            jitter,
+            max_ejection_percent,
+            min_available_per_region,
+            // Statistics over fewer than two endpoints say nothing.
+            success_rate: (min_hosts >= 2).then_some(SuccessRate {
+                minimum_hosts: min_hosts,
+                request_volume,
+                stdev_factor,
+                interval,
+            }),
+        },
+        uneject_on_check_success: raw.uneject_on_check_success.unwrap_or(true),
+    }
+}
+
+fn limits(e: &mut Errors, path: &str, raw: RawLimits) -> Limits {
+    let d = Limits::default();
+    let mut n = |key: &str, raw: Option<i64>, default: u64, min: usize| {
+        count(e, &format!("{path}.{key}"), raw, default as usize, min, 1_000_000).unwrap_or(default as usize)
+            as u64
+    };
+    Limits {
+        max_connections: n("max_connections", raw.max_connections, d.max_connections, 1),
+        max_pending: n("max_pending", raw.max_pending, d.max_pending, 1),
+        max_requests: n("max_requests", raw.max_requests, d.max_requests, 1),
+        max_retries: n("max_retries", raw.max_retries, d.max_retries, 0),
+    }
+}
+
+fn retry_budget(e: &mut Errors, path: &str, raw: RawRetryBudget) -> RetryBudget {
+    let d = RetryBudget::default();
+    RetryBudget {
+        percent: count(e, &format!("{path}.percent"), raw.percent, 20, 0, 100).unwrap_or(20) as u32,
+        min_per_second: count(
+            e,
+            &format!("{path}.min_per_second"),
+            raw.min_per_second,
+            d.min_per_second as usize,
+            0,
+            100_000,
+        )
+        .unwrap_or(d.min_per_second as usize) as u32,
+    }
 }
 
 fn health(e: &mut Errors, path: &str, raw: RawHealth) -> Option<HealthCheck> {
@@ -668,6 +966,20 @@ fn timeout(e: &mut Errors, path: &str, raw: Option<String>, default: Duration) -
             default
         }
     }
+}
+
+/// A duration that may be zero (turning the feature it sets off).
+fn duration_or_zero(e: &mut Errors, path: &str, raw: Option<String>, default: Duration) -> Duration {
+    let Some(text) = raw else {
+        return default;
+    };
+    if text == "0" {
+        return Duration::ZERO;
+    }
+    parse_duration(&text).unwrap_or_else(|why| {
+        e.push(path, why);
+        default
+    })
 }
 
 /// An integer within bounds, or the default when absent.

@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 10] = [
+const TABLES: [Table; 15] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -118,6 +118,36 @@ const TABLES: [Table; 10] = [
         probe: "[[route]]\nname = \"r\"\nupstream = \"u\"\n[route.match]\nzz_probe = 1\n",
         path: "route[0].match.zz_probe",
         heading: "`[route.match]`",
+    },
+    Table {
+        name: "route.retry",
+        probe: "[[route]]\nname = \"r\"\nupstream = \"u\"\n[route.retry]\nzz_probe = 1\n",
+        path: "route[0].retry.zz_probe",
+        heading: "`[route.retry]`",
+    },
+    Table {
+        name: "failover",
+        probe: "[upstream.u.failover]\nzz_probe = 1\n",
+        path: "upstream.u.failover.zz_probe",
+        heading: "`[upstream.<u>.failover]`",
+    },
+    Table {
+        name: "outlier",
+        probe: "[upstream.u.outlier]\nzz_probe = 1\n",
+        path: "upstream.u.outlier.zz_probe",
+        heading: "`[upstream.<u>.outlier]`",
+    },
+    Table {
+        name: "limits",
+        probe: "[upstream.u.limits]\nzz_probe = 1\n",
+        path: "upstream.u.limits.zz_probe",
+        heading: "`[upstream.<u>.limits]`",
+    },
+    Table {
+        name: "retry_budget",
+        probe: "[upstream.u.retry_budget]\nzz_probe = 1\n",
+        path: "upstream.u.retry_budget.zz_probe",
+        heading: "`[upstream.<u>.retry_budget]`",
     },
     Table {
         name: "upstream",
@@ -248,10 +278,13 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         .collect();
     let upstreams = tables(root.get("upstream"));
     let regions: Vec<toml::Table> = upstreams.iter().flat_map(|u| tables(u.get("region"))).collect();
-    let health: Vec<toml::Table> = upstreams
-        .iter()
-        .filter_map(|u| u.get("health").and_then(|h| h.as_table()).cloned())
-        .collect();
+    let sub = |parents: &[toml::Table], key: &str| -> Vec<toml::Table> {
+        parents
+            .iter()
+            .filter_map(|p| p.get(key).and_then(|h| h.as_table()).cloned())
+            .collect()
+    };
+    let health = sub(&upstreams, "health");
     let endpoints: Vec<toml::Table> = regions.iter().flat_map(|r| tables(r.get("endpoints"))).collect();
     let string_endpoint = regions.iter().any(|r| {
         r.get("endpoints")
@@ -269,8 +302,13 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         ("listener", union(&listeners)),
         ("route", union(&routes)),
         ("route.match", union(&matches)),
+        ("route.retry", union(&sub(&routes, "retry"))),
         ("upstream", union(&upstreams)),
         ("health", union(&health)),
+        ("failover", union(&sub(&upstreams, "failover"))),
+        ("outlier", union(&sub(&upstreams, "outlier"))),
+        ("limits", union(&sub(&upstreams, "limits"))),
+        ("retry_budget", union(&sub(&upstreams, "retry_budget"))),
         ("region", union(&regions)),
         ("endpoint", union(&endpoints)),
     ]
@@ -355,7 +393,12 @@ fn the_probes_see_real_key_lists() {
     // tests above must fail rather than check nothing.
     let server = accepted_keys(&TABLES[2]);
     assert!(server.iter().any(|k| k == "header_timeout"), "{server:?}");
-    let endpoint = accepted_keys(&TABLES[9]);
+    let endpoint = accepted_keys(
+        TABLES
+            .iter()
+            .find(|t| t.name == "endpoint")
+            .expect("endpoint table"),
+    );
     assert_eq!(endpoint, ["address", "weight"]);
     let matcher = accepted_keys(&TABLES[5]);
     assert!(!matcher.iter().any(|k| k == "match"), "{matcher:?}");

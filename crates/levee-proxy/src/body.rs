@@ -46,6 +46,8 @@ pub enum RequestBody {
     Empty,
     /// From a client's HTTP/1 connection.
     H1(H1Body),
+    /// Another body as recorded for retries ([`Bodies`]).
+    Replay(ReplayReader),
     /// From a client's HTTP/2 stream, counted against `server.max_body_bytes`.
     H2 {
         body: Incoming,
@@ -88,6 +90,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::H1(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Replay(b) => b.poll(cx),
             RequestBody::H2 {
                 body,
                 limit,
@@ -114,6 +117,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => true,
             RequestBody::H1(b) => b.is_end_stream(),
+            RequestBody::Replay(b) => b.is_end_stream(),
             RequestBody::H2 { body, .. } => body.is_end_stream(),
         }
     }
@@ -122,7 +126,220 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::H1(b) => b.size_hint(),
+            RequestBody::Replay(b) => b.size_hint(),
             RequestBody::H2 { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// Where each try of a request gets its body.
+///
+/// A body is streamed, never read whole before it is sent, so a retry can
+/// send it again only if it was kept on the way: [`Bodies::Replay`] keeps
+/// the frames the first try took (reference-counted slices, not copies) up
+/// to the route's `retry.max_body_bytes`, and a retry reads them again
+/// before the rest. A body larger than that cannot be sent twice. A body
+/// that never left levee (the connection failed first) comes back whole and
+/// needs no recording: that is how a non-idempotent request, whose body is
+/// never recorded, is retried after a refused connection.
+pub(crate) enum Bodies {
+    /// Any number of tries, each with an empty body.
+    Empty,
+    /// The body, until a try takes it; back when it comes back untouched.
+    Once(Option<RequestBody>),
+    /// Recorded as the tries read it.
+    Replay {
+        recording: Arc<std::sync::Mutex<Recording>>,
+        /// The body a failed try gave back untouched, to use before a
+        /// reader of the recording.
+        spare: Option<RequestBody>,
+        started: bool,
+    },
+}
+
+impl Bodies {
+    /// `record` is whether retries may need the body again (an idempotent
+    /// request on a route that retries); `limit` the most kept.
+    pub fn new(body: RequestBody, record: bool, limit: u64) -> Bodies {
+        if matches!(body, RequestBody::Empty) {
+            return Bodies::Empty;
+        }
+        let size = body.size_hint().exact();
+        if !record || limit == 0 || size.is_some_and(|n| n > limit) {
+            return Bodies::Once(Some(body));
+        }
+        Bodies::Replay {
+            recording: Arc::new(std::sync::Mutex::new(Recording {
+                source: Some(body),
+                chunks: Vec::new(),
+                kept: 0,
+                limit,
+                overflow: false,
+                ended: false,
+                trailers: None,
+                size,
+            })),
+            spare: None,
+            started: false,
+        }
+    }
+
+    /// The body for the next try, or `None` when it cannot be sent again.
+    pub fn next(&mut self) -> Option<RequestBody> {
+        match self {
+            Bodies::Empty => Some(RequestBody::Empty),
+            Bodies::Once(body) => body.take(),
+            Bodies::Replay {
+                recording,
+                spare,
+                started,
+            } => {
+                if let Some(b) = spare.take() {
+                    return Some(b);
+                }
+                if *started && lock(recording).overflow {
+                    return None;
+                }
+                *started = true;
+                Some(RequestBody::Replay(ReplayReader {
+                    recording: recording.clone(),
+                    next: 0,
+                    sent: 0,
+                    trailers_sent: false,
+                }))
+            }
+        }
+    }
+
+    /// Whether another try could get a body.
+    pub fn can_resend(&self) -> bool {
+        match self {
+            Bodies::Empty => true,
+            Bodies::Once(body) => body.is_some(),
+            Bodies::Replay { recording, spare, .. } => spare.is_some() || !lock(recording).overflow,
+        }
+    }
+
+    /// A body a failed try gave back without having read any of it.
+    pub fn put_back(&mut self, body: Option<RequestBody>) {
+        let Some(body) = body else { return };
+        match self {
+            Bodies::Empty => {}
+            Bodies::Once(slot) => *slot = Some(body),
+            Bodies::Replay { spare, .. } => *spare = Some(body),
+        }
+    }
+
+    /// No more tries: the recording is let go (the current reader still
+    /// streams the rest of the body to the upstream).
+    pub fn commit(&mut self) {
+        if let Bodies::Replay { recording, .. } = self {
+            let mut r = lock(recording);
+            r.overflow = true;
+            r.chunks = Vec::new();
+        }
+    }
+}
+
+/// A request body being recorded for retries.
+pub(crate) struct Recording {
+    /// The client's body; `None` once it ended.
+    source: Option<RequestBody>,
+    chunks: Vec<Bytes>,
+    kept: u64,
+    limit: u64,
+    /// More than `limit` went by (or the source failed): a new reader
+    /// would not see the whole body.
+    overflow: bool,
+    /// The source ended, after `chunks` and `trailers`.
+    ended: bool,
+    trailers: Option<HeaderMap>,
+    /// The whole body's length, when the client declared it.
+    size: Option<u64>,
+}
+
+fn lock(r: &std::sync::Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One try's reading of a recorded body: what was recorded first, then the
+/// rest from the client (recording it too).
+pub struct ReplayReader {
+    recording: Arc<std::sync::Mutex<Recording>>,
+    /// The next recorded chunk to give.
+    next: usize,
+    /// Body bytes given so far.
+    sent: u64,
+    trailers_sent: bool,
+}
+
+impl ReplayReader {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut r = lock(&self.recording);
+        if let Some(chunk) = r.chunks.get(self.next).cloned() {
+            self.next += 1;
+            self.sent += chunk.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if r.ended {
+            if !self.trailers_sent
+                && let Some(t) = r.trailers.clone()
+            {
+                self.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            return Poll::Ready(None);
+        }
+        let Some(source) = r.source.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(source).poll_frame(cx));
+        let r = &mut *r;
+        match frame {
+            None => {
+                r.ended = true;
+                r.source = None;
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                // A failed body is never sent again.
+                r.overflow = true;
+                r.chunks = Vec::new();
+                Poll::Ready(Some(Err(e)))
+            }
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                    if !r.overflow {
+                        if r.kept + data.len() as u64 <= r.limit {
+                            r.kept += data.len() as u64;
+                            r.chunks.push(data.clone());
+                            self.next += 1;
+                        } else {
+                            r.overflow = true;
+                            r.chunks = Vec::new();
+                        }
+                    }
+                } else if let Some(t) = frame.trailers_ref() {
+                    self.trailers_sent = true;
+                    if !r.overflow {
+                        r.trailers = Some(t.clone());
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let r = lock(&self.recording);
+        r.ended && self.next >= r.chunks.len() && (self.trailers_sent || r.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match lock(&self.recording).size {
+            Some(n) => SizeHint::with_exact(n.saturating_sub(self.sent)),
+            None => SizeHint::default(),
         }
     }
 }
@@ -453,7 +670,7 @@ mod tests {
     use super::*;
     use crate::metrics::{EndpointLabels, Metrics};
     use crate::upstream::h1::{Conn, Exchange, OutHead};
-    use crate::upstream::{EndpointState, Pool, PoolSettings};
+    use crate::upstream::{Counters, EndpointState, Pool, PoolSettings};
 
     /// An upstream body read from a real connection whose origin sends
     /// `response` at once and then holds the connection open.
@@ -467,7 +684,7 @@ mod tests {
             s.write_all(&response).await.expect("response");
             let _ = s.read(&mut scratch).await;
         });
-        let conn = Conn::new(TcpStream::connect(addr).await.expect("connect"));
+        let conn = Conn::new(TcpStream::connect(addr).await.expect("connect"), None);
         let headers = HeaderMap::new();
         let mut exchange = Exchange::new(
             conn,
@@ -491,7 +708,11 @@ mod tests {
             endpoint: addr.to_string(),
         };
         let state = Arc::new(EndpointState::new(
-            Pool::new(EndpointAddress::Ip(addr), settings),
+            Pool::new(
+                EndpointAddress::Ip(addr),
+                settings,
+                Arc::new(Counters::new(levee_core::retry::Budget::new(20, 10))),
+            ),
             Gauge::default(),
             Counter::default(),
             Metrics::new().endpoint(&labels),

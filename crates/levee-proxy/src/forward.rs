@@ -8,25 +8,29 @@
 mod headers;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use levee_config::{EndpointAddress, Protocol};
-use levee_core::outcome::{ErrorKind, Rejection};
+use levee_core::outcome::{Blame, Delivery, ErrorKind, Rejection};
+use levee_core::outlier::Observation;
+use levee_core::retry::{Reason, honour_retry_after, is_idempotent_method, may_retry};
 use tokio::time::Instant;
 
-use crate::body::{BodyError, RequestBody, ResponseBody, UpstreamKind};
+use crate::body::{Bodies, BodyError, RequestBody, ResponseBody, UpstreamKind};
 use crate::codec::parse::RawRequest;
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawHead, RawOut};
 use crate::fields::FieldsView;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{Limit, RouteMetrics};
 use crate::respond::error_response;
 use crate::router::{RouteInput, normalise_host};
 use crate::server::{ConnInfo, Handler, h1};
 use crate::snapshot::Snapshot;
 use crate::upstream::h1::{BodyPlan, Exchange, OutHead, Upgraded};
-use crate::upstream::{Endpoint, InFlight, Upstream};
+use crate::upstream::pool::OpenError;
+use crate::upstream::{Choice, Endpoint, InFlight, Slot, Upstream, millis};
 
 pub(crate) use headers::{ClientAddr, via};
 
@@ -104,16 +108,20 @@ impl Handler for Proxy {
         let deadline = start + route.request_timeout;
 
         let hash = upstream.hash_key(view, conn.peer.ip());
-        let Some(selection) = upstream.selector.select(&**upstream, hash, fastrand::u64(..)) else {
+        // The requests breaker: a full upstream fails fast rather than queue.
+        let Some(admitted) = Slot::take(&upstream.counters, Limit::Requests, upstream.limits.max_requests)
+        else {
+            upstream.metrics.overflow(Limit::Requests);
             return self.fail(
-                Rejection::new(ErrorKind::NoEndpoint, "no endpoint available"),
+                Rejection::new(
+                    ErrorKind::ConnectionLimit,
+                    "too many requests in flight to the upstream",
+                ),
                 &request_id,
                 &route.metrics,
                 start,
             );
         };
-        let endpoint = &upstream.endpoints[selection.endpoint];
-        let in_flight = InFlight::start(&endpoint.state);
 
         let client_h1 = req.version() != Version::HTTP_2;
         let hop = headers::Hop {
@@ -132,51 +140,126 @@ impl Handler for Proxy {
                 map.insert(headers::X_REQUEST_ID, request_id.clone());
             }
         }
-        let (upgrade, sent) = match raw {
+        let (upgrade, head) = match raw {
             Some(r) => {
                 let upgrade =
                     req.version() == Version::HTTP_11 && r.kept().any(|(_, f)| f.known == Known::Upgrade);
-                let plan = headers::raw_plan(
-                    &r,
-                    &hop,
-                    id_generated.then_some(&request_id),
-                    upgrade,
-                    &endpoint.address,
-                );
-                let out = OutHead::Raw {
-                    head: &r.head,
-                    skip: plan.skip,
-                    extra: &plan.extra,
-                };
-                let (parts, body) = req.into_parts();
-                (
-                    upgrade,
-                    send_h1(upstream, endpoint, &parts, out, body, deadline).await,
-                )
+                (upgrade, Head::Raw(r))
             }
-            None => {
-                let upgrade = prepare_request(&mut req, &hop, upstream.protocol, &endpoint.address);
-                let sent = match upstream.protocol {
-                    Protocol::Http1 => {
-                        let (parts, body) = req.into_parts();
-                        send_h1(
-                            upstream,
-                            endpoint,
-                            &parts,
-                            OutHead::Map(&parts.headers),
-                            body,
-                            deadline,
-                        )
-                        .await
-                    }
-                    Protocol::Http2 => send_h2(upstream, endpoint, req, deadline).await,
-                };
-                (upgrade, sent)
-            }
+            None => (prepare_request(&mut req, &hop, upstream.protocol), Head::Map),
         };
-        let (mut parts, fields, body) = match sent {
-            Ok(r) => r,
-            Err(rejection) => return self.fail(rejection, &request_id, &route.metrics, start),
+        let (mut parts, body) = req.into_parts();
+        let policy = &route.retry;
+        let idempotent = policy.idempotent || is_idempotent_method(parts.method.as_str());
+        let mut bodies = Bodies::new(body, idempotent && policy.attempts > 1, policy.max_body_bytes);
+        let id_to_add = id_generated.then_some(&request_id);
+        let mut tried = Tried::default();
+        let mut retry_slot = None;
+        let mut last_failure = Rejection::new(ErrorKind::NoEndpoint, "no endpoint available");
+        // Hedging needs a request that can go to two endpoints at once: no
+        // body, and a head that is the same for both.
+        let hedge_after = policy
+            .hedge_after
+            .filter(|_| idempotent && matches!(bodies, Bodies::Empty) && hop.host.is_some());
+        let done = loop {
+            let now = Instant::now();
+            let Some(first) = pick(upstream, &tried, hash, now) else {
+                return self.fail(last_failure, &request_id, &route.metrics, start);
+            };
+            let Some(body) = bodies.next() else {
+                return self.fail(last_failure, &request_id, &route.metrics, start);
+            };
+            tried.push(first);
+            if hop.host.is_none()
+                && let Head::Map = head
+            {
+                set_default_host(&mut parts, upstream.protocol, &upstream.endpoints[first].address);
+            }
+            let request = Outgoing {
+                upstream,
+                parts: &parts,
+                head: &head,
+                hop: &hop,
+                id_to_add,
+                upgrade,
+                per_try: policy.per_try_timeout.unwrap_or(upstream.response_header_timeout),
+                deadline,
+            };
+            let done = match hedge_after.filter(|_| tried.len() < policy.attempts as usize) {
+                // Boxed: two tries in one future would double the size of
+                // every request's future, hedged or not.
+                Some(after) => Box::pin(request.hedged(first, after, &mut tried, hash)).await,
+                None => request.send(first, body, now).await,
+            };
+            // A retry's breaker slot lasts until its try has an answer.
+            drop(retry_slot.take());
+            let answered = Instant::now();
+            let elapsed = answered.saturating_duration_since(done.started);
+            // Why this try might be repeated, whether the upstream may have
+            // seen it, and how long it asked levee to wait.
+            let repeatable = match &done.sent {
+                Ok((head, fields, _)) => {
+                    let status = head.status.as_u16();
+                    let failed = status >= 500 || status == 429;
+                    let observation = Observation::of_status(status);
+                    observe(upstream, done.endpoint, answered, elapsed, observation, failed);
+                    if policy.retry_on.covers(Reason::Status(status)) {
+                        last_failure = status_failure(status);
+                        // A `Retry-After` beyond what the route waits: passed on.
+                        match retry_after(fields) {
+                            None => Some((Reason::Status(status), true, Duration::ZERO)),
+                            Some(after) => honour_retry_after(after, policy.retry_after_max)
+                                .map(|wait| (Reason::Status(status), true, wait)),
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Err(failed) => {
+                    let kind = failed.rejection.kind;
+                    if kind.blame() == Blame::Upstream {
+                        let observation = Observation::GatewayFailure;
+                        observe(upstream, done.endpoint, answered, elapsed, observation, true);
+                    }
+                    last_failure = failed.rejection;
+                    Reason::of_error(kind).map(|r| (r, kind.delivery() != Delivery::NotSent, Duration::ZERO))
+                }
+            };
+            let retry = repeatable.filter(|&(reason, sent_any, _)| {
+                tried.len() < policy.attempts as usize
+                    && may_retry(reason, &policy.retry_on, idempotent, sent_any)
+            });
+            if done.sent.is_ok() && (retry.is_none() || !bodies.can_resend()) {
+                bodies.commit();
+                break done;
+            }
+            // The answer, if any, is set aside for another try.
+            let Try { sent, in_flight, .. } = done;
+            if let Err(failed) = sent {
+                bodies.put_back(failed.body);
+            }
+            let Some((reason, _, wait)) = retry.filter(|_| bodies.can_resend()) else {
+                return self.fail(last_failure, &request_id, &route.metrics, start);
+            };
+            let delay = policy
+                .backoff
+                .delay(tried.len() as u32, fastrand::u64(..))
+                .max(wait);
+            if Instant::now() + delay >= deadline {
+                return self.fail(last_failure, &request_id, &route.metrics, start);
+            }
+            let Some(slot) = admit_retry(upstream, reason) else {
+                return self.fail(last_failure, &request_id, &route.metrics, start);
+            };
+            retry_slot = Some(slot);
+            drop(in_flight);
+            tokio::time::sleep(delay).await;
+        };
+        let endpoint = &upstream.endpoints[done.endpoint];
+        let in_flight = done.in_flight;
+        let (mut parts, fields, body) = match done.sent {
+            Ok(sent) => sent,
+            Err(failed) => return self.fail(failed.rejection, &request_id, &route.metrics, start),
         };
         let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if is_upgrade && !upgrade {
@@ -226,7 +309,8 @@ impl Handler for Proxy {
             parts.status.as_u16(),
             route.metrics.clone(),
             Some(in_flight),
-        );
+        )
+        .holding(admitted);
         let mut body = match body {
             Received::H1(exchange, _) if is_upgrade => {
                 parts
@@ -279,15 +363,8 @@ impl Proxy {
 }
 
 /// Rewrites a client's request (its fields as a map) for the upstream.
-/// A request without a host (HTTP/1.0 allows that) is sent with the
-/// endpoint's address as its host. Returns whether it is a protocol upgrade
-/// being forwarded.
-fn prepare_request(
-    req: &mut Request<RequestBody>,
-    hop: &headers::Hop<'_>,
-    protocol: Protocol,
-    endpoint: &EndpointAddress,
-) -> bool {
+/// Returns whether it is a protocol upgrade being forwarded.
+fn prepare_request(req: &mut Request<RequestBody>, hop: &headers::Hop<'_>, protocol: Protocol) -> bool {
     let wants_trailers = headers::wants_trailers(req.headers());
     let asked_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let upgrade = asked_upgrade && protocol == Protocol::Http1;
@@ -299,14 +376,10 @@ fn prepare_request(
             if upgrade_kept {
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            if !h.contains_key(header::HOST) {
-                let host = match hop.host {
-                    Some(host) => Some(host.clone()),
-                    None => HeaderValue::from_str(&endpoint.to_string()).ok(),
-                };
-                if let Some(host) = host {
-                    h.insert(header::HOST, host);
-                }
+            if let Some(host) = hop.host
+                && !h.contains_key(header::HOST)
+            {
+                h.insert(header::HOST, host.clone());
             }
             // Origin form: the upstream sees the path, the host is in Host.
             if req.uri().scheme().is_some() {
@@ -323,27 +396,39 @@ fn prepare_request(
             }
             // HTTP/2 carries the host as :authority.
             h.remove(header::HOST);
-            let fallback;
-            let authority = match hop.host.and_then(|v| v.to_str().ok()) {
-                Some(host) => host,
-                None => {
-                    fallback = endpoint.to_string();
-                    &fallback
-                }
-            };
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            if let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(pq)
-                .build()
-            {
-                *req.uri_mut() = uri;
+            if let Some(authority) = hop.host.and_then(|v| v.to_str().ok()) {
+                set_authority(req.uri_mut(), authority);
             }
             *req.version_mut() = Version::HTTP_2;
         }
     }
     upgrade
+}
+
+/// A request without a host (HTTP/1.0 allows that) goes to each endpoint
+/// with the endpoint's address as its host.
+fn set_default_host(parts: &mut http::request::Parts, protocol: Protocol, endpoint: &EndpointAddress) {
+    let host = endpoint.to_string();
+    match protocol {
+        Protocol::Http1 => {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        Protocol::Http2 => set_authority(&mut parts.uri, &host),
+    }
+}
+
+fn set_authority(uri: &mut Uri, authority: &str) {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(with) = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+    {
+        *uri = with;
+    }
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -352,6 +437,252 @@ fn version_str(v: Version) -> &'static str {
         Version::HTTP_2 => "2",
         _ => "1.1",
     }
+}
+
+/// The request's fields, prepared once for all its tries.
+enum Head {
+    /// Lines as received, rewritten per try by [`headers::raw_plan`].
+    Raw(RawRequest),
+    /// Rewritten in the request's header map.
+    Map,
+}
+
+/// The endpoints a request's tries went to, so that a retry goes elsewhere.
+#[derive(Default)]
+struct Tried {
+    endpoints: [usize; 10],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, endpoint: usize) {
+        if self.len < self.endpoints.len() {
+            self.endpoints[self.len] = endpoint;
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.endpoints[..self.len]
+    }
+}
+
+/// An endpoint for the next try: one not tried yet for the request when
+/// there is one, else any.
+fn pick(upstream: &Upstream, tried: &Tried, hash: Option<u64>, now: Instant) -> Option<usize> {
+    let now_ms = millis(now);
+    let loads = upstream.loads.load();
+    let choose = |tried: &[usize]| {
+        let view = Choice {
+            upstream,
+            now_ms,
+            tried,
+        };
+        upstream
+            .selector
+            .select(&view, &loads, hash, fastrand::u64(..))
+            .map(|s| s.endpoint)
+    };
+    choose(tried.as_slice()).or_else(|| if tried.is_empty() { None } else { choose(&[]) })
+}
+
+/// One try's outcome, with the endpoint it went to.
+struct Try {
+    endpoint: usize,
+    started: Instant,
+    in_flight: InFlight,
+    sent: Result<Sent, Failed>,
+}
+
+/// Everything a try of the request needs besides its endpoint and body.
+struct Outgoing<'a> {
+    upstream: &'a Upstream,
+    parts: &'a http::request::Parts,
+    head: &'a Head,
+    hop: &'a headers::Hop<'a>,
+    id_to_add: Option<&'a HeaderValue>,
+    upgrade: bool,
+    per_try: Duration,
+    deadline: Instant,
+}
+
+impl Outgoing<'_> {
+    /// One try on endpoint `index`, starting at `started`.
+    async fn send(&self, index: usize, body: RequestBody, started: Instant) -> Try {
+        let endpoint = &self.upstream.endpoints[index];
+        let in_flight = InFlight::start(&endpoint.state);
+        self.upstream.metrics.attempts.inc();
+        let attempt = Attempt {
+            upstream: self.upstream,
+            endpoint,
+            started,
+            head_deadline: self.deadline.min(started + self.per_try),
+            deadline: self.deadline,
+        };
+        let sent = match self.head {
+            Head::Raw(r) => {
+                let plan = headers::raw_plan(r, self.hop, self.id_to_add, self.upgrade, &endpoint.address);
+                let out = OutHead::Raw {
+                    head: &r.head,
+                    skip: plan.skip,
+                    extra: &plan.extra,
+                };
+                attempt.send_h1(self.parts, out, body).await
+            }
+            Head::Map => match self.upstream.protocol {
+                Protocol::Http1 => {
+                    attempt
+                        .send_h1(self.parts, OutHead::Map(&self.parts.headers), body)
+                        .await
+                }
+                Protocol::Http2 => attempt.send_h2(self.parts, body).await,
+            },
+        };
+        Try {
+            endpoint: index,
+            started,
+            in_flight,
+            sent,
+        }
+    }
+
+    /// A try on `first` and, when it has no response head after `after`, a
+    /// second on another endpoint at once: the first head wins, the other
+    /// try is dropped (which closes its connection). Only for requests
+    /// without a body.
+    async fn hedged(&self, first: usize, after: Duration, tried: &mut Tried, hash: Option<u64>) -> Try {
+        let one = self.send(first, RequestBody::Empty, Instant::now());
+        tokio::pin!(one);
+        tokio::select! {
+            biased;
+            done = &mut one => return done,
+            () = tokio::time::sleep(after) => {}
+        }
+        let now = Instant::now();
+        let second = pick(self.upstream, tried, hash, now).filter(|&s| s != first);
+        let (Some(second), Some(slot)) = (
+            second,
+            second.and_then(|_| admit_retry(self.upstream, Reason::Timeout)),
+        ) else {
+            return one.await;
+        };
+        tried.push(second);
+        let two = self.send(second, RequestBody::Empty, now);
+        tokio::pin!(two);
+        // A try that fails waits for the other; the last failure stands.
+        let done = tokio::select! {
+            done = &mut one => done,
+            done = &mut two => done,
+        };
+        let finished_first = done.endpoint == first;
+        if done.sent.is_ok() {
+            drop(slot);
+            return done;
+        }
+        self.observe_failure(&done);
+        let other = if finished_first { two.await } else { one.await };
+        drop(slot);
+        other
+    }
+
+    /// Counts a failed try that is not the request's last word.
+    fn observe_failure(&self, done: &Try) {
+        if let Err(failed) = &done.sent
+            && failed.rejection.kind.blame() == Blame::Upstream
+        {
+            let now = Instant::now();
+            observe(
+                self.upstream,
+                done.endpoint,
+                now,
+                now.saturating_duration_since(done.started),
+                Observation::GatewayFailure,
+                true,
+            );
+        }
+    }
+}
+
+/// Records what a try taught about its endpoint (latency, outlier
+/// streaks), ejecting it if a detector trips.
+fn observe(
+    upstream: &Upstream,
+    index: usize,
+    now: Instant,
+    latency: Duration,
+    observation: Observation,
+    failed: bool,
+) {
+    let state = &upstream.endpoints[index].state;
+    if let Some(detector) = state.observe(now, latency, observation, failed, upstream) {
+        upstream.consider_ejection(index, detector, now);
+    }
+}
+
+/// The breaker slot and the budget for one retry, if both allow it.
+fn admit_retry(upstream: &Upstream, reason: Reason) -> Option<Slot> {
+    let counters = &upstream.counters;
+    let Some(slot) = Slot::take(counters, Limit::Retries, upstream.limits.max_retries) else {
+        upstream.metrics.overflow(Limit::Retries);
+        return None;
+    };
+    let admitted = counters
+        .budget
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .try_acquire(
+            Instant::now().into_std(),
+            counters.requests(),
+            counters.retries() - 1,
+        );
+    if !admitted {
+        upstream.metrics.budget_exhausted.inc();
+        return None;
+    }
+    upstream.metrics.retry(reason);
+    Some(slot)
+}
+
+/// What the client gets when a retried status's next try finds no endpoint:
+/// levee's own answer of the same kind.
+fn status_failure(status: u16) -> Rejection {
+    match status {
+        504 => Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out"),
+        503 | 429 => Rejection::new(ErrorKind::NoEndpoint, "no endpoint available"),
+        _ => Rejection::new(
+            ErrorKind::ConnectionTerminated,
+            "upstream failed and no other endpoint was available",
+        ),
+    }
+}
+
+/// The `Retry-After` of a response: delay-seconds or an HTTP date.
+fn retry_after(fields: &Fields) -> Option<Duration> {
+    let value = match fields {
+        Fields::Raw(raw) => raw
+            .fields
+            .iter()
+            .find(|f| raw.name(f).eq_ignore_ascii_case(b"retry-after"))
+            .map(|f| raw.value(f)),
+        Fields::Map(map) => map.get(header::RETRY_AFTER).map(HeaderValue::as_bytes),
+    }?;
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// A response head and what its body will be read from.
@@ -369,102 +700,161 @@ enum Fields {
 
 type Sent = (http::response::Parts, Fields, Received);
 
-/// Sends the request on a pooled HTTP/1.1 connection, or a new one, and
-/// waits for the response head until the response-header timeout or the
-/// request's deadline, whichever is first.
-async fn send_h1(
-    upstream: &Upstream,
-    endpoint: &Endpoint,
-    parts: &http::request::Parts,
-    head: OutHead<'_>,
-    body: RequestBody,
+/// A failed try, with the request body when none of it was read (the
+/// connection failed first), so that another try can send it.
+struct Failed {
+    rejection: Rejection,
+    body: Option<RequestBody>,
+}
+
+impl Failed {
+    fn without_body(rejection: Rejection) -> Failed {
+        Failed {
+            rejection,
+            body: None,
+        }
+    }
+}
+
+/// One try of a request on one endpoint.
+struct Attempt<'a> {
+    upstream: &'a Upstream,
+    endpoint: &'a Endpoint,
+    started: Instant,
+    /// When the response head must have come (the per-try timeout).
+    head_deadline: Instant,
+    /// The whole request's deadline.
     deadline: Instant,
-) -> Result<Sent, Rejection> {
-    let pool = &endpoint.state.pool;
-    let now = Instant::now();
-    let head_deadline = deadline.min(now + upstream.response_header_timeout);
-    let (conn, reused) = match pool.checkout(now) {
-        Some(c) => (c, true),
-        None => (connect_h1(upstream, endpoint, deadline).await?, false),
-    };
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut exchange = Exchange::new(conn, &parts.method, target, head, body);
-    let mut reused = reused;
-    loop {
-        let polled = std::future::poll_fn(|cx| exchange.poll_head_until(head_deadline, cx)).await;
-        let rejection = match polled {
-            Ok(head) => {
-                let plan = exchange.plan(&head);
-                let (mut parts, ()) = Response::new(()).into_parts();
-                parts.status = head.status;
-                parts.version = head.version;
-                return Ok((parts, Fields::Raw(head.raw), Received::H1(exchange, plan)));
-            }
-            Err(r) => r,
+}
+
+impl Attempt<'_> {
+    /// Sends the request on a pooled HTTP/1.1 connection, or a new one, and
+    /// waits for the response head.
+    async fn send_h1(
+        &self,
+        parts: &http::request::Parts,
+        head: OutHead<'_>,
+        body: RequestBody,
+    ) -> Result<Sent, Failed> {
+        let pool = &self.endpoint.state.pool;
+        let (conn, mut reused) = match pool.checkout(self.started) {
+            Some(c) => (c, true),
+            None => match self.connect_h1().await {
+                Ok(c) => (c, false),
+                Err(rejection) => {
+                    return Err(Failed {
+                        rejection,
+                        body: Some(body),
+                    });
+                }
+            },
         };
-        // A pooled connection the upstream had closed, caught before any of
-        // the request left levee: the request goes on a fresh connection,
-        // whatever its method, since the upstream cannot have seen it.
-        if reused && exchange.can_retry() {
-            let fresh = connect_h1(upstream, endpoint, deadline).await?;
-            if let Some(again) = exchange.retry_on(fresh) {
-                exchange = again;
-                reused = false;
-                continue;
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut exchange = Exchange::new(conn, &parts.method, target, head, body);
+        loop {
+            let polled = std::future::poll_fn(|cx| exchange.poll_head_until(self.head_deadline, cx)).await;
+            let rejection = match polled {
+                Ok(head) => {
+                    let plan = exchange.plan(&head);
+                    let (mut parts, ()) = Response::new(()).into_parts();
+                    parts.status = head.status;
+                    parts.version = head.version;
+                    return Ok((parts, Fields::Raw(head.raw), Received::H1(exchange, plan)));
+                }
+                Err(r) => r,
+            };
+            // A pooled connection the upstream had closed, caught before any
+            // of the request left levee: the request goes on a fresh
+            // connection, whatever its method, since the upstream cannot
+            // have seen it.
+            if reused && exchange.can_retry() {
+                match self.connect_h1().await {
+                    Ok(fresh) => {
+                        if let Some(again) = exchange.retry_on(fresh) {
+                            exchange = again;
+                            reused = false;
+                            continue;
+                        }
+                    }
+                    Err(rejection) => {
+                        return Err(Failed {
+                            rejection,
+                            body: exchange.into_untouched_body(),
+                        });
+                    }
+                }
+            }
+            return Err(Failed::without_body(rejection));
+        }
+    }
+
+    async fn connect_h1(&self) -> Result<Box<crate::upstream::h1::Conn>, Rejection> {
+        let timeout = self
+            .upstream
+            .connect_timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        let state = &self.endpoint.state;
+        let conn = state
+            .pool
+            .connect_h1(timeout, &self.upstream.limits)
+            .await
+            .map_err(|e| self.open_failed(e))?;
+        state.connects.inc();
+        Ok(conn)
+    }
+
+    fn open_failed(&self, e: OpenError) -> Rejection {
+        match e {
+            OpenError::Failed(kind) => connect_rejection(kind),
+            OpenError::Full(limit) => {
+                self.upstream.metrics.overflow(limit);
+                Rejection::new(ErrorKind::ConnectionLimit, "too many connections to the upstream")
             }
         }
-        return Err(rejection);
     }
-}
 
-async fn connect_h1(
-    upstream: &Upstream,
-    endpoint: &Endpoint,
-    deadline: Instant,
-) -> Result<Box<crate::upstream::h1::Conn>, Rejection> {
-    let timeout = upstream
-        .connect_timeout
-        .min(deadline.saturating_duration_since(Instant::now()));
-    let conn = endpoint
-        .state
-        .pool
-        .connect_h1(timeout)
-        .await
-        .map_err(connect_rejection)?;
-    endpoint.state.connects.inc();
-    Ok(conn)
-}
-
-/// Sends the request on the endpoint's shared HTTP/2 connection.
-async fn send_h2(
-    upstream: &Upstream,
-    endpoint: &Endpoint,
-    req: Request<RequestBody>,
-    deadline: Instant,
-) -> Result<Sent, Rejection> {
-    let now = Instant::now();
-    let head_deadline = deadline.min(now + upstream.response_header_timeout);
-    let timeout = upstream
-        .connect_timeout
-        .min(deadline.saturating_duration_since(now));
-    let (mut sender, opened) = endpoint.state.pool.h2(timeout).await.map_err(connect_rejection)?;
-    if opened {
-        endpoint.state.connects.inc();
-    }
-    if tokio::time::timeout_at(head_deadline, sender.ready())
-        .await
-        .is_err()
-    {
-        return Err(response_timeout());
-    }
-    match tokio::time::timeout_at(head_deadline, sender.send_request(req)).await {
-        Ok(Ok(res)) => {
-            let (mut parts, body) = res.into_parts();
-            let headers = std::mem::take(&mut parts.headers);
-            Ok((parts, Fields::Map(headers), Received::H2(body)))
+    /// Sends the request on the endpoint's shared HTTP/2 connection.
+    async fn send_h2(&self, parts: &http::request::Parts, body: RequestBody) -> Result<Sent, Failed> {
+        let timeout = self
+            .upstream
+            .connect_timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        let state = &self.endpoint.state;
+        let (mut sender, opened) = match state.pool.h2(timeout, &self.upstream.limits).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(Failed {
+                    rejection: self.open_failed(e),
+                    body: Some(body),
+                });
+            }
+        };
+        if opened {
+            state.connects.inc();
         }
-        Ok(Err(e)) => Err(classify(&e)),
-        Err(_) => Err(response_timeout()),
+        if tokio::time::timeout_at(self.head_deadline, sender.ready())
+            .await
+            .is_err()
+        {
+            return Err(Failed {
+                rejection: response_timeout(),
+                body: Some(body),
+            });
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        match tokio::time::timeout_at(self.head_deadline, sender.send_request(req)).await {
+            Ok(Ok(res)) => {
+                let (mut parts, body) = res.into_parts();
+                let headers = std::mem::take(&mut parts.headers);
+                Ok((parts, Fields::Map(headers), Received::H2(body)))
+            }
+            Ok(Err(e)) => Err(Failed::without_body(classify(&e))),
+            Err(_) => Err(Failed::without_body(response_timeout())),
+        }
     }
 }
 
@@ -536,6 +926,8 @@ pub(crate) struct Completion {
     status: u16,
     metrics: Arc<RouteMetrics>,
     in_flight: Option<InFlight>,
+    /// The upstream's requests-breaker slot, released with the response.
+    admitted: Option<Slot>,
 }
 
 impl Completion {
@@ -550,7 +942,15 @@ impl Completion {
             status,
             metrics,
             in_flight,
+            admitted: None,
         }
+    }
+
+    /// Keeps the request counted against the upstream's breaker until the
+    /// response ends.
+    pub(crate) fn holding(mut self, admitted: Slot) -> Completion {
+        self.admitted = Some(admitted);
+        self
     }
 
     /// levee's response for this request after all, counted as such.
@@ -570,5 +970,6 @@ impl Completion {
         self.metrics
             .record(self.status, now.duration_since(self.start).as_secs_f64());
         drop(self.in_flight.take());
+        drop(self.admitted.take());
     }
 }

@@ -19,6 +19,7 @@ use crate::metrics::{ListenerLabels, Metrics};
 use crate::server::{ListenerContext, accept_loop};
 use crate::snapshot::Snapshot;
 use crate::upstream::health::{self, EndpointName};
+use crate::upstream::watch;
 
 /// How often idle upstream connections past their idle timeout are closed.
 const EVICT_EVERY: Duration = Duration::from_secs(5);
@@ -126,10 +127,15 @@ impl Gateway {
         Ok(())
     }
 
-    /// Starts a checker for every checked endpoint that has none running.
+    /// Starts a watch task for every upstream of the current snapshot, and a
+    /// checker for every checked endpoint that has none running.
     fn start_checkers(&self) {
         let snap = self.state.load();
         for u in &snap.upstreams {
+            if !u.watched.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                self.tracker
+                    .spawn(watch::run(Arc::downgrade(u), self.draining.clone()));
+            }
             for e in &u.endpoints {
                 let wanted = e.state.check.load().is_some();
                 if wanted && !e.state.checking.swap(true, std::sync::atomic::Ordering::AcqRel) {

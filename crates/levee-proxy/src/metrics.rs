@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use levee_core::outcome::{ErrorKind, StatusClass};
+use levee_core::outlier::Detector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -66,6 +67,37 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabels {
+    pub upstream: String,
+    pub priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub upstream: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub upstream: String,
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    pub upstream: String,
+    pub region: String,
+    pub endpoint: String,
+    pub detector: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -85,8 +117,21 @@ pub struct Metrics {
     pub(crate) upstream_in_flight: Family<EndpointLabels, Gauge>,
     upstream_healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<CheckLabels, Counter>,
+    upstream_ejected: Family<EndpointLabels, Gauge>,
+    ejections: Family<EjectionLabels, Counter>,
+    priority_share: Family<PriorityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    priority_panic: Family<PriorityLabels, Gauge>,
+    attempts: Family<UpstreamLabels, Counter>,
+    retries: Family<ReasonLabels, Counter>,
+    budget_exhausted: Family<UpstreamLabels, Counter>,
+    overflow: Family<LimitLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
 }
+
+/// The closed set of circuit-breaker limits, for the overflow metric.
+pub(crate) const LIMITS: [&str; 4] = ["connections", "pending", "requests", "retries"];
+/// The closed set of retry reasons, as [`levee_core::retry::Reason::as_str`] names them.
+pub(crate) const RETRY_REASONS: [&str; 4] = ["connect_failure", "reset", "timeout", "status"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -153,6 +198,54 @@ impl Metrics {
             "Active health check probes, by result",
             health_checks.clone(),
         );
+        let upstream_ejected = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_endpoint_ejected",
+            "1 while passive outlier detection keeps an endpoint out of rotation",
+            upstream_ejected.clone(),
+        );
+        let ejections = Family::<EjectionLabels, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Endpoints ejected by passive outlier detection, by detector",
+            ejections.clone(),
+        );
+        let priority_share = Family::<PriorityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "upstream_priority_share",
+            "Share of an upstream's requests sent to each priority level (0 to 1)",
+            priority_share.clone(),
+        );
+        let priority_panic = Family::<PriorityLabels, Gauge>::default();
+        registry.register(
+            "upstream_priority_panic",
+            "1 while a priority level is in panic (its traffic goes to all its endpoints)",
+            priority_panic.clone(),
+        );
+        let attempts = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Requests sent to an upstream's endpoints, first tries and retries",
+            attempts.clone(),
+        );
+        let retries = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Retries sent, by the reason the previous try failed",
+            retries.clone(),
+        );
+        let budget_exhausted = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not sent because the upstream's retry budget was spent",
+            budget_exhausted.clone(),
+        );
+        let overflow = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "upstream_overflow",
+            "Requests or retries refused by a full circuit breaker, by limit",
+            overflow.clone(),
+        );
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -180,6 +273,14 @@ impl Metrics {
             upstream_in_flight,
             upstream_healthy,
             health_checks,
+            upstream_ejected,
+            ejections,
+            priority_share,
+            priority_panic,
+            attempts,
+            retries,
+            budget_exhausted,
+            overflow,
             reloads,
         }
     }
@@ -207,10 +308,61 @@ impl Metrics {
                 result,
             })
         };
+        let ejections = [
+            Detector::Consecutive5xx,
+            Detector::ConsecutiveGatewayFailure,
+            Detector::SuccessRate,
+        ]
+        .map(|d| {
+            self.ejections.get_or_create_owned(&EjectionLabels {
+                upstream: labels.upstream.clone(),
+                region: labels.region.clone(),
+                endpoint: labels.endpoint.clone(),
+                detector: d.as_str(),
+            })
+        });
         crate::upstream::EndpointMetrics {
             healthy: self.upstream_healthy.get_or_create_owned(labels),
             check_ok: check("success"),
             check_failed: check("failure"),
+            ejected: self.upstream_ejected.get_or_create_owned(labels),
+            ejections,
+        }
+    }
+
+    /// Handles for one upstream's resilience series; `priorities` are its
+    /// levels, most preferred first.
+    pub(crate) fn upstream(&self, upstream: &str, priorities: &[u32]) -> UpstreamMetrics {
+        let u = || UpstreamLabels {
+            upstream: upstream.to_string(),
+        };
+        let level = |p: &u32| PriorityLabels {
+            upstream: upstream.to_string(),
+            priority: p.to_string(),
+        };
+        UpstreamMetrics {
+            share: priorities
+                .iter()
+                .map(|p| self.priority_share.get_or_create_owned(&level(p)))
+                .collect(),
+            panic: priorities
+                .iter()
+                .map(|p| self.priority_panic.get_or_create_owned(&level(p)))
+                .collect(),
+            attempts: self.attempts.get_or_create_owned(&u()),
+            retries: RETRY_REASONS.map(|reason| {
+                self.retries.get_or_create_owned(&ReasonLabels {
+                    upstream: upstream.to_string(),
+                    reason,
+                })
+            }),
+            budget_exhausted: self.budget_exhausted.get_or_create_owned(&u()),
+            overflow: LIMITS.map(|limit| {
+                self.overflow.get_or_create_owned(&LimitLabels {
+                    upstream: upstream.to_string(),
+                    limit,
+                })
+            }),
         }
     }
 
@@ -245,6 +397,40 @@ impl Metrics {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
+}
+
+/// One upstream's resilience series, resolved once per snapshot.
+pub(crate) struct UpstreamMetrics {
+    /// By level, most preferred first.
+    pub share: Vec<Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub panic: Vec<Gauge>,
+    pub attempts: Counter,
+    /// In [`RETRY_REASONS`] order.
+    pub retries: [Counter; 4],
+    pub budget_exhausted: Counter,
+    /// In [`LIMITS`] order.
+    pub overflow: [Counter; 4],
+}
+
+impl UpstreamMetrics {
+    pub fn retry(&self, reason: levee_core::retry::Reason) {
+        if let Some(i) = RETRY_REASONS.iter().position(|&r| r == reason.as_str()) {
+            self.retries[i].inc();
+        }
+    }
+
+    pub fn overflow(&self, limit: Limit) {
+        self.overflow[limit as usize].inc();
+    }
+}
+
+/// A circuit breaker's limit, indexing [`LIMITS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    Connections = 0,
+    Pending = 1,
+    Requests = 2,
+    Retries = 3,
 }
 
 /// One route's request counters by status class and its latency histogram.

@@ -6,8 +6,15 @@
 //! finish on the config they started with.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use levee_core::failover::{Failover, Loads};
+use levee_core::retry::Budget;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use levee_config::{Config, EndpointAddress};
 use levee_core::id::{RegionName, UpstreamName};
@@ -15,7 +22,7 @@ use levee_core::select::{EndpointSpec, Selector};
 
 use crate::metrics::{EndpointLabels, Metrics, RouteMetrics};
 use crate::router::Router;
-use crate::upstream::{Endpoint, EndpointState, Pool, PoolSettings, Upstream};
+use crate::upstream::{Counters, Endpoint, EndpointState, Pool, PoolSettings, Upstream};
 
 pub(crate) struct Snapshot {
     pub config: Arc<Config>,
@@ -30,6 +37,7 @@ pub(crate) struct RouteRuntime {
     /// Index into [`Snapshot::upstreams`].
     pub upstream: usize,
     pub request_timeout: Duration,
+    pub retry: levee_config::Retry,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -38,23 +46,37 @@ pub(crate) struct RouteRuntime {
 type StateKey = (UpstreamName, RegionName, EndpointAddress);
 
 impl Snapshot {
-    /// Builds a snapshot, taking over the state of endpoints that `previous`
-    /// already had.
+    /// Builds a snapshot, taking over the state of endpoints and upstreams
+    /// that `previous` already had. The previous snapshot's upstreams are
+    /// retired: their watch tasks end, the new ones take over.
     pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
         let mut carried: HashMap<StateKey, Arc<EndpointState>> = HashMap::new();
+        let mut old_upstreams: HashMap<UpstreamName, &Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
             for u in &prev.upstreams {
+                old_upstreams.insert(u.name.clone(), u);
                 for e in &u.endpoints {
                     let key = (u.name.clone(), e.region.clone(), e.address.clone());
                     carried.insert(key, e.state.clone());
                 }
             }
         }
+        let now = Instant::now();
 
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|u| {
+                let old = old_upstreams.get(&u.name).copied();
+                let budget = Budget::new(u.retry_budget.percent, u.retry_budget.min_per_second);
+                let counters = match old {
+                    Some(o) => {
+                        *o.counters.budget.lock().unwrap_or_else(|e| e.into_inner()) = budget;
+                        o.counters.clone()
+                    }
+                    None => Arc::new(Counters::new(budget)),
+                };
+                let changed = Arc::new(Notify::new());
                 let settings = PoolSettings {
                     protocol: u.protocol,
                     max_idle: u.max_idle_per_endpoint,
@@ -76,7 +98,7 @@ impl Snapshot {
                                     endpoint: e.address.to_string(),
                                 };
                                 Arc::new(EndpointState::new(
-                                    Pool::new(e.address.clone(), settings),
+                                    Pool::new(e.address.clone(), settings, counters.clone()),
                                     metrics.upstream_in_flight.get_or_create_owned(&labels),
                                     metrics.upstream_connects.get_or_create_owned(&labels),
                                     metrics.endpoint(&labels),
@@ -85,6 +107,15 @@ impl Snapshot {
                         };
                         // New settings reach a running checker; `None` stops it.
                         state.check.store(u.health.clone().map(Arc::new));
+                        state.uneject_on_check.store(
+                            u.outlier.as_ref().is_some_and(|o| o.uneject_on_check_success),
+                            Ordering::Relaxed,
+                        );
+                        if u.outlier.is_none() {
+                            // Detection turned off: nobody would end an ejection early.
+                            state.uneject();
+                        }
+                        state.changed.store(changed.clone());
                         Endpoint {
                             address: e.address.clone(),
                             region: region.name.clone(),
@@ -104,21 +135,50 @@ impl Snapshot {
                         key,
                     })
                     .collect();
-                Arc::new(Upstream {
+                let selector = Selector::new(u.balance, &specs);
+                let priorities: Vec<u32> = selector.priorities().collect();
+                let failover = match old {
+                    Some(o) => Failover::carried(
+                        u.failover,
+                        &priorities,
+                        &o.failover.lock().unwrap_or_else(|e| e.into_inner()),
+                        &o.priorities,
+                    ),
+                    None => Failover::new(u.failover, priorities.len()),
+                };
+                let upstream = Arc::new(Upstream {
                     name: u.name.clone(),
-                    selector: Selector::new(u.balance, &specs),
+                    selector,
                     endpoints,
                     protocol: u.protocol,
                     connect_timeout: u.connect_timeout,
                     response_header_timeout: u.response_header_timeout,
                     hash_on: u.hash_on.clone(),
-                })
+                    limits: u.limits,
+                    outlier: u.outlier.clone(),
+                    tracks_latency: u.balance == levee_core::balance::Policy::PeakEwma,
+                    counters,
+                    metrics: metrics.upstream(u.name.as_str(), &priorities),
+                    priorities,
+                    failover: Mutex::new(failover),
+                    loads: ArcSwap::from_pointee(Loads::default()),
+                    changed,
+                    retired: AtomicBool::new(false),
+                    watched: AtomicBool::new(false),
+                });
+                // Requests see loads from the start, before the task runs.
+                upstream.refresh(now);
+                upstream
             })
             .collect();
         // Endpoints that left the config: their checkers stop now, not when
         // the last request still using the old snapshot ends.
         for state in carried.values() {
             state.check.store(None);
+        }
+        for old in old_upstreams.values() {
+            old.retired.store(true, Ordering::Release);
+            old.changed.notify_one();
         }
 
         let routes = config
@@ -130,6 +190,7 @@ impl Snapshot {
                 RouteRuntime {
                     upstream,
                     request_timeout: r.request_timeout,
+                    retry: r.retry.clone(),
                     metrics: metrics.route(r.name.as_str(), r.upstream.as_str()),
                 }
             })

@@ -1,33 +1,60 @@
-//! Upstreams at run time: their endpoints, the selector over them, and a
-//! connection pool per endpoint.
+//! Upstreams at run time: their endpoints, how traffic is spread over them
+//! and what protects them, and a connection pool per endpoint.
 //!
-//! An endpoint's state that must outlive a config reload — its pool, its
-//! in-flight count — lives in [`EndpointState`], which a new snapshot takes
-//! over from the old one when the endpoint stays. What the config may change
-//! (weight, region, priority) lives in [`Endpoint`] and is rebuilt.
+//! State that must outlive a config reload is carried over explicitly:
+//! per endpoint in [`EndpointState`] (pool, in-flight count, health,
+//! ejection, latency), per upstream in [`Counters`] (the circuit breakers'
+//! counts and the retry budget), both keyed by name. What the config may
+//! change (weights, priorities, policies) lives in [`Upstream`] and
+//! [`Endpoint`] and is rebuilt; the failover state is carried level by level
+//! ([`levee_core::failover::Failover::carried`]).
+//!
+//! The request path reads all of it without a lock: health and ejection
+//! are atomics, and the share of traffic each priority level takes is
+//! published by the upstream's watch task ([`watch`]) as one [`Loads`]
+//! value. The task recomputes it when an endpoint's health changes (it is
+//! woken), when an ejection ends or a failback ramps (it sleeps until then),
+//! and runs the periodic outlier statistics.
 
 pub(crate) mod h1;
 pub(crate) mod health;
-mod pool;
+pub(crate) mod pool;
+pub(crate) mod watch;
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use arc_swap::ArcSwapOption;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::COOKIE;
-use levee_config::{EndpointAddress, HashOn, HealthCheck, Protocol};
+use levee_config::{EndpointAddress, HashOn, HealthCheck, Limits, Outlier, Protocol};
+use levee_core::ewma;
+use levee_core::failover::{Failover, Loads};
 use levee_core::hash::hash64;
 use levee_core::id::{RegionName, UpstreamName};
+use levee_core::outlier::{Detector, Observation, Streaks};
+use levee_core::retry::Budget;
 use levee_core::select::{Endpoints, Selector};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::fields::FieldsView;
+use crate::metrics::{Limit, UpstreamMetrics};
 
 pub(crate) use pool::{Pool, PoolSettings};
+
+/// Milliseconds since a process-wide origin, plus one (so that 0 can mean
+/// "never" in the atomics that hold these times).
+pub(crate) fn millis(t: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let since = t.saturating_duration_since(origin);
+    // Not `as_millis`: a 128-bit division on every request.
+    since.as_secs() * 1000 + u64::from(since.subsec_millis()) + 1
+}
 
 pub(crate) struct Upstream {
     pub name: UpstreamName,
@@ -37,6 +64,24 @@ pub(crate) struct Upstream {
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub hash_on: Option<HashOn>,
+    pub limits: Limits,
+    pub outlier: Option<Outlier>,
+    /// Whether the balancer reads the endpoints' latency (`peak_ewma`).
+    pub tracks_latency: bool,
+    /// The breakers' counts and the retry budget, carried across reloads.
+    pub counters: Arc<Counters>,
+    /// The levels' priorities, most preferred first.
+    pub priorities: Vec<u32>,
+    pub failover: Mutex<Failover>,
+    /// The share of traffic each level takes now.
+    pub loads: ArcSwap<Loads>,
+    /// Wakes the watch task: an endpoint's health changed.
+    pub changed: Arc<Notify>,
+    /// Set when a reload replaced this upstream: its watch task ends.
+    pub retired: AtomicBool,
+    /// Whether its watch task was started.
+    pub watched: AtomicBool,
+    pub metrics: UpstreamMetrics,
 }
 
 pub(crate) struct Endpoint {
@@ -45,6 +90,92 @@ pub(crate) struct Endpoint {
     pub priority: u32,
     pub weight: u32,
     pub state: Arc<EndpointState>,
+}
+
+/// Per-upstream counts behind the circuit breakers, and the retry budget.
+pub(crate) struct Counters {
+    /// Client requests in flight (not attempts).
+    requests: AtomicU64,
+    /// Retries in flight.
+    retries: AtomicU64,
+    /// Connections open to the upstream's endpoints, idle ones included.
+    connections: AtomicU64,
+    /// Requests waiting for a connection to open.
+    pending: AtomicU64,
+    pub budget: Mutex<Budget>,
+    /// Serialises ejection decisions, which read the whole upstream.
+    pub ejecting: Mutex<()>,
+}
+
+impl Counters {
+    pub fn new(budget: Budget) -> Counters {
+        Counters {
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            budget: Mutex::new(budget),
+            ejecting: Mutex::new(()),
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// One unit of a breaker's count, held while it lasts.
+pub(crate) struct Slot {
+    counters: Arc<Counters>,
+    limit: Limit,
+}
+
+impl Slot {
+    fn counter(&self) -> &AtomicU64 {
+        let c = &self.counters;
+        match self.limit {
+            Limit::Connections => &c.connections,
+            Limit::Pending => &c.pending,
+            Limit::Requests => &c.requests,
+            Limit::Retries => &c.retries,
+        }
+    }
+
+    /// Takes a slot if fewer than `max` are taken. Increment first, then
+    /// check, so that racing requests cannot both slip under the limit.
+    pub fn take(counters: &Arc<Counters>, limit: Limit, max: u64) -> Option<Slot> {
+        let slot = Slot {
+            counters: counters.clone(),
+            limit,
+        };
+        let before = slot.counter().fetch_add(1, Ordering::AcqRel);
+        // On failure the slot is dropped, which gives the count back.
+        (before < max).then_some(slot)
+    }
+
+    /// Counts without a limit (a connection opened while the limit allowed it).
+    pub fn count(counters: &Arc<Counters>, limit: Limit) -> Slot {
+        let slot = Slot {
+            counters: counters.clone(),
+            limit,
+        };
+        slot.counter().fetch_add(1, Ordering::AcqRel);
+        slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What survives a reload for an endpoint that stays.
@@ -60,7 +191,31 @@ pub(crate) struct EndpointState {
     pub check: ArcSwapOption<HealthCheck>,
     /// Whether a checker task runs for this endpoint.
     pub checking: AtomicBool,
+    /// A passing check ends an ejection (the upstream's outlier setting).
+    pub uneject_on_check: AtomicBool,
+    /// Until when passive detection keeps it out (a [`millis`] time), 0 if
+    /// it does not.
+    ejected_until: AtomicU64,
+    /// Ejections so far: each lasts longer than the one before. Decays
+    /// while the endpoint behaves.
+    pub ejections: AtomicU32,
+    passive: Mutex<Passive>,
+    /// Peak-EWMA latency in nanoseconds, as `f64` bits.
+    latency: AtomicU64,
+    /// Requests that succeeded, and all requests, in the current
+    /// success-rate interval.
+    volume_ok: AtomicU64,
+    volume_total: AtomicU64,
+    /// Wakes the watch task of the upstream that owns the endpoint now.
+    pub changed: ArcSwap<Notify>,
     pub metrics: EndpointMetrics,
+}
+
+/// What exchanges taught about an endpoint, updated after each.
+#[derive(Default)]
+struct Passive {
+    streaks: Streaks,
+    latency_at: Option<Instant>,
 }
 
 /// Per-endpoint series, resolved once.
@@ -68,6 +223,9 @@ pub(crate) struct EndpointMetrics {
     pub healthy: Gauge,
     pub check_ok: Counter,
     pub check_failed: Counter,
+    pub ejected: Gauge,
+    /// By detector: consecutive 5xx, consecutive gateway failure, success rate.
+    pub ejections: [Counter; 3],
 }
 
 impl EndpointState {
@@ -78,6 +236,7 @@ impl EndpointState {
         metrics: EndpointMetrics,
     ) -> EndpointState {
         metrics.healthy.set(1);
+        metrics.ejected.set(0);
         EndpointState {
             in_flight: AtomicU64::new(0),
             pool,
@@ -86,6 +245,14 @@ impl EndpointState {
             healthy: AtomicBool::new(true),
             check: ArcSwapOption::empty(),
             checking: AtomicBool::new(false),
+            uneject_on_check: AtomicBool::new(false),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            passive: Mutex::new(Passive::default()),
+            latency: AtomicU64::new(0f64.to_bits()),
+            volume_ok: AtomicU64::new(0),
+            volume_total: AtomicU64::new(0),
+            changed: ArcSwap::from_pointee(Notify::new()),
             metrics,
         }
     }
@@ -98,9 +265,97 @@ impl EndpointState {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Whether the endpoint may take traffic at `now_ms` ([`millis`]).
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.is_healthy() && !self.is_ejected(now_ms)
+    }
+
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms < until
+    }
+
+    /// When the current ejection ends, if there is one.
+    pub fn ejected_until(&self) -> Option<u64> {
+        Some(self.ejected_until.load(Ordering::Relaxed)).filter(|&u| u != 0)
+    }
+
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
         self.metrics.healthy.set(i64::from(healthy));
+        self.changed.load().notify_one();
+    }
+
+    pub fn eject(&self, until_ms: u64) {
+        self.ejected_until.store(until_ms, Ordering::Relaxed);
+        self.metrics.ejected.set(1);
+        self.changed.load().notify_one();
+    }
+
+    /// Ends an ejection; returns whether there was one to end. (The caller
+    /// wakes the watch task if it is not the watch task.)
+    pub fn uneject(&self) -> bool {
+        let was = self.ejected_until.swap(0, Ordering::Relaxed) != 0;
+        self.metrics.ejected.set(0);
+        was
+    }
+
+    /// Peak-EWMA latency in nanoseconds.
+    pub fn latency(&self) -> f64 {
+        f64::from_bits(self.latency.load(Ordering::Relaxed))
+    }
+
+    /// Records what one exchange said about the endpoint: its latency (to
+    /// the response head, or to the failure), and for outlier detection
+    /// what kind of answer it was. Returns the detector that asks for an
+    /// ejection, if one does.
+    pub fn observe(
+        &self,
+        now: Instant,
+        latency: Duration,
+        observation: Observation,
+        failed: bool,
+        upstream: &Upstream,
+    ) -> Option<Detector> {
+        // Only what the upstream's policies read is kept: most upstreams
+        // need none of it, and pay nothing.
+        let outlier = upstream.outlier.as_ref();
+        if !upstream.tracks_latency && outlier.is_none() {
+            return None;
+        }
+        if outlier.is_some_and(|o| o.params.success_rate.is_some()) {
+            self.volume_total.fetch_add(1, Ordering::Relaxed);
+            if observation == Observation::Success {
+                self.volume_ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut passive = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        if upstream.tracks_latency {
+            let p = ewma::Params::DEFAULT;
+            let sample = ewma::sample(&p, latency, failed);
+            let elapsed = passive
+                .latency_at
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            let average = ewma::observe(&p, self.latency(), elapsed, sample);
+            passive.latency_at = Some(now);
+            self.latency.store(average.to_bits(), Ordering::Relaxed);
+        }
+        passive.streaks.observe(observation, &outlier?.params)
+    }
+
+    /// The success-rate counts of the interval that just ended (and a new
+    /// one begins).
+    pub fn take_volume(&self) -> levee_core::outlier::Volume {
+        levee_core::outlier::Volume {
+            successes: self.volume_ok.swap(0, Ordering::Relaxed),
+            total: self.volume_total.swap(0, Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets the consecutive-failure streaks (after an ejection, the
+    /// endpoint starts with a clean slate).
+    pub fn reset_streaks(&self) {
+        self.passive.lock().unwrap_or_else(|e| e.into_inner()).streaks = Streaks::default();
     }
 }
 
@@ -122,13 +377,29 @@ impl Drop for InFlight {
     }
 }
 
-impl Endpoints for Upstream {
+/// The upstream as one request's selection sees it: at one moment, and
+/// without the endpoints its earlier tries went to.
+pub(crate) struct Choice<'a> {
+    pub upstream: &'a Upstream,
+    pub now_ms: u64,
+    pub tried: &'a [usize],
+}
+
+impl Endpoints for Choice<'_> {
     fn available(&self, endpoint: usize) -> bool {
-        self.endpoints[endpoint].state.is_healthy()
+        self.upstream.endpoints[endpoint].state.is_available(self.now_ms) && !self.excluded(endpoint)
+    }
+
+    fn excluded(&self, endpoint: usize) -> bool {
+        self.tried.contains(&endpoint)
     }
 
     fn in_flight(&self, endpoint: usize) -> u64 {
-        self.endpoints[endpoint].state.in_flight()
+        self.upstream.endpoints[endpoint].state.in_flight()
+    }
+
+    fn latency(&self, endpoint: usize) -> f64 {
+        self.upstream.endpoints[endpoint].state.latency()
     }
 }
 

@@ -369,3 +369,123 @@ pub async fn load(
     report.elapsed = start.elapsed();
     report
 }
+
+/// One request of an [`open_loop`] run.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// When it was due, from the start of the run.
+    pub at: Duration,
+    pub latency: Duration,
+    /// The response status, or `None` when no response came.
+    pub status: Option<u16>,
+    /// The response's `x-backend` (the testkit backend that answered).
+    pub backend: Option<String>,
+    /// Why no response came.
+    pub error: Option<String>,
+}
+
+impl Sample {
+    /// A response below 500.
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s < 500)
+    }
+}
+
+/// What an [`open_loop`] run saw, in the order the requests were due.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    pub samples: Vec<Sample>,
+}
+
+impl Timeline {
+    /// The requests due in `[from, to)`.
+    pub fn window(&self, from: Duration, to: Duration) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(move |s| s.at >= from && s.at < to)
+    }
+
+    /// Requests without a response below 500.
+    pub fn failures(&self) -> Vec<&Sample> {
+        self.samples.iter().filter(|s| !s.ok()).collect()
+    }
+
+    /// The share of the answered requests due in `[from, to)` that a backend
+    /// whose name satisfies `which` served (0 when none was answered).
+    pub fn share(&self, from: Duration, to: Duration, which: impl Fn(&str) -> bool) -> f64 {
+        let answered: Vec<&Sample> = self.window(from, to).filter(|s| s.ok()).collect();
+        if answered.is_empty() {
+            return 0.0;
+        }
+        let hits = answered
+            .iter()
+            .filter(|s| s.backend.as_deref().is_some_and(&which))
+            .count();
+        hits as f64 / answered.len() as f64
+    }
+}
+
+/// Sends requests at a fixed `rate` per second for `duration`, each when it
+/// is due whatever happened to the ones before (open loop: a slow or failing
+/// gateway does not slow the load down, as real clients would not). At most
+/// `max_in_flight` are outstanding; a request due beyond that is recorded as
+/// failed without being sent, so a broken gateway cannot make the run
+/// unbounded. Returns once every request has an answer or has timed out (the
+/// client's deadline).
+pub async fn open_loop(
+    client: &Client,
+    rate: u32,
+    duration: Duration,
+    max_in_flight: usize,
+    make: impl Fn(usize) -> Request<Full<Bytes>>,
+) -> Timeline {
+    let start = Instant::now();
+    let total = (duration.as_secs_f64() * f64::from(rate)) as usize;
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut running: JoinSet<Sample> = JoinSet::new();
+    let mut samples = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + period * i as u32;
+        tokio::time::sleep_until(due).await;
+        while let Some(done) = running.try_join_next() {
+            samples.extend(done.ok());
+        }
+        let at = due - start;
+        if running.len() >= max_in_flight {
+            samples.push(Sample {
+                at,
+                latency: Duration::ZERO,
+                status: None,
+                backend: None,
+                error: Some("not sent: too many requests outstanding".to_string()),
+            });
+            continue;
+        }
+        let client = client.clone();
+        let req = make(i);
+        running.spawn(async move {
+            let sent = Instant::now();
+            let reply = client.send(req).await;
+            let latency = sent.elapsed();
+            match reply {
+                Ok(r) => Sample {
+                    at,
+                    latency,
+                    status: Some(r.status),
+                    backend: r.header("x-backend").map(str::to_string),
+                    error: None,
+                },
+                Err(e) => Sample {
+                    at,
+                    latency,
+                    status: None,
+                    backend: None,
+                    error: Some(format!("{e:#}")),
+                },
+            }
+        });
+    }
+    while let Some(done) = running.join_next().await {
+        samples.extend(done.ok());
+    }
+    samples.sort_by_key(|s| s.at);
+    Timeline { samples }
+}

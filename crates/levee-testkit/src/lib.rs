@@ -34,7 +34,7 @@ pub mod ledger;
 pub mod wire;
 
 pub use backend::{Backend, BackendBuilder, Behaviour, pattern_bytes, pattern_sha256};
-pub use client::{Client, LoadReport, Reply, load};
+pub use client::{Client, LoadReport, Reply, Sample, Timeline, load, open_loop};
 pub use eventually::{eventually, eventually_async};
 pub use ledger::{Arrival, Ledger, sha256_hex};
 pub use wire::{RawConn, RawResponse};

@@ -359,6 +359,8 @@ where
             return Next::Abort;
         }
         let leftover = buf.split().freeze();
+        // Still one of the upstream's connections while the tunnel lasts.
+        let _counted = upgraded.open;
         tunnel(rd, wr, leftover, upgraded.io, settings.tunnel_idle_timeout).await;
         return Next::Abort;
     }

@@ -28,7 +28,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::EndpointState;
+use super::{EndpointState, Slot};
 use crate::body::{BodyError, RequestBody};
 use crate::codec::decode::{Decoded, Decoder};
 use crate::codec::encode::{ChunkLine, encode_last_chunk, encode_raw_request_head, encode_request_head};
@@ -53,19 +53,22 @@ pub(crate) struct Conn {
     queue: VecDeque<Bytes>,
     /// Deadline for the response head, re-armed lazily across requests.
     timer: LazyTimer,
+    /// Counts the connection against the upstream's connection limit.
+    open: Option<Slot>,
 }
 
 impl Conn {
     /// Boxed: a connection outlives many requests and moves with each of
     /// them (into the exchange, the response body, the pool), so one
     /// allocation per connection saves copying it around per request.
-    pub fn new(io: TcpStream) -> Box<Conn> {
+    pub fn new(io: TcpStream, open: Option<Slot>) -> Box<Conn> {
         Box::new(Conn {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(1024),
             queue: VecDeque::with_capacity(8),
             timer: LazyTimer::new(),
+            open,
         })
     }
 
@@ -98,6 +101,8 @@ pub(crate) enum OutHead<'a> {
 pub(crate) struct Upgraded {
     pub io: TcpStream,
     pub leftover: Bytes,
+    /// Still counts against the upstream's connection limit.
+    pub open: Option<Slot>,
 }
 
 /// One request in flight on a connection.
@@ -159,6 +164,11 @@ impl Exchange {
     /// that it can go on another connection whatever its method.
     pub fn can_retry(&self) -> bool {
         self.written == 0 && !self.body_touched
+    }
+
+    /// The request body, if none of it was read: another try can send it.
+    pub fn into_untouched_body(self) -> Option<RequestBody> {
+        if self.body_touched { None } else { self.body }
     }
 
     /// The same request on another connection, if [`Exchange::can_retry`].
@@ -364,10 +374,13 @@ impl Exchange {
     }
 
     /// The connection after a `101`, for a tunnel.
-    pub fn into_upgraded(mut self) -> Upgraded {
+    pub fn into_upgraded(self) -> Upgraded {
+        let conn = *self.conn;
+        let mut rbuf = conn.rbuf;
         Upgraded {
-            leftover: self.conn.rbuf.split().freeze(),
-            io: self.conn.io,
+            leftover: rbuf.split().freeze(),
+            io: conn.io,
+            open: conn.open,
         }
     }
 }
@@ -495,7 +508,7 @@ mod tests {
     async fn a_request_whose_body_failed_is_never_retried() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let connect = || async { Conn::new(TcpStream::connect(addr).await.expect("connect")) };
+        let connect = || async { Conn::new(TcpStream::connect(addr).await.expect("connect"), None) };
         // The client's body is cut short before levee could send anything.
         let (sender, body) = crate::body::channel(None);
         drop(sender);

@@ -71,6 +71,15 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &Cancella
             Ok(()) => s.metrics.check_ok.inc(),
             Err(_) => s.metrics.check_failed.inc(),
         };
+        if outcome.is_ok() && s.uneject_on_check.load(Ordering::Relaxed) && s.uneject() {
+            tracing::info!(
+                upstream = %name.upstream,
+                region = %name.region,
+                endpoint = %name.address,
+                "endpoint back from ejection: an active check passed",
+            );
+            s.changed.load().notify_one();
+        }
         let thresholds = thresholds(&check);
         match health.observe(outcome.is_ok(), &thresholds) {
             Some(Transition::BecameUnhealthy) => {

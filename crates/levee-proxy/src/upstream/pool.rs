@@ -8,18 +8,29 @@
 //! own, which ends when the connection closes or its last sender is dropped,
 //! so the pool owns that task through the senders it holds.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use levee_config::{EndpointAddress, Protocol};
+use levee_config::{EndpointAddress, Limits, Protocol};
 use levee_core::outcome::ErrorKind;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::Conn;
+use super::{Counters, Slot};
 use crate::body::RequestBody;
+use crate::metrics::Limit;
+
+/// Why no new connection was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpenError {
+    /// Connecting failed.
+    Failed(ErrorKind),
+    /// A circuit breaker is full.
+    Full(Limit),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PoolSettings {
@@ -32,6 +43,8 @@ pub(crate) type H2Sender = http2::SendRequest<RequestBody>;
 
 pub(crate) struct Pool {
     pub address: EndpointAddress,
+    /// The upstream's breaker counts: connections and pending opens.
+    counters: Arc<Counters>,
     /// The settings live with the idle connections they govern, so that a
     /// reload can change them under the one lock every use takes anyway.
     idle: Mutex<IdleSet>,
@@ -53,9 +66,10 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(address: EndpointAddress, settings: PoolSettings) -> Pool {
+    pub fn new(address: EndpointAddress, settings: PoolSettings, counters: Arc<Counters>) -> Pool {
         Pool {
             address,
+            counters,
             idle: Mutex::new(IdleSet {
                 settings,
                 conns: Vec::new(),
@@ -114,32 +128,51 @@ impl Pool {
         }
     }
 
+    /// Checks the breakers before opening a connection; the pending slot
+    /// is held while it opens.
+    fn may_open(&self, limits: &Limits) -> Result<Slot, OpenError> {
+        let pending = Slot::take(&self.counters, Limit::Pending, limits.max_pending)
+            .ok_or(OpenError::Full(Limit::Pending))?;
+        if self.counters.connections() >= limits.max_connections {
+            return Err(OpenError::Full(Limit::Connections));
+        }
+        Ok(pending)
+    }
+
     /// A new HTTP/1.1 connection, within `timeout`.
-    pub async fn connect_h1(&self, timeout: Duration) -> Result<Box<Conn>, ErrorKind> {
+    pub async fn connect_h1(&self, timeout: Duration, limits: &Limits) -> Result<Box<Conn>, OpenError> {
+        let _pending = self.may_open(limits)?;
         let deadline = Instant::now() + timeout;
         let stream = tokio::time::timeout_at(deadline, open(&self.address))
             .await
-            .map_err(|_| ErrorKind::ConnectionTimeout)??;
-        Ok(Conn::new(stream))
+            .map_err(|_| OpenError::Failed(ErrorKind::ConnectionTimeout))?
+            .map_err(OpenError::Failed)?;
+        Ok(Conn::new(
+            stream,
+            Some(Slot::count(&self.counters, Limit::Connections)),
+        ))
     }
 
     /// The shared HTTP/2 connection, opening it if there is none (one
     /// request opens it; the others of a burst wait and share). Returns
     /// whether a connection was opened.
-    pub async fn h2(&self, timeout: Duration) -> Result<(H2Sender, bool), ErrorKind> {
+    pub async fn h2(&self, timeout: Duration, limits: &Limits) -> Result<(H2Sender, bool), OpenError> {
         if let Some(s) = self.shared_h2() {
             return Ok((s, false));
         }
+        let timed_out = OpenError::Failed(ErrorKind::ConnectionTimeout);
         let deadline = Instant::now() + timeout;
         let _opening = tokio::time::timeout_at(deadline, self.connecting.lock())
             .await
-            .map_err(|_| ErrorKind::ConnectionTimeout)?;
+            .map_err(|_| timed_out)?;
         if let Some(s) = self.shared_h2() {
             return Ok((s, false));
         }
+        let _pending = self.may_open(limits)?;
         let stream = tokio::time::timeout_at(deadline, open(&self.address))
             .await
-            .map_err(|_| ErrorKind::ConnectionTimeout)??;
+            .map_err(|_| timed_out)?
+            .map_err(OpenError::Failed)?;
         let (sender, conn) = tokio::time::timeout_at(
             deadline,
             http2::Builder::new(TokioExecutor::new())
@@ -149,10 +182,13 @@ impl Pool {
                 .handshake(TokioIo::new(stream)),
         )
         .await
-        .map_err(|_| ErrorKind::ConnectionTimeout)?
-        .map_err(|_| ErrorKind::ConnectionTerminated)?;
-        // Owned by the senders (the pool's and in-flight requests').
+        .map_err(|_| timed_out)?
+        .map_err(|_| OpenError::Failed(ErrorKind::ConnectionTerminated))?;
+        // Owned by the senders (the pool's and in-flight requests'); counted
+        // as one open connection for as long as it runs.
+        let open_slot = Slot::count(&self.counters, Limit::Connections);
         tokio::spawn(async move {
+            let _open = open_slot;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream h2 connection ended with an error");
             }

@@ -7,8 +7,9 @@ use levee_testkit::{Backend, Behaviour, Client, eventually_async};
 
 use crate::support::*;
 
-/// Fast checks so tests settle in a fraction of a second.
-const FAST_CHECKS: &str = "[upstream.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n";
+/// Fast checks so tests settle in a fraction of a second, and no retries:
+/// a retry would hide from the client which endpoint is in rotation.
+const FAST_CHECKS: &str = "[upstream.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n[route.retry]\nattempts = 1\n";
 
 async fn backends_seen(c: &Client, n: usize) -> Vec<String> {
     let mut seen = Vec::new();
@@ -156,7 +157,7 @@ async fn health_state_survives_a_reload_that_changes_the_pool() {
 async fn tcp_checks_need_only_a_connection() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    let checks = "[upstream.app.health]\ntype = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n";
+    let checks = "[upstream.app.health]\ntype = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n[route.retry]\nattempts = 1\n";
     let h = Harness::start(&(simple(&[a.addr(), b.addr()]) + checks)).await;
     let c = h.client();
     // A 503 from the application does not fail a TCP check...

@@ -1,0 +1,236 @@
+//! The watch task of one upstream: it turns its endpoints' health into the
+//! share of traffic each priority level takes, ends ejections whose time is
+//! up, and runs the periodic outlier statistics.
+//!
+//! One task per upstream of the current config snapshot, on the gateway's
+//! tracker. It holds only a weak reference to its upstream and ends when a
+//! reload retires the upstream (the new snapshot's upstream has its own
+//! task), when nothing uses it any more, or when the gateway drains. It
+//! sleeps until something can have changed: an endpoint's health (checkers
+//! and ejections wake it), the end of an ejection, the next step of a
+//! failback ramp, the next outlier interval.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use levee_core::failover::{LevelHealth, Loads};
+use levee_core::outlier::{Detector, ejection_time, may_eject, success_rate_outliers};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Upstream, millis};
+
+/// How often the loads are recomputed while a failback ramps.
+const RAMP_STEP: Duration = Duration::from_millis(100);
+/// The longest the task sleeps with nothing scheduled.
+const IDLE_WAKE: Duration = Duration::from_secs(60);
+
+pub(crate) async fn run(upstream: Weak<Upstream>, stop: CancellationToken) {
+    let mut next_interval: Option<Instant> = None;
+    loop {
+        let (changed, wake) = {
+            let Some(u) = upstream.upgrade() else { return };
+            if u.retired.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            if let Some(interval) = u.outlier_interval() {
+                let due = *next_interval.get_or_insert(now + interval);
+                if now >= due {
+                    u.outlier_tick(now);
+                    next_interval = Some(now + interval);
+                }
+            }
+            let mut wake = u.refresh(now);
+            if let Some(n) = next_interval {
+                wake = wake.min(n);
+            }
+            (u.changed.clone(), wake)
+        };
+        // A change signalled while refreshing left a permit: no wake is lost.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+impl Upstream {
+    /// Recomputes the levels' loads from the endpoints' state at `now` and
+    /// publishes them; returns when to do it again at the latest.
+    pub fn refresh(&self, now: Instant) -> Instant {
+        let now_ms = millis(now);
+        let mut wake = now + IDLE_WAKE;
+        for e in &self.endpoints {
+            let Some(until) = e.state.ejected_until() else {
+                continue;
+            };
+            if now_ms >= until {
+                if e.state.uneject() {
+                    tracing::info!(
+                        upstream = %self.name,
+                        region = %e.region,
+                        endpoint = %e.address,
+                        "endpoint back from ejection",
+                    );
+                }
+            } else {
+                wake = wake.min(now + Duration::from_millis(until - now_ms));
+            }
+        }
+        let health: Vec<LevelHealth> = self
+            .selector
+            .levels()
+            .map(|members| {
+                let mut level = LevelHealth {
+                    healthy_weight: 0,
+                    total_weight: 0,
+                };
+                for &i in members {
+                    let e = &self.endpoints[i];
+                    level.total_weight += u64::from(e.weight);
+                    if e.state.is_available(now_ms) {
+                        level.healthy_weight += u64::from(e.weight);
+                    }
+                }
+                level
+            })
+            .collect();
+        let mut failover = self.failover.lock().unwrap_or_else(|e| e.into_inner());
+        let loads = failover.update(now.into_std(), &health);
+        if failover.is_recovering() {
+            wake = wake.min(now + RAMP_STEP);
+        }
+        drop(failover);
+        let old = self.loads.load();
+        if **old != loads {
+            if shape(&old) != shape(&loads) {
+                tracing::info!(
+                    upstream = %self.name,
+                    shares = %describe(&self.priorities, &loads),
+                    "traffic moved between priority levels",
+                );
+            }
+            for (i, &share) in loads.shares.iter().enumerate() {
+                if let Some(g) = self.metrics.share.get(i) {
+                    g.set(f64::from(share) / f64::from(levee_core::failover::ALL));
+                }
+                if let Some(g) = self.metrics.panic.get(i) {
+                    g.set(i64::from(loads.panic[i]));
+                }
+            }
+            self.loads.store(std::sync::Arc::new(loads));
+        }
+        wake
+    }
+
+    /// Takes endpoint `index` out of rotation for what `detector` saw, if
+    /// the ejection limits allow.
+    pub fn consider_ejection(&self, index: usize, detector: Detector, now: Instant) {
+        let Some(outlier) = &self.outlier else { return };
+        let p = &outlier.params;
+        let _deciding = self.counters.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        let now_ms = millis(now);
+        let endpoint = &self.endpoints[index];
+        if endpoint.state.is_ejected(now_ms) {
+            return;
+        }
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected(now_ms))
+            .count();
+        let region_left = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|&(i, e)| i != index && e.region == endpoint.region && e.state.is_available(now_ms))
+            .count();
+        if !may_eject(p, self.endpoints.len(), ejected, region_left) {
+            tracing::debug!(
+                upstream = %self.name,
+                endpoint = %endpoint.address,
+                detector = detector.as_str(),
+                "ejection skipped: the upstream's ejection limits are reached",
+            );
+            return;
+        }
+        let nth = endpoint.state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let duration = ejection_time(p, nth, fastrand::u64(..));
+        endpoint.state.reset_streaks();
+        endpoint.state.eject(millis(now + duration));
+        let counter = match detector {
+            Detector::Consecutive5xx => 0,
+            Detector::ConsecutiveGatewayFailure => 1,
+            Detector::SuccessRate => 2,
+        };
+        endpoint.state.metrics.ejections[counter].inc();
+        tracing::warn!(
+            upstream = %self.name,
+            region = %endpoint.region,
+            endpoint = %endpoint.address,
+            detector = detector.as_str(),
+            ejection = nth,
+            seconds = duration.as_secs_f64(),
+            "endpoint ejected",
+        );
+    }
+
+    /// The period of the outlier statistics, when detection is on.
+    fn outlier_interval(&self) -> Option<Duration> {
+        let p = &self.outlier.as_ref()?.params;
+        Some(p.success_rate.map_or(p.base_ejection_time, |s| s.interval))
+    }
+
+    /// One outlier interval: success-rate outliers are ejected, and the
+    /// ejection count of every endpoint not ejected decays by one.
+    fn outlier_tick(&self, now: Instant) {
+        let Some(outlier) = &self.outlier else { return };
+        let volumes: Vec<_> = self.endpoints.iter().map(|e| e.state.take_volume()).collect();
+        if let Some(sr) = &outlier.params.success_rate {
+            for i in success_rate_outliers(sr, &volumes) {
+                self.consider_ejection(i, Detector::SuccessRate, now);
+            }
+        }
+        let now_ms = millis(now);
+        for e in &self.endpoints {
+            if !e.state.is_ejected(now_ms) {
+                let _ = e
+                    .state
+                    .ejections
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            }
+        }
+    }
+}
+
+/// Which levels take traffic and which are in panic: what is worth a log
+/// line when it changes (a ramp changes the shares every step).
+fn shape(loads: &Loads) -> Vec<(bool, bool)> {
+    loads
+        .shares
+        .iter()
+        .zip(&loads.panic)
+        .map(|(&s, &p)| (s > 0, p))
+        .collect()
+}
+
+/// `priority 0: 93.3%, priority 1: 6.7% (panic)`
+fn describe(priorities: &[u32], loads: &Loads) -> String {
+    if !loads.any() {
+        return "none: no endpoint is healthy".to_string();
+    }
+    let parts: Vec<String> = priorities
+        .iter()
+        .zip(&loads.shares)
+        .zip(&loads.panic)
+        .map(|((p, &s), &panic)| {
+            let share = f64::from(s) / 100.0;
+            let flag = if panic { " (panic)" } else { "" };
+            format!("priority {p}: {share:.1}%{flag}")
+        })
+        .collect();
+    parts.join(", ")
+}
