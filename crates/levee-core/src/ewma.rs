@@ -1,8 +1,10 @@
-//! Peak-EWMA latency, the cost behind the `peak_ewma` balancer (Finagle's
-//! and linkerd's): an exponentially weighted moving average of response
-//! times that jumps up to any sample above it at once and decays towards
-//! lower samples with time constant `decay`. So an endpoint that turns slow
-//! is avoided immediately and regains traffic only as it proves fast again.
+//! Peak-EWMA latency, the cost behind the `peak_ewma` balancer (after
+//! Finagle's and linkerd's): each endpoint's latency estimate jumps up to
+//! any sample above it at once and decays towards zero with time constant
+//! `decay` (the estimate is the largest recent sample, faded by its age). So
+//! an endpoint that turns slow is avoided immediately, regains traffic as
+//! the memory of it fades, and an endpoint that gets no traffic because it
+//! looked slow is tried again in time.
 //!
 //! Failures count as slow: a failed exchange, or a fast 5xx or 429, is a
 //! sample of at least `penalty`, so an endpoint that answers errors quickly
@@ -29,16 +31,16 @@ pub fn sample(p: &Params, latency: Duration, failed: bool) -> Duration {
     if failed { latency.max(p.penalty) } else { latency }
 }
 
-/// The new average after `sample`, `elapsed` after the previous update.
-/// Averages and samples are in nanoseconds.
-pub fn observe(p: &Params, average: f64, elapsed: Duration, sample: Duration) -> f64 {
-    let s = sample.as_nanos() as f64;
-    if s > average {
-        return s;
-    }
+/// The estimate `elapsed` after it was last set (nanoseconds).
+pub fn decayed(p: &Params, estimate: f64, elapsed: Duration) -> f64 {
     let tau = p.decay.as_secs_f64().max(1e-9);
-    let w = (-elapsed.as_secs_f64() / tau).exp();
-    average * w + s * (1.0 - w)
+    estimate * (-elapsed.as_secs_f64() / tau).exp()
+}
+
+/// The estimate after `sample`, given the estimate as it stands now
+/// ([`decayed`]): the larger of the two.
+pub fn observe(estimate_now: f64, sample: Duration) -> f64 {
+    estimate_now.max(sample.as_nanos() as f64)
 }
 
 /// The balancer's cost of sending one more request to an endpoint: its
@@ -58,18 +60,25 @@ mod tests {
     #[test]
     fn peaks_at_once_and_decays_with_time() {
         let p = Params::DEFAULT;
-        let a = observe(
-            &p,
-            10.0 * MS,
-            Duration::from_millis(1),
-            Duration::from_millis(200),
-        );
+        let a = observe(10.0 * MS, Duration::from_millis(200));
         assert_eq!(a, 200.0 * MS, "a slow sample takes over at once");
-        let b = observe(&p, a, Duration::from_secs(10), Duration::from_millis(10));
-        // One time constant later, about 63% of the way down.
-        assert!((b - (200.0 * MS * (-1f64).exp() + 10.0 * MS * (1.0 - (-1f64).exp()))).abs() < 1.0);
-        let c = observe(&p, a, Duration::ZERO, Duration::from_millis(10));
-        assert_eq!(c, a, "no time, no decay");
+        let b = decayed(&p, a, Duration::from_secs(10));
+        assert!(
+            (b - 200.0 * MS * (-1f64).exp()).abs() < 1.0,
+            "one time constant fades it to 1/e"
+        );
+        assert_eq!(
+            observe(b, Duration::from_millis(10)),
+            b,
+            "a fast sample does not lower it"
+        );
+        let faded = decayed(&p, a, Duration::from_secs(60));
+        assert_eq!(
+            observe(faded, Duration::from_millis(10)),
+            10.0 * MS,
+            "once faded, recent samples count"
+        );
+        assert_eq!(decayed(&p, a, Duration::ZERO), a);
     }
 
     #[test]

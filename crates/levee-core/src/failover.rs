@@ -140,6 +140,8 @@ pub struct Failover {
 struct Level {
     /// The score traffic follows now (percent).
     effective: f64,
+    /// The score at the last update, to notice a relapse during a recovery.
+    target: f64,
     /// A rise being waited out or ramped in.
     recovery: Option<Recovery>,
 }
@@ -200,6 +202,7 @@ impl Failover {
             // Nothing to fail back from at start: traffic follows health.
             for (level, &t) in self.levels.iter_mut().zip(&targets) {
                 level.effective = t;
+                level.target = t;
             }
             self.started = true;
         }
@@ -224,11 +227,18 @@ impl Failover {
 
 impl Level {
     fn step(&mut self, now: Instant, target: f64, p: &Params) {
+        let relapse = target < self.target;
+        self.target = target;
         if target <= self.effective {
             // Failover: at once.
             self.effective = target;
             self.recovery = None;
             return;
+        }
+        if relapse {
+            // Worse again during a recovery, if only partly: the wait starts
+            // over from where the traffic is now.
+            self.recovery = None;
         }
         let rec = *self.recovery.get_or_insert(Recovery {
             since: now,
@@ -437,6 +447,34 @@ mod tests {
         assert_eq!(f.update(s(19), &up).shares, [0, ALL]);
         assert_eq!(f.update(s(28), &up).shares, [0, ALL]);
         assert_eq!(f.update(s(34), &up).shares, [5000, 5000]);
+    }
+
+    #[test]
+    fn a_partial_relapse_restarts_the_wait_too() {
+        let p = Params {
+            failback_after: Duration::from_secs(10),
+            ramp: Duration::from_secs(10),
+            ..Params::DEFAULT
+        };
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut f = Failover::new(p, 2);
+        let up = [h(3, 3), h(2, 2)];
+        let down = [h(0, 3), h(2, 2)];
+        let partly = [h(1, 3), h(2, 2)];
+        f.update(s(0), &up);
+        f.update(s(1), &down);
+        f.update(s(2), &up);
+        // Partly down during the wait: still above what traffic follows (0),
+        // but the wait starts again from 5 s.
+        assert_eq!(f.update(s(5), &partly).shares, [0, ALL]);
+        assert_eq!(f.update(s(6), &up).shares, [0, ALL]);
+        assert_eq!(f.update(s(14), &up).shares, [0, ALL], "12 s after the first rise");
+        assert_eq!(
+            f.update(s(20), &up).shares,
+            [5000, 5000],
+            "half way through the new ramp"
+        );
     }
 
     #[test]

@@ -124,9 +124,10 @@ impl Backoff {
 
 /// How long to wait before retrying a response that carries `Retry-After`:
 /// the upstream's wish when it is within `cap`, or `None` when it asks for
-/// longer (the response is then passed on rather than retried).
+/// longer (the response is then passed on rather than retried). A zero cap
+/// passes on every response that carries one.
 pub fn honour_retry_after(retry_after: Duration, cap: Duration) -> Option<Duration> {
-    (retry_after <= cap).then_some(retry_after)
+    (!cap.is_zero() && retry_after <= cap).then_some(retry_after)
 }
 
 /// The retry budget of one upstream: retries in flight may be up to
@@ -236,6 +237,11 @@ mod tests {
             Some(Duration::from_millis(300))
         );
         assert_eq!(honour_retry_after(Duration::from_secs(5), cap), None);
+        assert_eq!(
+            honour_retry_after(Duration::ZERO, Duration::ZERO),
+            None,
+            "a zero cap passes all on"
+        );
     }
 
     #[test]

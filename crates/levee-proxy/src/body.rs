@@ -178,6 +178,7 @@ impl Bodies {
                 ended: false,
                 trailers: None,
                 size,
+                generation: 0,
             })),
             spare: None,
             started: false,
@@ -197,12 +198,18 @@ impl Bodies {
                 if let Some(b) = spare.take() {
                     return Some(b);
                 }
-                if *started && lock(recording).overflow {
+                let mut r = lock(recording);
+                if *started && r.overflow {
                     return None;
                 }
                 *started = true;
+                // Only the newest reader may read: an older try's reader
+                // (hyper's HTTP/2 client may keep one alive) must not take
+                // frames from the client that the new one would then miss.
+                r.generation += 1;
                 Some(RequestBody::Replay(ReplayReader {
                     recording: recording.clone(),
+                    generation: r.generation,
                     next: 0,
                     sent: 0,
                     trailers_sent: false,
@@ -230,13 +237,12 @@ impl Bodies {
         }
     }
 
-    /// No more tries: the recording is let go (the current reader still
-    /// streams the rest of the body to the upstream).
+    /// No more tries: nothing more is recorded. What was (at most the
+    /// limit) stays until the request ends, since the current reader may
+    /// not have replayed all of it yet.
     pub fn commit(&mut self) {
         if let Bodies::Replay { recording, .. } = self {
-            let mut r = lock(recording);
-            r.overflow = true;
-            r.chunks = Vec::new();
+            lock(recording).overflow = true;
         }
     }
 }
@@ -256,6 +262,8 @@ pub(crate) struct Recording {
     trailers: Option<HeaderMap>,
     /// The whole body's length, when the client declared it.
     size: Option<u64>,
+    /// The reader allowed to read (the newest).
+    generation: u64,
 }
 
 fn lock(r: &std::sync::Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
@@ -266,6 +274,7 @@ fn lock(r: &std::sync::Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording>
 /// rest from the client (recording it too).
 pub struct ReplayReader {
     recording: Arc<std::sync::Mutex<Recording>>,
+    generation: u64,
     /// The next recorded chunk to give.
     next: usize,
     /// Body bytes given so far.
@@ -276,6 +285,9 @@ pub struct ReplayReader {
 impl ReplayReader {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut r = lock(&self.recording);
+        if r.generation != self.generation {
+            return Poll::Ready(Some(Err(BodyError::RequestAborted)));
+        }
         if let Some(chunk) = r.chunks.get(self.next).cloned() {
             self.next += 1;
             self.sent += chunk.len() as u64;
@@ -321,10 +333,11 @@ impl ReplayReader {
                         }
                     }
                 } else if let Some(t) = frame.trailers_ref() {
+                    // Trailers end a body: a replay must send them too.
                     self.trailers_sent = true;
-                    if !r.overflow {
-                        r.trailers = Some(t.clone());
-                    }
+                    r.trailers = Some(t.clone());
+                    r.ended = true;
+                    r.source = None;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -723,6 +736,78 @@ mod tests {
     fn response_body(upstream: UpstreamBody, deadline: Instant) -> ResponseBody {
         let completion = Completion::new(deadline, 200, Metrics::new().route("r", "u"), None);
         ResponseBody::upstream(UpstreamKind::H1(upstream), deadline, completion)
+    }
+
+    /// A client body that sends `pieces` then trailers and its end.
+    fn client_body(pieces: &'static [&'static [u8]]) -> RequestBody {
+        let (sender, body) = channel(None);
+        tokio::spawn(async move {
+            for p in pieces {
+                let _ = sender.tx.send(Chunk::Data(Bytes::from_static(p))).await;
+            }
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-sum", http::HeaderValue::from_static("7"));
+            let _ = sender.tx.send(Chunk::Trailers(trailers)).await;
+            let _ = sender.tx.send(Chunk::End).await;
+        });
+        RequestBody::H1(body)
+    }
+
+    /// Data and trailers of a body, read to its end.
+    async fn read_all(body: &mut RequestBody) -> (Vec<u8>, Option<HeaderMap>) {
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("frame");
+            match frame.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        (data, trailers)
+    }
+
+    #[tokio::test]
+    async fn a_retry_sends_the_whole_body_and_its_trailers_again() {
+        let mut bodies = Bodies::new(client_body(&[b"ab", b"cd"]), true, 1024);
+        let mut first = bodies.next().expect("a first body");
+        // The first try reads one piece, then fails.
+        let piece = first.frame().await.expect("a frame").expect("ok");
+        assert_eq!(piece.into_data().expect("data"), "ab");
+        assert!(bodies.can_resend());
+        let mut second = bodies.next().expect("a second body");
+        // The first try's reader may not take what the second needs.
+        assert!(matches!(
+            first.frame().await,
+            Some(Err(BodyError::RequestAborted))
+        ));
+        let (data, trailers) = read_all(&mut second).await;
+        assert_eq!(data, b"abcd");
+        assert_eq!(trailers.expect("trailers")["x-sum"], "7");
+        // A third try after the whole body went by gets it all again.
+        let mut third = bodies.next().expect("a third body");
+        let (data, trailers) = read_all(&mut third).await;
+        assert_eq!(data, b"abcd");
+        assert!(trailers.is_some(), "the trailers are replayed too");
+        // After the last try is chosen, what was kept still serves it.
+        bodies.commit();
+        assert!(!bodies.can_resend());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_not_sent_twice() {
+        let mut bodies = Bodies::new(client_body(&[b"ab", b"cd"]), true, 3);
+        let mut first = bodies.next().expect("a first body");
+        let (data, _) = read_all(&mut first).await;
+        assert_eq!(data, b"abcd", "the first try gets it all");
+        assert!(!bodies.can_resend());
+        assert!(bodies.next().is_none());
+        // A body never touched comes back whole, recorded or not.
+        let mut once = Bodies::new(client_body(&[b"xy"]), false, 0);
+        let body = once.next().expect("the body");
+        assert!(once.next().is_none());
+        once.put_back(Some(body));
+        let (data, _) = read_all(&mut once.next().expect("given back")).await;
+        assert_eq!(data, b"xy");
     }
 
     #[tokio::test]

@@ -229,30 +229,37 @@ impl Handler for Proxy {
                 tried.len() < policy.attempts as usize
                     && may_retry(reason, &policy.retry_on, idempotent, sent_any)
             });
-            if done.sent.is_ok() && (retry.is_none() || !bodies.can_resend()) {
-                bodies.commit();
-                break done;
+            let mut done = done;
+            if let Err(failed) = &mut done.sent {
+                bodies.put_back(failed.body.take());
             }
-            // The answer, if any, is set aside for another try.
-            let Try { sent, in_flight, .. } = done;
-            if let Err(failed) = sent {
-                bodies.put_back(failed.body);
-            }
-            let Some((reason, _, wait)) = retry.filter(|_| bodies.can_resend()) else {
-                return self.fail(last_failure, &request_id, &route.metrics, start);
-            };
-            let delay = policy
-                .backoff
-                .delay(tried.len() as u32, fastrand::u64(..))
-                .max(wait);
-            if Instant::now() + delay >= deadline {
-                return self.fail(last_failure, &request_id, &route.metrics, start);
-            }
-            let Some(slot) = admit_retry(upstream, reason) else {
+            // The whole decision comes before the answer is set aside: when
+            // a retry cannot happen after all, the upstream's answer (or
+            // failure) is what the client gets.
+            let planned = retry
+                .filter(|_| bodies.can_resend())
+                .and_then(|(reason, _, wait)| {
+                    let delay = policy
+                        .backoff
+                        .delay(tried.len() as u32, fastrand::u64(..))
+                        .max(wait);
+                    let now = Instant::now();
+                    if now + delay >= deadline {
+                        return None;
+                    }
+                    pick(upstream, &tried, hash, now)?;
+                    Some((delay, admit_retry(upstream, reason)?))
+                });
+            let Some((delay, slot)) = planned else {
+                if done.sent.is_ok() {
+                    bodies.commit();
+                    break done;
+                }
                 return self.fail(last_failure, &request_id, &route.metrics, start);
             };
             retry_slot = Some(slot);
-            drop(in_flight);
+            // The answer set aside closes its connection before the wait.
+            drop(done);
             tokio::time::sleep(delay).await;
         };
         let endpoint = &upstream.endpoints[done.endpoint];
@@ -525,7 +532,6 @@ impl Outgoing<'_> {
             endpoint,
             started,
             head_deadline: self.deadline.min(started + self.per_try),
-            deadline: self.deadline,
         };
         let sent = match self.head {
             Head::Raw(r) => {
@@ -721,10 +727,9 @@ struct Attempt<'a> {
     upstream: &'a Upstream,
     endpoint: &'a Endpoint,
     started: Instant,
-    /// When the response head must have come (the per-try timeout).
+    /// When the response head must have come (the per-try timeout, within
+    /// the request's deadline).
     head_deadline: Instant,
-    /// The whole request's deadline.
-    deadline: Instant,
 }
 
 impl Attempt<'_> {
@@ -789,16 +794,20 @@ impl Attempt<'_> {
     }
 
     async fn connect_h1(&self) -> Result<Box<crate::upstream::h1::Conn>, Rejection> {
+        // Connecting counts against the try's own deadline too.
         let timeout = self
             .upstream
             .connect_timeout
-            .min(self.deadline.saturating_duration_since(Instant::now()));
+            .min(self.head_deadline.saturating_duration_since(Instant::now()));
         let state = &self.endpoint.state;
-        let conn = state
-            .pool
-            .connect_h1(timeout, &self.upstream.limits)
-            .await
-            .map_err(|e| self.open_failed(e))?;
+        let limits = &self.upstream.limits;
+        let conn = match state.pool.connect_h1(timeout, limits).await {
+            Err(OpenError::Full(Limit::Connections)) if self.upstream.close_an_idle_connection() => {
+                state.pool.connect_h1(timeout, limits).await
+            }
+            opened => opened,
+        }
+        .map_err(|e| self.open_failed(e))?;
         state.connects.inc();
         Ok(conn)
     }
@@ -818,7 +827,7 @@ impl Attempt<'_> {
         let timeout = self
             .upstream
             .connect_timeout
-            .min(self.deadline.saturating_duration_since(Instant::now()));
+            .min(self.head_deadline.saturating_duration_since(Instant::now()));
         let state = &self.endpoint.state;
         let (mut sender, opened) = match state.pool.h2(timeout, &self.upstream.limits).await {
             Ok(s) => s,

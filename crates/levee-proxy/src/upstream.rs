@@ -126,10 +126,6 @@ impl Counters {
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
-
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
-    }
 }
 
 /// One unit of a breaker's count, held while it lasts.
@@ -159,16 +155,6 @@ impl Slot {
         let before = slot.counter().fetch_add(1, Ordering::AcqRel);
         // On failure the slot is dropped, which gives the count back.
         (before < max).then_some(slot)
-    }
-
-    /// Counts without a limit (a connection opened while the limit allowed it).
-    pub fn count(counters: &Arc<Counters>, limit: Limit) -> Slot {
-        let slot = Slot {
-            counters: counters.clone(),
-            limit,
-        };
-        slot.counter().fetch_add(1, Ordering::AcqRel);
-        slot
     }
 }
 
@@ -200,8 +186,10 @@ pub(crate) struct EndpointState {
     /// while the endpoint behaves.
     pub ejections: AtomicU32,
     passive: Mutex<Passive>,
-    /// Peak-EWMA latency in nanoseconds, as `f64` bits.
+    /// Peak-EWMA latency in nanoseconds, as `f64` bits, as of
+    /// `latency_at` (a [`millis`] time).
     latency: AtomicU64,
+    latency_at: AtomicU64,
     /// Requests that succeeded, and all requests, in the current
     /// success-rate interval.
     volume_ok: AtomicU64,
@@ -215,7 +203,6 @@ pub(crate) struct EndpointState {
 #[derive(Default)]
 struct Passive {
     streaks: Streaks,
-    latency_at: Option<Instant>,
 }
 
 /// Per-endpoint series, resolved once.
@@ -250,6 +237,7 @@ impl EndpointState {
             ejections: AtomicU32::new(0),
             passive: Mutex::new(Passive::default()),
             latency: AtomicU64::new(0f64.to_bits()),
+            latency_at: AtomicU64::new(0),
             volume_ok: AtomicU64::new(0),
             volume_total: AtomicU64::new(0),
             changed: ArcSwap::from_pointee(Notify::new()),
@@ -292,6 +280,19 @@ impl EndpointState {
         self.changed.load().notify_one();
     }
 
+    /// Ends the ejection that was to last until `until`, unless a new one
+    /// replaced it meanwhile; returns whether it ended.
+    pub fn end_ejection(&self, until: u64) -> bool {
+        let ended = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if ended {
+            self.metrics.ejected.set(0);
+        }
+        ended
+    }
+
     /// Ends an ejection; returns whether there was one to end. (The caller
     /// wakes the watch task if it is not the watch task.)
     pub fn uneject(&self) -> bool {
@@ -300,9 +301,13 @@ impl EndpointState {
         was
     }
 
-    /// Peak-EWMA latency in nanoseconds.
-    pub fn latency(&self) -> f64 {
-        f64::from_bits(self.latency.load(Ordering::Relaxed))
+    /// Peak-EWMA latency in nanoseconds at `now_ms`: it decays with the
+    /// time since the last sample, so an endpoint that gets no traffic
+    /// (after one bad sample made it look slow) is tried again in time.
+    pub fn latency(&self, now_ms: u64) -> f64 {
+        let average = f64::from_bits(self.latency.load(Ordering::Relaxed));
+        let since = now_ms.saturating_sub(self.latency_at.load(Ordering::Relaxed));
+        ewma::decayed(&ewma::Params::DEFAULT, average, Duration::from_millis(since))
     }
 
     /// Records what one exchange said about the endpoint: its latency (to
@@ -331,14 +336,13 @@ impl EndpointState {
         }
         let mut passive = self.passive.lock().unwrap_or_else(|e| e.into_inner());
         if upstream.tracks_latency {
+            // Under the lock: the read-modify-write of the average.
             let p = ewma::Params::DEFAULT;
+            let now_ms = millis(now);
             let sample = ewma::sample(&p, latency, failed);
-            let elapsed = passive
-                .latency_at
-                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-            let average = ewma::observe(&p, self.latency(), elapsed, sample);
-            passive.latency_at = Some(now);
+            let average = ewma::observe(self.latency(now_ms), sample);
             self.latency.store(average.to_bits(), Ordering::Relaxed);
+            self.latency_at.store(now_ms, Ordering::Relaxed);
         }
         passive.streaks.observe(observation, &outlier?.params)
     }
@@ -399,7 +403,7 @@ impl Endpoints for Choice<'_> {
     }
 
     fn latency(&self, endpoint: usize) -> f64 {
-        self.upstream.endpoints[endpoint].state.latency()
+        self.upstream.endpoints[endpoint].state.latency(self.now_ms)
     }
 }
 

@@ -250,12 +250,15 @@ Try:
   curl -s -X POST http://{admin}/demo/backends/primary-2/fail
   curl -s -X POST http://{admin}/demo/regions/primary/fail     # then curl the gateway again
   curl -s -X POST http://{admin}/demo/regions/primary/restore
-  curl -s http://{admin}/metrics | grep -E 'levee_(http_requests_total|upstream_endpoint_healthy)'
+  curl -s http://{admin}/metrics | grep -E 'levee_upstream_(priority_share|endpoint_healthy|endpoint_ejected)'
 
 A failed backend refuses connections and resets open ones, as a crashed
-machine would. Health checks (GET /healthz every second) take it out of
-rotation within about two seconds; fail the whole primary region and the
-traffic moves to secondary, restore it and the traffic comes back.
+machine would. A request caught on it is retried on another backend, real
+traffic ejects it within a few requests, and health checks (GET /healthz
+every second) confirm within about two seconds: clients see no error. Fail
+the whole primary region and the traffic moves to secondary at once;
+restore it and the traffic stays on secondary for 5 s, then ramps back to
+primary over 10 s (damped failback: see docs/failover.md).
 Press Ctrl-C to stop.
 "#
         )

@@ -92,6 +92,17 @@ impl Pool {
         idle.settings = settings;
     }
 
+    /// Closes the longest-idle connection, if there is one: room for a new
+    /// connection when the upstream's connection limit is reached.
+    pub fn close_idle(&self) -> bool {
+        let mut idle = lock(&self.idle);
+        if idle.conns.is_empty() {
+            return false;
+        }
+        idle.conns.remove(0);
+        true
+    }
+
     /// An idle HTTP/1.1 connection that is still usable, if any.
     pub fn checkout(&self, now: Instant) -> Option<Box<Conn>> {
         let mut idle = lock(&self.idle);
@@ -128,29 +139,27 @@ impl Pool {
         }
     }
 
-    /// Checks the breakers before opening a connection; the pending slot
-    /// is held while it opens.
-    fn may_open(&self, limits: &Limits) -> Result<Slot, OpenError> {
+    /// Takes the breakers' slots for a connection about to open: a pending
+    /// one, held while it opens, and its place among the open connections,
+    /// taken now (not once open) so that racing opens cannot all slip under
+    /// the limit.
+    fn may_open(&self, limits: &Limits) -> Result<(Slot, Slot), OpenError> {
         let pending = Slot::take(&self.counters, Limit::Pending, limits.max_pending)
             .ok_or(OpenError::Full(Limit::Pending))?;
-        if self.counters.connections() >= limits.max_connections {
-            return Err(OpenError::Full(Limit::Connections));
-        }
-        Ok(pending)
+        let open = Slot::take(&self.counters, Limit::Connections, limits.max_connections)
+            .ok_or(OpenError::Full(Limit::Connections))?;
+        Ok((pending, open))
     }
 
     /// A new HTTP/1.1 connection, within `timeout`.
     pub async fn connect_h1(&self, timeout: Duration, limits: &Limits) -> Result<Box<Conn>, OpenError> {
-        let _pending = self.may_open(limits)?;
+        let (_pending, slot) = self.may_open(limits)?;
         let deadline = Instant::now() + timeout;
         let stream = tokio::time::timeout_at(deadline, open(&self.address))
             .await
             .map_err(|_| OpenError::Failed(ErrorKind::ConnectionTimeout))?
             .map_err(OpenError::Failed)?;
-        Ok(Conn::new(
-            stream,
-            Some(Slot::count(&self.counters, Limit::Connections)),
-        ))
+        Ok(Conn::new(stream, Some(slot)))
     }
 
     /// The shared HTTP/2 connection, opening it if there is none (one
@@ -168,7 +177,7 @@ impl Pool {
         if let Some(s) = self.shared_h2() {
             return Ok((s, false));
         }
-        let _pending = self.may_open(limits)?;
+        let (_pending, open_slot) = self.may_open(limits)?;
         let stream = tokio::time::timeout_at(deadline, open(&self.address))
             .await
             .map_err(|_| timed_out)?
@@ -186,7 +195,6 @@ impl Pool {
         .map_err(|_| OpenError::Failed(ErrorKind::ConnectionTerminated))?;
         // Owned by the senders (the pool's and in-flight requests'); counted
         // as one open connection for as long as it runs.
-        let open_slot = Slot::count(&self.counters, Limit::Connections);
         tokio::spawn(async move {
             let _open = open_slot;
             if let Err(e) = conn.await {

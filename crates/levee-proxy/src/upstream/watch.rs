@@ -68,7 +68,7 @@ impl Upstream {
                 continue;
             };
             if now_ms >= until {
-                if e.state.uneject() {
+                if e.state.end_ejection(until) {
                     tracing::info!(
                         upstream = %self.name,
                         region = %e.region,
@@ -149,6 +149,9 @@ impl Upstream {
             .filter(|&(i, e)| i != index && e.region == endpoint.region && e.state.is_available(now_ms))
             .count();
         if !may_eject(p, self.endpoints.len(), ejected, region_left) {
+            // The endpoint starts a new streak rather than asking again on
+            // every failure while the limits hold.
+            endpoint.state.reset_streaks();
             tracing::debug!(
                 upstream = %self.name,
                 endpoint = %endpoint.address,
@@ -176,6 +179,13 @@ impl Upstream {
             seconds = duration.as_secs_f64(),
             "endpoint ejected",
         );
+    }
+
+    /// Closes one idle pooled connection of the upstream's endpoints, if
+    /// any: idle connections left on endpoints that no longer get traffic
+    /// (after a failover) must not hold the connection limit.
+    pub fn close_an_idle_connection(&self) -> bool {
+        self.endpoints.iter().any(|e| e.state.pool.close_idle())
     }
 
     /// The period of the outlier statistics, when detection is on.

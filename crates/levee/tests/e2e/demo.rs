@@ -59,17 +59,41 @@ async fn the_demo_serves_and_its_backends_fail_for_real() {
         "{}",
         r.text()
     );
-    eventually_async(SETTLE, "traffic moves to secondary", || {
-        let g = gateway.clone();
-        async move { regions_seen(&g, 4).await.iter().all(|r| r == "200 secondary") }
+    let share = "levee_upstream_priority_share{upstream=\"app\",priority=\"0\"}";
+    eventually_async(SETTLE, "primary takes no traffic", || {
+        let a = admin.clone();
+        async move { metric(&a, share).await == 0.0 }
     })
     .await;
+    assert!(
+        regions_seen(&gateway, 20)
+            .await
+            .iter()
+            .all(|r| r == "200 secondary"),
+        "traffic moved to secondary"
+    );
     post("/demo/regions/primary/restore").await.expect("restore");
-    eventually_async(SETTLE, "traffic returns to primary", || {
-        let g = gateway.clone();
-        async move { regions_seen(&g, 4).await.iter().all(|r| r == "200 primary") }
+    // Damped failback: primary must stay healthy for 5 s before traffic
+    // ramps back over 10 s. Right after the restore, it stays on secondary.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        regions_seen(&gateway, 20)
+            .await
+            .iter()
+            .all(|r| r == "200 secondary"),
+        "traffic waits before returning"
+    );
+    eventually_async(SETTLE * 4, "traffic is back on primary after the ramp", || {
+        let a = admin.clone();
+        async move { metric(&a, share).await == 1.0 }
     })
     .await;
+    assert!(
+        regions_seen(&gateway, 10)
+            .await
+            .iter()
+            .all(|r| r == "200 primary")
+    );
     let list = admin.get("/demo").await.expect("list").text();
     assert!(!list.contains("\"up\":false"), "{list}");
     assert!(demo.shutdown().await);
@@ -87,4 +111,12 @@ async fn regions_seen(c: &Client, n: usize) -> Vec<String> {
         out.push(format!("{} {region}", r.status));
     }
     out
+}
+
+/// One metric series from the admin listener (0 when absent).
+async fn metric(admin: &Client, series: &str) -> f64 {
+    let text = admin.get("/metrics").await.expect("metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
 }

@@ -90,14 +90,6 @@ fn assert_no_duplicates(ledger: &Ledger) {
     assert!(twice.is_empty(), "POSTs that reached an origin twice: {twice:?}");
 }
 
-fn served_by(t: &Timeline, from: Duration, to: Duration) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for s in t.window(from, to).filter(|s| s.ok()) {
-        *out.entry(s.backend.clone().unwrap_or_default()).or_default() += 1;
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_killed_endpoint_loses_no_request() {
     let ledger = Ledger::new();
@@ -141,22 +133,22 @@ async fn a_killed_endpoint_loses_no_request() {
     let (failed_gets, failed_posts) = failed_by_method(&timeline, rate);
     assert_eq!(failed_gets, 0, "failed GETs: {:#?}", timeline.failures());
     assert_no_duplicates(&ledger);
-    // It came back: after the checks saw it up again, it served.
-    let back = served_by(
-        &timeline,
-        restarted_at + Duration::from_secs(1),
-        Duration::from_secs(6),
-    );
-    assert!(
-        back.get("b").copied().unwrap_or(0) > 0,
-        "b after restart: {back:?}"
-    );
+    // It came back once the checks saw it up again (rise × interval).
+    let rejoined = timeline
+        .samples
+        .iter()
+        .find(|s| s.at >= restarted_at && s.backend.as_deref() == Some("b"))
+        .map(|s| s.at - restarted_at)
+        .expect("b served again after its restart");
     eprintln!(
-        "killed endpoint: {} requests, {failed_gets} failed GETs, {failed_posts} failed POSTs, out of rotation {:.0} ms after the kill",
+        "killed endpoint: {} requests, {failed_gets} failed GETs, {failed_posts} failed POSTs, \
+         out of rotation {:.0} ms after the kill, serving again {:.0} ms after the restart",
         timeline.samples.len(),
-        out_after.as_secs_f64() * 1000.0
+        out_after.as_secs_f64() * 1000.0,
+        rejoined.as_secs_f64() * 1000.0
     );
     assert!(out_after < Duration::from_secs(5), "took {out_after:?}");
+    assert!(rejoined < Duration::from_secs(5), "took {rejoined:?}");
 }
 
 #[tokio::test]
@@ -417,4 +409,37 @@ async fn a_flapping_endpoint_changes_routing_no_faster_than_the_checks_allow() {
     );
     // Up or down for 500 ms never gives 4 agreeing probes in a row.
     assert!(changes.len() <= 1, "state changed at {changes:?}");
+}
+
+#[tokio::test]
+async fn a_low_success_rate_is_ejected_by_the_statistics() {
+    let ledger = Ledger::new();
+    let all = backends(&["a", "b", "c", "d", "e"], &ledger).await;
+    all[4].set_behaviour(Behaviour::Status(500));
+    // Only the success-rate detector: the streak detectors are off.
+    let extra = "[upstream.app.outlier]\nconsecutive_5xx = 0\nconsecutive_gateway_failure = 0\n\
+                 max_ejection_percent = 20\nsuccess_rate_min_hosts = 5\nsuccess_rate_request_volume = 20\n\
+                 success_rate_interval = \"500ms\"\n[route.retry]\nattempts = 1\n";
+    let h = Harness::start(&config(&[("main", 0, &addrs(&all))], "", extra)).await;
+    let series = |b: &Backend| {
+        format!(
+            "levee_upstream_ejections_total{{upstream=\"app\",region=\"main\",endpoint=\"{}\",detector=\"success_rate\"}}",
+            b.addr()
+        )
+    };
+    let limit = Instant::now() + SETTLE;
+    while h.metric(&series(&all[4])).await < 1.0 && Instant::now() < limit {
+        let _ = levee_testkit::load(&h.client(), 100, 10, SETTLE, get).await;
+    }
+    assert_eq!(
+        h.metric(&series(&all[4])).await,
+        1.0,
+        "the failing endpoint was ejected"
+    );
+    // Out of rotation now: a burst of requests is all answered well.
+    let report = levee_testkit::load(&h.client(), 200, 10, SETTLE, get).await;
+    assert_eq!(report.ok_2xx, 200, "{report:?}");
+    for b in &all[..4] {
+        assert_eq!(h.metric(&series(b)).await, 0.0, "{} was not ejected", b.name());
+    }
 }

@@ -265,3 +265,50 @@ async fn peak_ewma_keeps_traffic_off_an_endpoint_that_fails_fast() {
         "{to_failing} requests went to the failing endpoint"
     );
 }
+
+#[tokio::test]
+async fn the_connection_breaker_refuses_what_needs_a_new_connection() {
+    let a = Backend::builder("a")
+        .behaviour(Behaviour::Delay(Duration::from_millis(800)))
+        .start()
+        .await
+        .expect("a");
+    let h = Harness::start(&one_region(
+        &[&a],
+        "[upstream.app.limits]\nmax_connections = 1\n[route.retry]\nattempts = 1\n",
+    ))
+    .await;
+    let report = levee_testkit::load(&h.client(), 3, 3, SETTLE, |i| {
+        request("GET", &format!("/c/{i}"), &format!("c-{i}"), b"")
+    })
+    .await;
+    assert_eq!(report.statuses.get(&200), Some(&1), "{report:?}");
+    assert_eq!(report.statuses.get(&503), Some(&2), "{report:?}");
+    let overflow = h
+        .metric("levee_upstream_overflow_total{upstream=\"app\",limit=\"connections\"}")
+        .await;
+    assert_eq!(overflow, 2.0);
+    // The one connection, pooled again, serves what comes next.
+    assert_eq!(h.client().get("/next").await.expect("reply").status, 200);
+}
+
+#[tokio::test]
+async fn a_retry_that_cannot_happen_passes_the_upstreams_answer_on() {
+    // No budget at all: the 503 cannot be retried, so the client gets it as
+    // the upstream sent it, not levee's own.
+    let a = Backend::builder("a")
+        .behaviour(Behaviour::Status(503))
+        .start()
+        .await
+        .expect("a");
+    let h = Harness::start(&one_region(
+        &[&a],
+        "[route.retry]\nattempts = 3\n[upstream.app.retry_budget]\npercent = 0\nmin_per_second = 0\n",
+    ))
+    .await;
+    let res = h.client().get("/x").await.expect("reply");
+    assert_eq!(res.status, 503);
+    assert_eq!(res.text(), "a GET /x\n");
+    assert_eq!(res.header("proxy-status"), None, "the upstream's own answer");
+    assert_eq!(a.ledger().len(), 1);
+}
