@@ -197,7 +197,7 @@ impl Failover {
         if self.levels.len() != health.len() {
             self.levels.resize(health.len(), Level::default());
         }
-        let targets: Vec<f64> = health.iter().map(|&h| self.score(h)).collect();
+        let targets: Vec<f64> = health.iter().map(|&h| score(&self.params, h)).collect();
         if !self.started {
             // Nothing to fail back from at start: traffic follows health.
             for (level, &t) in self.levels.iter_mut().zip(&targets) {
@@ -213,14 +213,22 @@ impl Failover {
         lift(&mut values, &targets);
         loads(&values, health, &self.params)
     }
+}
 
-    fn score(&self, h: LevelHealth) -> f64 {
-        match self.params.mode {
-            Mode::Strict if h.healthy_weight > 0 => 100.0,
-            Mode::Strict => 0.0,
-            Mode::Proportional => {
-                (h.share_percent() * f64::from(self.params.overprovisioning_percent) / 100.0).min(100.0)
-            }
+/// The loads for `health` as it stands, without damping: for a retry,
+/// which must go where the levels can take it now.
+pub fn undamped(params: &Params, health: &[LevelHealth]) -> Loads {
+    let values: Vec<f64> = health.iter().map(|&h| score(params, h)).collect();
+    loads(&values, health, params)
+}
+
+/// A level's health score (percent) in the upstream's mode.
+fn score(params: &Params, h: LevelHealth) -> f64 {
+    match params.mode {
+        Mode::Strict if h.healthy_weight > 0 => 100.0,
+        Mode::Strict => 0.0,
+        Mode::Proportional => {
+            (h.share_percent() * f64::from(params.overprovisioning_percent) / 100.0).min(100.0)
         }
     }
 }

@@ -14,9 +14,11 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use levee_config::{EndpointAddress, Protocol};
+use levee_core::failover::{LevelHealth, Loads, undamped};
 use levee_core::outcome::{Blame, Delivery, ErrorKind, Rejection};
 use levee_core::outlier::Observation;
 use levee_core::retry::{Reason, honour_retry_after, is_idempotent_method, may_retry};
+use levee_core::select::Endpoints;
 use tokio::time::Instant;
 
 use crate::body::{Bodies, BodyError, RequestBody, ResponseBody, UpstreamKind};
@@ -112,6 +114,13 @@ impl Handler for Proxy {
         let Some(admitted) = Slot::take(&upstream.counters, Limit::Requests, upstream.limits.max_requests)
         else {
             upstream.metrics.overflow(Limit::Requests);
+            if upstream.counters.warn_now(start) {
+                tracing::warn!(
+                    upstream = %upstream.name,
+                    limit = upstream.limits.max_requests,
+                    "circuit breaker: too many requests in flight, answering 503 (logged at most every 10 s)",
+                );
+            }
             return self.fail(
                 Rejection::new(
                     ErrorKind::ConnectionLimit,
@@ -163,10 +172,8 @@ impl Handler for Proxy {
             .filter(|_| idempotent && matches!(bodies, Bodies::Empty) && hop.host.is_some());
         let done = loop {
             let now = Instant::now();
-            let Some(first) = pick(upstream, &tried, hash, now) else {
-                return self.fail(last_failure, &request_id, &route.metrics, start);
-            };
-            let Some(body) = bodies.next() else {
+            let (Some(first), Some(body)) = (pick(upstream, &tried, hash, now), bodies.next()) else {
+                count_retried(upstream, &tried, false);
                 return self.fail(last_failure, &request_id, &route.metrics, start);
             };
             tried.push(first);
@@ -248,19 +255,29 @@ impl Handler for Proxy {
                         return None;
                     }
                     pick(upstream, &tried, hash, now)?;
-                    Some((delay, admit_retry(upstream, reason)?))
+                    budget_allows(upstream, now).then_some((delay, reason))
                 });
-            let Some((delay, slot)) = planned else {
-                if done.sent.is_ok() {
+            let Some((delay, reason)) = planned else {
+                if let Ok((head, _, _)) = &done.sent {
+                    count_retried(upstream, &tried, head.status.as_u16() < 500);
                     bodies.commit();
                     break done;
                 }
+                count_retried(upstream, &tried, false);
                 return self.fail(last_failure, &request_id, &route.metrics, start);
             };
-            retry_slot = Some(slot);
             // The answer set aside closes its connection before the wait.
             drop(done);
             tokio::time::sleep(delay).await;
+            // The breaker counts retries in flight, not retries waiting: a
+            // burst of failures waits out its backoffs side by side.
+            match retry_slot_for(upstream, reason) {
+                Some(slot) => retry_slot = Some(slot),
+                None => {
+                    count_retried(upstream, &tried, false);
+                    return self.fail(last_failure, &request_id, &route.metrics, start);
+                }
+            }
         };
         let endpoint = &upstream.endpoints[done.endpoint];
         let in_flight = done.in_flight;
@@ -484,10 +501,15 @@ impl Tried {
 
 /// An endpoint for the next try: one not tried yet for the request when
 /// there is one, else any.
+///
+/// A retry sees the levels' shares as if the endpoints already tried were
+/// down: when a level's endpoints fail one after another (a region going
+/// dark), retries spill to the next level in proportion, as the shares
+/// will once the failures are known, rather than trying the dark level's
+/// endpoints one by one.
 fn pick(upstream: &Upstream, tried: &Tried, hash: Option<u64>, now: Instant) -> Option<usize> {
     let now_ms = millis(now);
-    let loads = upstream.loads.load();
-    let choose = |tried: &[usize]| {
+    let choose = |tried: &[usize], loads: &Loads| {
         let view = Choice {
             upstream,
             now_ms,
@@ -495,10 +517,38 @@ fn pick(upstream: &Upstream, tried: &Tried, hash: Option<u64>, now: Instant) -> 
         };
         upstream
             .selector
-            .select(&view, &loads, hash, fastrand::u64(..))
+            .select(&view, loads, hash, fastrand::u64(..))
             .map(|s| s.endpoint)
     };
-    choose(tried.as_slice()).or_else(|| if tried.is_empty() { None } else { choose(&[]) })
+    let published = upstream.loads.load();
+    if tried.is_empty() {
+        return choose(&[], &published);
+    }
+    let view = Choice {
+        upstream,
+        now_ms,
+        tried: tried.as_slice(),
+    };
+    let health: Vec<LevelHealth> = upstream
+        .selector
+        .levels()
+        .map(|members| {
+            let mut level = LevelHealth {
+                healthy_weight: 0,
+                total_weight: 0,
+            };
+            for &i in members {
+                let weight = u64::from(upstream.endpoints[i].weight);
+                level.total_weight += weight;
+                if view.available(i) {
+                    level.healthy_weight += weight;
+                }
+            }
+            level
+        })
+        .collect();
+    let loads = undamped(&upstream.failover_params, &health);
+    choose(tried.as_slice(), &loads).or_else(|| choose(&[], &published))
 }
 
 /// One try's outcome, with the endpoint it went to.
@@ -633,28 +683,49 @@ fn observe(
     }
 }
 
-/// The breaker slot and the budget for one retry, if both allow it.
-fn admit_retry(upstream: &Upstream, reason: Reason) -> Option<Slot> {
+/// Counts how a request that needed retries ended.
+fn count_retried(upstream: &Upstream, tried: &Tried, success: bool) {
+    if tried.len() > 1 {
+        upstream.metrics.retried[usize::from(!success)].inc();
+    }
+}
+
+/// Whether the upstream's retry budget allows one more retry (taking it).
+fn budget_allows(upstream: &Upstream, now: Instant) -> bool {
     let counters = &upstream.counters;
-    let Some(slot) = Slot::take(counters, Limit::Retries, upstream.limits.max_retries) else {
-        upstream.metrics.overflow(Limit::Retries);
-        return None;
-    };
     let admitted = counters
         .budget
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .try_acquire(
-            Instant::now().into_std(),
-            counters.requests(),
-            counters.retries() - 1,
-        );
+        .try_acquire(now.into_std(), counters.requests(), counters.retries());
     if !admitted {
         upstream.metrics.budget_exhausted.inc();
+        if counters.warn_now(now) {
+            tracing::warn!(
+                upstream = %upstream.name,
+                "retry budget exhausted: failed tries are not retried (logged at most every 10 s)",
+            );
+        }
+    }
+    admitted
+}
+
+/// The `max_retries` breaker's slot for a retry about to be sent.
+fn retry_slot_for(upstream: &Upstream, reason: Reason) -> Option<Slot> {
+    let slot = Slot::take(&upstream.counters, Limit::Retries, upstream.limits.max_retries);
+    match &slot {
+        Some(_) => upstream.metrics.retry(reason),
+        None => upstream.metrics.overflow(Limit::Retries),
+    }
+    slot
+}
+
+/// The budget and the breaker for a retry sent at once (a hedge).
+fn admit_retry(upstream: &Upstream, reason: Reason) -> Option<Slot> {
+    if !budget_allows(upstream, Instant::now()) {
         return None;
     }
-    upstream.metrics.retry(reason);
-    Some(slot)
+    retry_slot_for(upstream, reason)
 }
 
 /// What the client gets when a retried status's next try finds no endpoint:

@@ -125,7 +125,14 @@ pub struct Metrics {
     retries: Family<ReasonLabels, Counter>,
     budget_exhausted: Family<UpstreamLabels, Counter>,
     overflow: Family<LimitLabels, Counter>,
+    retried: Family<RetriedLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetriedLabels {
+    pub upstream: String,
+    pub result: &'static str,
 }
 
 /// The closed set of circuit-breaker limits, for the overflow metric.
@@ -240,6 +247,12 @@ impl Metrics {
             "Retries not sent because the upstream's retry budget was spent",
             budget_exhausted.clone(),
         );
+        let retried = Family::<RetriedLabels, Counter>::default();
+        registry.register(
+            "upstream_retried_requests",
+            "Requests that needed at least one retry, by how they ended (success: a response below 500)",
+            retried.clone(),
+        );
         let overflow = Family::<LimitLabels, Counter>::default();
         registry.register(
             "upstream_overflow",
@@ -281,6 +294,7 @@ impl Metrics {
             retries,
             budget_exhausted,
             overflow,
+            retried,
             reloads,
         }
     }
@@ -363,6 +377,12 @@ impl Metrics {
                     limit,
                 })
             }),
+            retried: ["success", "failure"].map(|result| {
+                self.retried.get_or_create_owned(&RetriedLabels {
+                    upstream: upstream.to_string(),
+                    result,
+                })
+            }),
         }
     }
 
@@ -410,6 +430,8 @@ pub(crate) struct UpstreamMetrics {
     pub budget_exhausted: Counter,
     /// In [`LIMITS`] order.
     pub overflow: [Counter; 4],
+    /// Requests that needed retries: succeeded, failed.
+    pub retried: [Counter; 2],
 }
 
 impl UpstreamMetrics {

@@ -161,6 +161,7 @@ impl Snapshot {
                     metrics: metrics.upstream(u.name.as_str(), &priorities),
                     priorities,
                     failover: Mutex::new(failover),
+                    failover_params: u.failover,
                     loads: ArcSwap::from_pointee(Loads::default()),
                     changed,
                     retired: AtomicBool::new(false),

@@ -73,6 +73,8 @@ pub(crate) struct Upstream {
     /// The levels' priorities, most preferred first.
     pub priorities: Vec<u32>,
     pub failover: Mutex<Failover>,
+    /// The failover settings, for retries that compute shares of their own.
+    pub failover_params: levee_core::failover::Params,
     /// The share of traffic each level takes now.
     pub loads: ArcSwap<Loads>,
     /// Wakes the watch task: an endpoint's health changed.
@@ -105,6 +107,9 @@ pub(crate) struct Counters {
     pub budget: Mutex<Budget>,
     /// Serialises ejection decisions, which read the whole upstream.
     pub ejecting: Mutex<()>,
+    /// When a breaker or the budget last logged a warning (a [`millis`]
+    /// time): a storm of refusals is one line every 10 s, not one each.
+    warned_at: AtomicU64,
 }
 
 impl Counters {
@@ -116,7 +121,20 @@ impl Counters {
             pending: AtomicU64::new(0),
             budget: Mutex::new(budget),
             ejecting: Mutex::new(()),
+            warned_at: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a refusal should be logged now (at most once every 10 s).
+    pub fn warn_now(&self, now: Instant) -> bool {
+        const EVERY_MS: u64 = 10_000;
+        let now_ms = millis(now);
+        let last = self.warned_at.load(Ordering::Relaxed);
+        (last == 0 || now_ms >= last + EVERY_MS)
+            && self
+                .warned_at
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub fn requests(&self) -> u64 {

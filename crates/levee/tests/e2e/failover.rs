@@ -133,6 +133,17 @@ async fn a_killed_endpoint_loses_no_request() {
     let (failed_gets, failed_posts) = failed_by_method(&timeline, rate);
     assert_eq!(failed_gets, 0, "failed GETs: {:#?}", timeline.failures());
     assert_no_duplicates(&ledger);
+    let retried = |result: &str| {
+        format!("levee_upstream_retried_requests_total{{upstream=\"app\",result=\"{result}\"}}")
+    };
+    let (saved, lost) = (
+        h.metric(&retried("success")).await,
+        h.metric(&retried("failure")).await,
+    );
+    assert!(
+        saved > 0.0,
+        "some requests met the killed endpoint and were retried"
+    );
     // It came back once the checks saw it up again (rise × interval).
     let rejoined = timeline
         .samples
@@ -142,6 +153,7 @@ async fn a_killed_endpoint_loses_no_request() {
         .expect("b served again after its restart");
     eprintln!(
         "killed endpoint: {} requests, {failed_gets} failed GETs, {failed_posts} failed POSTs, \
+         {saved} saved by a retry and {lost} retried in vain, \
          out of rotation {:.0} ms after the kill, serving again {:.0} ms after the restart",
         timeline.samples.len(),
         out_after.as_secs_f64() * 1000.0,
@@ -305,12 +317,32 @@ async fn a_dark_region_fails_over_and_back_without_an_error_spike() {
     let after = timeline.share(back_at + Duration::from_secs(5), Duration::from_secs(12), |s| {
         s.starts_with('p')
     });
+    // When primary first served again, and when it had everything back.
+    let first_back = timeline
+        .samples
+        .iter()
+        .find(|s| s.at >= back_at && s.backend.as_deref().is_some_and(|b| b.starts_with('p')))
+        .map(|s| s.at - back_at);
+    let mut all_back = None;
+    let mut t = back_at;
+    while t + step <= Duration::from_secs(12) {
+        if timeline.share(t, t + step, |s| s.starts_with('p')) == 1.0 {
+            all_back.get_or_insert(t - back_at);
+        } else {
+            all_back = None;
+        }
+        t += step;
+    }
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
     eprintln!(
         "dark region: {} requests, success {:.4}%, all on secondary {:.0} ms after the failure; \
-         secondary's share after recovery: {held:.2} while waiting, {ramping:.2} mid-ramp; primary's share after: {after:.2}",
+         after recovery: secondary's share {held:.2} while waiting, {ramping:.2} mid-ramp; primary served again \
+         {:.0} ms after it was back and had all the traffic after {:.0} ms (failback_after 2 s + ramp 2 s)",
         timeline.samples.len(),
         success * 100.0,
-        failover.as_secs_f64() * 1000.0
+        failover.as_secs_f64() * 1000.0,
+        ms(first_back),
+        ms(all_back),
     );
     assert!(success >= 0.999, "success {success}: {:#?}", timeline.failures());
     assert!(failover < Duration::from_secs(2), "failover took {failover:?}");
