@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use levee_config::{EndpointAddress, Protocol};
-use levee_core::failover::{LevelHealth, Loads, undamped};
+use levee_core::failover::{Loads, undamped};
 use levee_core::outcome::{Blame, Delivery, ErrorKind, Rejection};
 use levee_core::outlier::Observation;
 use levee_core::retry::{Reason, honour_retry_after, is_idempotent_method, may_retry};
@@ -529,24 +529,7 @@ fn pick(upstream: &Upstream, tried: &Tried, hash: Option<u64>, now: Instant) -> 
         now_ms,
         tried: tried.as_slice(),
     };
-    let health: Vec<LevelHealth> = upstream
-        .selector
-        .levels()
-        .map(|members| {
-            let mut level = LevelHealth {
-                healthy_weight: 0,
-                total_weight: 0,
-            };
-            for &i in members {
-                let weight = u64::from(upstream.endpoints[i].weight);
-                level.total_weight += weight;
-                if view.available(i) {
-                    level.healthy_weight += weight;
-                }
-            }
-            level
-        })
-        .collect();
+    let health = upstream.level_health(|i| view.available(i));
     let loads = undamped(&upstream.failover_params, &health);
     choose(tried.as_slice(), &loads).or_else(|| choose(&[], &published))
 }

@@ -80,24 +80,7 @@ impl Upstream {
                 wake = wake.min(now + Duration::from_millis(until - now_ms));
             }
         }
-        let health: Vec<LevelHealth> = self
-            .selector
-            .levels()
-            .map(|members| {
-                let mut level = LevelHealth {
-                    healthy_weight: 0,
-                    total_weight: 0,
-                };
-                for &i in members {
-                    let e = &self.endpoints[i];
-                    level.total_weight += u64::from(e.weight);
-                    if e.state.is_available(now_ms) {
-                        level.healthy_weight += u64::from(e.weight);
-                    }
-                }
-                level
-            })
-            .collect();
+        let health = self.level_health(|i| self.endpoints[i].state.is_available(now_ms));
         let mut failover = self.failover.lock().unwrap_or_else(|e| e.into_inner());
         let loads = failover.update(now.into_std(), &health);
         if failover.is_recovering() {
@@ -124,6 +107,27 @@ impl Upstream {
             self.loads.store(std::sync::Arc::new(loads));
         }
         wake
+    }
+
+    /// Each level's weight of endpoints that `available` accepts, and in all.
+    pub fn level_health(&self, available: impl Fn(usize) -> bool) -> Vec<LevelHealth> {
+        self.selector
+            .levels()
+            .map(|members| {
+                let mut level = LevelHealth {
+                    healthy_weight: 0,
+                    total_weight: 0,
+                };
+                for &i in members {
+                    let weight = u64::from(self.endpoints[i].weight);
+                    level.total_weight += weight;
+                    if available(i) {
+                        level.healthy_weight += weight;
+                    }
+                }
+                level
+            })
+            .collect()
     }
 
     /// Takes endpoint `index` out of rotation for what `detector` saw, if
