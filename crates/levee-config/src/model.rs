@@ -2,9 +2,11 @@
 //! receives a [`Config`] never validates again.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+pub use levee_core::access::{Access, Cidr, CidrSet};
 use levee_core::balance::Policy;
 pub use levee_core::failover::{Mode as FailoverMode, Params as FailoverParams};
 use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
@@ -52,6 +54,24 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub max_header_count: usize,
     pub max_body_bytes: Option<u64>,
+    /// Client connections open at once, over every listener.
+    pub max_connections: usize,
+    /// Client connections open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// Requests served on one connection before it is closed (HTTP/1) or
+    /// sent GOAWAY (HTTP/2); 0 for no limit.
+    pub max_requests_per_connection: u64,
+    /// Peers believed when they say who the client is; empty trusts none.
+    pub trusted_proxies: CidrSet,
+    /// Where a trusted peer says who the client is.
+    pub client_ip_header: ClientIpHeader,
+}
+
+/// `server.client_ip_header`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    XForwardedFor,
+    Forwarded,
 }
 
 impl Default for Server {
@@ -66,6 +86,11 @@ impl Default for Server {
             max_header_bytes: 64 * 1024,
             max_header_count: 100,
             max_body_bytes: None,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            max_requests_per_connection: 1000,
+            trusted_proxies: CidrSet::default(),
+            client_ip_header: ClientIpHeader::XForwardedFor,
         }
     }
 }
@@ -75,6 +100,49 @@ impl Default for Server {
 pub struct Listener {
     pub name: ListenerName,
     pub address: SocketAddr,
+    /// Who may connect; others are closed at accept.
+    pub access: Access,
+    /// Connections start with a PROXY protocol v2 header, from a peer in
+    /// `server.trusted_proxies`.
+    pub proxy_protocol: bool,
+    pub tls: Option<Tls>,
+}
+
+/// `[listener.<name>.tls]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// The first is served to clients whose SNI matches none.
+    pub certificates: Vec<Certificate>,
+    /// ALPN protocols offered, most preferred first.
+    pub alpn: Vec<Alpn>,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    H2,
+    Http11,
+}
+
+impl Alpn {
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
 }
 
 /// `[[route]]`
@@ -87,6 +155,8 @@ pub struct Route {
     pub upstream: UpstreamName,
     pub request_timeout: Duration,
     pub retry: Retry,
+    /// Who may use the route; others get 403.
+    pub access: Access,
 }
 
 /// `[route.retry]`: how a route's failed attempts are tried again.

@@ -51,12 +51,37 @@ pub struct RawServer {
     pub max_header_bytes: Option<i64>,
     pub max_header_count: Option<i64>,
     pub max_body_bytes: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
+    pub max_requests_per_connection: Option<i64>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub client_ip_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub address: String,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub proxy_protocol: Option<bool>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    pub alpn: Option<Vec<String>>,
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +95,8 @@ pub struct RawRoute {
     pub matcher: RawMatch,
     pub request_timeout: Option<String>,
     pub retry: Option<RawRetry>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

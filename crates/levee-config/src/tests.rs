@@ -475,3 +475,66 @@ max_requests = 0
         assert!(has(&e, expected), "missing {expected:?} in {e:#?}");
     }
 }
+
+#[test]
+fn front_door_defaults_trust_nobody() {
+    let c = parse(MINIMAL).expect("valid");
+    assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.max_connections_per_ip, 256);
+    assert_eq!(c.server.max_requests_per_connection, 1000);
+    assert!(c.server.trusted_proxies.is_empty());
+    let l = &c.listeners[0];
+    assert!(l.access.is_open() && !l.proxy_protocol && l.tls.is_none());
+    assert!(c.routes[0].access.is_open());
+}
+
+#[test]
+fn front_door_tables_parse() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8080\"\n",
+        "address = \"127.0.0.1:8080\"\ndeny = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nproxy_protocol = true\n\
+         [listener.main.tls]\ncertificates = [{ cert = \"a.crt\", key = \"a.key\" }]\nalpn = [\"http/1.1\"]\nmin_version = \"1.3\"\n",
+    );
+    let text =
+        format!("[server]\ntrusted_proxies = [\"127.0.0.1\"]\nclient_ip_header = \"forwarded\"\n{text}");
+    let c = parse(&text).expect("valid");
+    let l = &c.listeners[0];
+    assert!(!l.access.permits("10.1.2.3".parse().expect("ip")));
+    assert!(l.access.permits("11.1.2.3".parse().expect("ip")));
+    let tls = l.tls.as_ref().expect("tls");
+    assert_eq!(tls.alpn, [Alpn::Http11]);
+    assert_eq!(tls.min_version, TlsVersion::V1_3);
+    assert_eq!(tls.certificates[0].cert, std::path::PathBuf::from("a.crt"));
+    assert_eq!(c.server.client_ip_header, ClientIpHeader::Forwarded);
+}
+
+#[test]
+fn front_door_errors_name_their_key() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8080\"\n",
+        "address = \"127.0.0.1:8080\"\nallow = [\"10.1.2.3/8\", \"nope\"]\nproxy_protocol = true\n\
+         [listener.main.tls]\ncertificates = []\nalpn = [\"h3\", \"h2\", \"h2\"]\nmin_version = \"1.1\"\n",
+    );
+    let text = format!(
+        "[server]\nmax_connections = 10\nmax_connections_per_ip = 20\nclient_ip_header = \"x-real-ip\"\n{text}"
+    );
+    let text = text.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\ndeny = [\"::1/129\"]\n",
+    );
+    let e = errors(&text);
+    for needle in [
+        "listener.main.allow[0]: \"10.1.2.3/8\": host bits are set: did you mean 10.0.0.0/8?",
+        "listener.main.allow[1]: \"nope\": not an IP address or CIDR block",
+        "listener.main.proxy_protocol: needs server.trusted_proxies",
+        "listener.main.tls.certificates: at least one certificate is required",
+        "listener.main.tls.alpn[0]: must be \"h2\" or \"http/1.1\", got \"h3\"",
+        "listener.main.tls.alpn[2]: \"h2\" is listed twice",
+        "listener.main.tls.min_version: must be \"1.2\" or \"1.3\"",
+        "server.max_connections_per_ip: must not exceed server.max_connections (10)",
+        "server.client_ip_header: must be \"x-forwarded-for\" or \"forwarded\", got \"x-real-ip\"",
+        "route[0].deny[0]: \"::1/129\": prefix length 129 is longer than the address",
+    ] {
+        assert!(has(&e, needle), "missing {needle:?} in {e:#?}");
+    }
+}

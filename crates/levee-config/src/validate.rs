@@ -32,6 +32,14 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
     let declared_listeners: Vec<String> = raw.listener.iter().map(|(n, _)| n.clone()).collect();
     let declared_upstreams: Vec<String> = raw.upstream.iter().map(|(n, _)| n.clone()).collect();
     let listeners = listeners(&mut e, raw.listener, admin.as_ref().map(|a| a.listen));
+    for l in listeners.iter().filter(|l| l.proxy_protocol) {
+        if server.trusted_proxies.is_empty() {
+            e.push(
+                format!("listener.{}.proxy_protocol", l.name),
+                "needs server.trusted_proxies: the PROXY header is believed only from the proxies listed there",
+            );
+        }
+    }
     let upstreams: Vec<Upstream> = raw
         .upstream
         .into_iter()
@@ -146,7 +154,52 @@ fn server(e: &mut Errors, raw: RawServer) -> Server {
                 None
             }
         },
+        max_connections: count(
+            e,
+            "server.max_connections",
+            raw.max_connections,
+            d.max_connections,
+            1,
+            10_000_000,
+        )
+        .unwrap_or(d.max_connections),
+        max_connections_per_ip: count(
+            e,
+            "server.max_connections_per_ip",
+            raw.max_connections_per_ip,
+            d.max_connections_per_ip,
+            1,
+            10_000_000,
+        )
+        .unwrap_or(d.max_connections_per_ip),
+        max_requests_per_connection: count(
+            e,
+            "server.max_requests_per_connection",
+            raw.max_requests_per_connection,
+            d.max_requests_per_connection as usize,
+            0,
+            u32::MAX as usize,
+        )
+        .unwrap_or(d.max_requests_per_connection as usize) as u64,
+        trusted_proxies: cidr_set(e, "server.trusted_proxies", raw.trusted_proxies),
+        client_ip_header: match raw.client_ip_header.as_deref() {
+            None | Some("x-forwarded-for") => ClientIpHeader::XForwardedFor,
+            Some("forwarded") => ClientIpHeader::Forwarded,
+            Some(other) => {
+                e.push(
+                    "server.client_ip_header",
+                    format!("must be \"x-forwarded-for\" or \"forwarded\", got {other:?}"),
+                );
+                d.client_ip_header
+            }
+        },
     };
+    if s.max_connections_per_ip > s.max_connections {
+        e.push(
+            "server.max_connections_per_ip",
+            format!("must not exceed server.max_connections ({})", s.max_connections),
+        );
+    }
     if s.max_uri_bytes > s.max_header_bytes {
         e.push(
             "server.max_uri_bytes",
@@ -180,9 +233,103 @@ fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<Sock
                     format!("{address} is already used by admin.listen"),
                 );
             }
-            Some(Listener { name: name?, address })
+            let access = access(e, &path, l.allow, l.deny);
+            let tls = l.tls.and_then(|t| tls(e, &format!("{path}.tls"), t));
+            Some(Listener {
+                name: name?,
+                address,
+                access,
+                proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                tls,
+            })
         })
         .collect()
+}
+
+fn access(e: &mut Errors, path: &str, allow: Option<Vec<String>>, deny: Option<Vec<String>>) -> Access {
+    Access {
+        allow: cidr_set(e, &format!("{path}.allow"), allow),
+        deny: cidr_set(e, &format!("{path}.deny"), deny),
+    }
+}
+
+fn cidr_set(e: &mut Errors, path: &str, raw: Option<Vec<String>>) -> CidrSet {
+    let blocks = raw
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| match text.parse::<Cidr>() {
+            Ok(c) => Some(c),
+            Err(why) => {
+                e.push(format!("{path}[{i}]"), format!("{text:?}: {why}"));
+                None
+            }
+        })
+        .collect();
+    CidrSet::new(blocks)
+}
+
+/// Certificate files are not read here (validation does no I/O): they are
+/// loaded, and their errors reported with these paths, when the listeners
+/// are built, by `levee check` as by `levee run` and every reload.
+fn tls(e: &mut Errors, path: &str, raw: RawTls) -> Option<Tls> {
+    if raw.certificates.is_empty() {
+        e.push(
+            format!("{path}.certificates"),
+            "at least one certificate is required, like certificates = [{ cert = \"cert.pem\", key = \"key.pem\" }]",
+        );
+    }
+    let mut certificates = Vec::new();
+    for c in raw.certificates {
+        certificates.push(Certificate {
+            cert: c.cert.into(),
+            key: c.key.into(),
+        });
+    }
+    let alpn = match raw.alpn {
+        None => vec![Alpn::H2, Alpn::Http11],
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                let p = match a.as_str() {
+                    "h2" => Alpn::H2,
+                    "http/1.1" => Alpn::Http11,
+                    other => {
+                        e.push(
+                            format!("{path}.alpn[{i}]"),
+                            format!("must be \"h2\" or \"http/1.1\", got {other:?}"),
+                        );
+                        continue;
+                    }
+                };
+                if out.contains(&p) {
+                    e.push(format!("{path}.alpn[{i}]"), format!("{a:?} is listed twice"));
+                } else {
+                    out.push(p);
+                }
+            }
+            if list.is_empty() {
+                e.push(format!("{path}.alpn"), "must offer at least one protocol");
+            }
+            out
+        }
+    };
+    let min_version = match raw.min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::V1_2,
+        Some("1.3") => TlsVersion::V1_3,
+        Some(other) => {
+            e.push(
+                format!("{path}.min_version"),
+                format!("must be \"1.2\" or \"1.3\" (older versions are not offered), got {other:?}"),
+            );
+            TlsVersion::V1_2
+        }
+    };
+    Some(Tls {
+        certificates,
+        alpn,
+        min_version,
+    })
 }
 
 fn route(
@@ -228,6 +375,7 @@ fn route(
         upstream: UpstreamName::new(&raw.upstream),
         request_timeout,
         retry,
+        access: access(e, path, raw.allow, raw.deny),
     })
 }
 

@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 15] = [
+const TABLES: [Table; 16] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -106,6 +106,12 @@ const TABLES: [Table; 15] = [
         probe: "[listener.l]\naddress = \"127.0.0.1:8080\"\nzz_probe = 1\n",
         path: "listener.l.zz_probe",
         heading: "`[listener.<name>]`",
+    },
+    Table {
+        name: "listener.tls",
+        probe: "[listener.l]\naddress = \"127.0.0.1:8080\"\n[listener.l.tls]\ncertificates = []\nzz_probe = 1\n",
+        path: "listener.l.tls.zz_probe",
+        heading: "`[listener.<name>.tls]`",
     },
     Table {
         name: "route",
@@ -300,6 +306,7 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         ("admin", single("admin")),
         ("server", single("server")),
         ("listener", union(&listeners)),
+        ("listener.tls", union(&sub(&listeners, "tls"))),
         ("route", union(&routes)),
         ("route.match", union(&matches)),
         ("route.retry", union(&sub(&routes, "retry"))),
@@ -400,7 +407,12 @@ fn the_probes_see_real_key_lists() {
             .expect("endpoint table"),
     );
     assert_eq!(endpoint, ["address", "weight"]);
-    let matcher = accepted_keys(&TABLES[5]);
+    let matcher = accepted_keys(
+        TABLES
+            .iter()
+            .find(|t| t.name == "route.match")
+            .expect("match table"),
+    );
     assert!(!matcher.iter().any(|k| k == "match"), "{matcher:?}");
     assert!(accepted_sections().iter().any(|s| s == "upstream"));
 }

@@ -8,6 +8,7 @@
 //! task or reads a clock: callers pass the time in, so every policy is tested
 //! synchronously and deterministically.
 
+pub mod access;
 pub mod balance;
 pub mod ewma;
 pub mod failover;

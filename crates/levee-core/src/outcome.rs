@@ -51,6 +51,10 @@ pub enum ErrorKind {
     NotImplemented,
     /// A method levee does not proxy (CONNECT).
     MethodNotAllowed,
+    /// The client's address is not allowed on the route.
+    AccessDenied,
+    /// A rate limit on the client's key is exhausted.
+    RateLimited,
     /// An HTTP version levee does not speak.
     VersionNotSupported,
     // levee's routing.
@@ -61,6 +65,9 @@ pub enum ErrorKind {
     /// One of the upstream's circuit breakers (`[upstream.<u>.limits]`) is
     /// full: the request fails fast rather than queue.
     ConnectionLimit,
+    /// The upstream's adaptive concurrency limit is reached for the
+    /// route's priority class: the request is shed rather than queued.
+    Overloaded,
     // The upstream attempt.
     /// DNS resolution of the endpoint failed.
     DnsError,
@@ -84,7 +91,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for metrics that must list them.
-    pub const ALL: [ErrorKind; 20] = [
+    pub const ALL: [ErrorKind; 23] = [
         ErrorKind::BadRequest,
         ErrorKind::UriTooLong,
         ErrorKind::HeaderTooLarge,
@@ -92,10 +99,13 @@ impl ErrorKind {
         ErrorKind::RequestTimeout,
         ErrorKind::NotImplemented,
         ErrorKind::MethodNotAllowed,
+        ErrorKind::AccessDenied,
+        ErrorKind::RateLimited,
         ErrorKind::VersionNotSupported,
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoint,
         ErrorKind::ConnectionLimit,
+        ErrorKind::Overloaded,
         ErrorKind::DnsError,
         ErrorKind::ConnectionRefused,
         ErrorKind::DestinationUnreachable,
@@ -117,10 +127,13 @@ impl ErrorKind {
             ErrorKind::RequestTimeout => 408,
             ErrorKind::NotImplemented => 501,
             ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::AccessDenied => 403,
+            ErrorKind::RateLimited => 429,
             ErrorKind::VersionNotSupported => 505,
             ErrorKind::NoRoute => 404,
             ErrorKind::NoEndpoint => 503,
             ErrorKind::ConnectionLimit => 503,
+            ErrorKind::Overloaded => 503,
             ErrorKind::DnsError => 502,
             ErrorKind::ConnectionRefused => 502,
             ErrorKind::DestinationUnreachable => 502,
@@ -143,10 +156,12 @@ impl ErrorKind {
             | ErrorKind::RequestTimeout
             | ErrorKind::NotImplemented
             | ErrorKind::VersionNotSupported => "http_request_error",
-            ErrorKind::MethodNotAllowed => "http_request_denied",
+            ErrorKind::MethodNotAllowed | ErrorKind::AccessDenied | ErrorKind::RateLimited => {
+                "http_request_denied"
+            }
             ErrorKind::NoRoute => "destination_not_found",
             ErrorKind::NoEndpoint => "destination_unavailable",
-            ErrorKind::ConnectionLimit => "connection_limit_reached",
+            ErrorKind::ConnectionLimit | ErrorKind::Overloaded => "connection_limit_reached",
             ErrorKind::DnsError => "dns_error",
             ErrorKind::ConnectionRefused => "connection_refused",
             ErrorKind::DestinationUnreachable => "destination_ip_unroutable",
@@ -168,6 +183,8 @@ impl ErrorKind {
             | ErrorKind::RequestTimeout
             | ErrorKind::NotImplemented
             | ErrorKind::MethodNotAllowed
+            | ErrorKind::AccessDenied
+            | ErrorKind::RateLimited
             | ErrorKind::VersionNotSupported => Blame::Downstream,
             ErrorKind::DnsError
             | ErrorKind::ConnectionRefused
@@ -177,9 +194,11 @@ impl ErrorKind {
             | ErrorKind::ResponseTimeout
             | ErrorKind::UpstreamProtocol
             | ErrorKind::UpgradeFailed => Blame::Upstream,
-            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::ConnectionLimit | ErrorKind::Internal => {
-                Blame::Proxy
-            }
+            ErrorKind::NoRoute
+            | ErrorKind::NoEndpoint
+            | ErrorKind::ConnectionLimit
+            | ErrorKind::Overloaded
+            | ErrorKind::Internal => Blame::Proxy,
         }
     }
 

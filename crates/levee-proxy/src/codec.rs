@@ -7,4 +7,5 @@
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod parse;
+pub(crate) mod proxy_v2;
 pub(crate) mod raw;

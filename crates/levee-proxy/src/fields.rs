@@ -32,6 +32,16 @@ impl<'a> FieldsView<'a> {
         self.find_map(name, Some)
     }
 
+    /// Every value of the fields named `name`, in order.
+    pub fn all(&self, name: &HeaderName) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        self.find_map(name, |v| {
+            out.push(v);
+            None::<()>
+        });
+        out
+    }
+
     /// Whether some field named `name` has exactly this value.
     pub fn has(&self, name: &HeaderName, value: &[u8]) -> bool {
         self.find_map(name, |v| (v == value).then_some(())).is_some()

@@ -7,14 +7,18 @@
 
 mod headers;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use levee_config::ClientIpHeader;
 use levee_config::{EndpointAddress, Protocol};
+use levee_core::access::{canonical, client_from_chain, forwarded_for, x_forwarded_for};
 use levee_core::failover::{Loads, undamped};
+use levee_core::id::ListenerName;
 use levee_core::outcome::{Blame, Delivery, ErrorKind, Rejection};
 use levee_core::outlier::Observation;
 use levee_core::retry::{Reason, honour_retry_after, is_idempotent_method, may_retry};
@@ -28,7 +32,7 @@ use crate::fields::FieldsView;
 use crate::metrics::{Limit, RouteMetrics};
 use crate::respond::error_response;
 use crate::router::{RouteInput, normalise_host};
-use crate::server::{ConnInfo, Handler, h1};
+use crate::server::{ConnInfo, Handler, ListenerPolicy};
 use crate::snapshot::Snapshot;
 use crate::upstream::h1::{BodyPlan, Exchange, OutHead, Upgraded};
 use crate::upstream::pool::OpenError;
@@ -108,8 +112,20 @@ impl Handler for Proxy {
         };
         let upstream = &snap.upstreams[route.upstream];
         let deadline = start + route.request_timeout;
+        let client_ip = client_ip(conn, view, &snap.config.server);
+        if !route.access.permits(client_ip) {
+            return self.fail(
+                Rejection::new(
+                    ErrorKind::AccessDenied,
+                    "the client address may not use this route",
+                ),
+                &request_id,
+                &route.metrics,
+                start,
+            );
+        }
 
-        let hash = upstream.hash_key(view, conn.peer.ip());
+        let hash = upstream.hash_key(view, client_ip);
         // The requests breaker: a full upstream fails fast rather than queue.
         let Some(admitted) = Slot::take(&upstream.counters, Limit::Requests, upstream.limits.max_requests)
         else {
@@ -135,7 +151,7 @@ impl Handler for Proxy {
         let client_h1 = req.version() != Version::HTTP_2;
         let hop = headers::Hop {
             client: &conn.client,
-            proto: "http",
+            proto: if conn.tls { "https" } else { "http" },
             host: host_value.as_ref(),
             received: version_str(req.version()),
         };
@@ -366,9 +382,38 @@ impl Handler for Proxy {
         )
     }
 
-    fn settings(&self) -> h1::Settings {
-        h1::Settings::from_config(&self.state.load().config.server)
+    fn policy(&self, listener: &ListenerName) -> Option<Arc<ListenerPolicy>> {
+        let snap = self.state.load();
+        snap.listeners
+            .iter()
+            .find(|(name, _)| name == listener)
+            .map(|(_, p)| p.clone())
     }
+}
+
+/// The client's address, for access lists, rate-limit keys and hashing:
+/// the peer's, unless the peer is a trusted proxy that says otherwise.
+/// (`X-Forwarded-For` itself still gets the peer appended: it records hops.)
+fn client_ip(conn: &ConnInfo, view: FieldsView<'_>, server: &levee_config::Server) -> IpAddr {
+    let peer = conn.peer.ip();
+    let trusted = &server.trusted_proxies;
+    if trusted.is_empty() || !trusted.contains(peer) {
+        return canonical(peer);
+    }
+    let name = match server.client_ip_header {
+        ClientIpHeader::XForwardedFor => &headers::X_FORWARDED_FOR,
+        ClientIpHeader::Forwarded => &header::FORWARDED,
+    };
+    // A value that is not text cannot name an address: it breaks the chain.
+    let values = view
+        .all(name)
+        .into_iter()
+        .map(|v| std::str::from_utf8(v).unwrap_or("?"));
+    let chain = match server.client_ip_header {
+        ClientIpHeader::XForwardedFor => x_forwarded_for(values),
+        ClientIpHeader::Forwarded => forwarded_for(values),
+    };
+    client_from_chain(peer, chain.into_iter(), trusted)
 }
 
 impl Proxy {

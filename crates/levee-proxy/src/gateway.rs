@@ -16,8 +16,10 @@ use tokio_util::task::TaskTracker;
 use crate::drain::Drain;
 use crate::forward::Proxy;
 use crate::metrics::{ListenerLabels, Metrics};
+use crate::server::gate::Gate;
 use crate::server::{ListenerContext, accept_loop};
 use crate::snapshot::Snapshot;
+use crate::tls::{self, TlsError};
 use crate::upstream::health::{self, EndpointName};
 use crate::upstream::watch;
 
@@ -29,6 +31,8 @@ const LISTEN_BACKLOG: u32 = 1024;
 pub enum GatewayError {
     #[error("the gateway is shutting down")]
     Draining,
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Tls(Vec<TlsError>),
     #[error("listener.{listener}: cannot listen on {address}: {source}")]
     Bind {
         listener: ListenerName,
@@ -61,12 +65,15 @@ pub struct Gateway {
     tracker: TaskTracker,
     /// Tells every connection to finish its current exchange and close.
     draining: CancellationToken,
+    /// Connection counts, shared by every listener across reloads.
+    gate: Arc<Gate>,
 }
 
 impl Gateway {
     /// Binds the config's listeners and starts serving.
     pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, GatewayError> {
-        let snapshot = Snapshot::build(Arc::new(config), None, &metrics);
+        let tls = tls::load(&config).map_err(GatewayError::Tls)?;
+        let snapshot = Snapshot::build(Arc::new(config), None, &metrics, tls);
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let proxy = Arc::new(Proxy { state: state.clone() });
         let gateway = Arc::new(Gateway {
@@ -76,6 +83,7 @@ impl Gateway {
             listeners: Mutex::new(Vec::new()),
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
+            gate: Arc::new(Gate::default()),
         });
         let config = gateway.config();
         let bound = gateway.bind_new(&config)?;
@@ -116,9 +124,12 @@ impl Gateway {
         if self.is_draining() {
             return Err(GatewayError::Draining);
         }
+        // Certificates are read before anything changes: a bad file leaves
+        // the running config in place.
+        let tls = tls::load(&config).map_err(GatewayError::Tls)?;
         let config = Arc::new(config);
         let bound = self.bind_new(&config)?;
-        let next = Snapshot::build(config.clone(), Some(&self.state.load()), &self.metrics);
+        let next = Snapshot::build(config.clone(), Some(&self.state.load()), &self.metrics, tls);
         // Published before new listeners accept, so that their first
         // requests already see the routes that name them.
         self.state.store(Arc::new(next));
@@ -212,6 +223,8 @@ impl Gateway {
                 tracker: self.tracker.clone(),
                 active: self.metrics.connections_active.get_or_create_owned(&labels),
                 accepted: self.metrics.connections_total.get_or_create_owned(&labels),
+                refused: self.metrics.connections_refused.clone(),
+                gate: self.gate.clone(),
             });
             tracing::info!(listener = %name, address = %local, "listening");
             running.push(Running {

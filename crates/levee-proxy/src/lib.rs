@@ -26,9 +26,11 @@ mod router;
 mod server;
 mod snapshot;
 mod timer;
+pub mod tls;
 mod upstream;
 
 pub use body::{BodyError, RequestBody, ResponseBody};
+pub use codec::proxy_v2::encode as proxy_v2_header;
 pub use gateway::{Gateway, GatewayError};
 pub use metrics::Metrics;
 pub use server::ConnInfo;

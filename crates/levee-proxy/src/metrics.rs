@@ -48,6 +48,13 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    /// A [`crate::server::gate::Refusal`].
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub upstream: String,
     pub region: String,
@@ -113,6 +120,7 @@ pub struct Metrics {
     generated: Arc<[Counter; ErrorKind::ALL.len()]>,
     pub(crate) connections_active: Family<ListenerLabels, Gauge>,
     pub(crate) connections_total: Family<ListenerLabels, Counter>,
+    pub(crate) connections_refused: Family<RefusedLabels, Counter>,
     pub(crate) upstream_connects: Family<EndpointLabels, Counter>,
     pub(crate) upstream_in_flight: Family<EndpointLabels, Gauge>,
     upstream_healthy: Family<EndpointLabels, Gauge>,
@@ -180,6 +188,12 @@ impl Metrics {
             "listener_connections",
             "Client connections accepted",
             connections_total.clone(),
+        );
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "listener_connections_refused",
+            "Client connections closed at accept: denied by an access list, or over a connection cap",
+            connections_refused.clone(),
         );
         let upstream_connects = Family::<EndpointLabels, Counter>::default();
         registry.register(
@@ -282,6 +296,7 @@ impl Metrics {
             generated,
             connections_active,
             connections_total,
+            connections_refused,
             upstream_connects,
             upstream_in_flight,
             upstream_healthy,

@@ -2,9 +2,16 @@
 //!
 //! Each listener runs an accept loop; each accepted connection runs in its
 //! own task on the gateway's [`TaskTracker`], which is how shutdown knows
-//! when every connection has finished. The first bytes decide the protocol:
-//! the HTTP/2 connection preface means h2c, anything else is HTTP/1.
+//! when every connection has finished.
+//!
+//! A connection passes, in order: the [`gate`] (access lists and connection
+//! caps, decided at accept), the PROXY protocol header when the listener
+//! expects one, the TLS handshake when it terminates TLS, and then the
+//! protocol choice: ALPN under TLS, otherwise the first bytes (the HTTP/2
+//! connection preface means h2c, anything else is HTTP/1). Everything
+//! before the first request shares the header deadline.
 
+pub(crate) mod gate;
 pub(crate) mod h1;
 pub(crate) mod h2;
 mod io;
@@ -16,27 +23,36 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{Request, Response};
+use levee_core::access::{Access, CidrSet};
 use levee_core::id::ListenerName;
 use levee_core::outcome::Rejection;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::gate::Gate;
 use crate::body::{RequestBody, ResponseBody};
 use crate::codec::parse::RawRequest;
+use crate::codec::proxy_v2;
 use crate::drain::Drain;
 use crate::forward::ClientAddr;
+use crate::metrics::RefusedLabels;
 
 /// What a connection knows about itself.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub listener: ListenerName,
+    /// The client's address: the TCP peer's, or the source a trusted
+    /// balancer gave in a PROXY protocol header.
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Whether the connection is TLS (levee terminated it).
+    pub tls: bool,
     /// The peer's address rendered for forwarding fields, once.
     pub(crate) client: ClientAddr,
 }
@@ -56,8 +72,36 @@ pub(crate) trait Handler: Send + Sync + 'static {
     /// (malformed, too large, too slow).
     fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Response<ResponseBody>;
 
-    /// The current `[server]` settings, read once per connection.
-    fn settings(&self) -> h1::Settings;
+    /// What the current config says about a listener, read once per
+    /// connection; `None` once the listener is no longer configured.
+    fn policy(&self, listener: &ListenerName) -> Option<Arc<ListenerPolicy>>;
+}
+
+/// One listener's settings from one config, built once per snapshot.
+pub(crate) struct ListenerPolicy {
+    pub settings: h1::Settings,
+    pub access: Access,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Expect a PROXY protocol v2 header, believed only from `trusted`.
+    pub proxy_protocol: bool,
+    pub trusted: CidrSet,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl ListenerPolicy {
+    #[cfg(test)]
+    pub fn for_tests() -> ListenerPolicy {
+        ListenerPolicy {
+            settings: h1::Settings::from_config(&levee_config::Server::default()),
+            access: Access::default(),
+            max_connections: usize::MAX,
+            max_connections_per_ip: usize::MAX,
+            proxy_protocol: false,
+            trusted: CidrSet::default(),
+            tls: None,
+        }
+    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -73,6 +117,18 @@ pub(crate) struct ListenerContext<H> {
     pub tracker: TaskTracker,
     pub active: Gauge,
     pub accepted: Counter,
+    pub refused: Family<RefusedLabels, Counter>,
+    pub gate: Arc<Gate>,
+}
+
+impl<H> ListenerContext<H> {
+    fn refuse(&self, why: gate::Refusal) {
+        let labels = RefusedLabels {
+            listener: self.name.to_string(),
+            reason: why.as_str(),
+        };
+        self.refused.get_or_create(&labels).inc();
+    }
 }
 
 /// Accepts until stopped. Accept errors never end the loop: running out of
@@ -112,27 +168,117 @@ pub(crate) async fn accept_loop<H: Handler>(listener: TcpListener, ctx: Arc<List
 }
 
 async fn connection<H: Handler>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     ctx: &ListenerContext<H>,
 ) {
     let accepted = Instant::now();
+    let Some(policy) = ctx.handler.policy(&ctx.name) else {
+        return;
+    };
+    let _pass = match ctx.gate.admit(peer.ip(), &policy) {
+        Ok(pass) => pass,
+        Err(why) => {
+            ctx.refuse(why);
+            // A reset, not a FIN: a refused peer gets no TIME_WAIT here.
+            let _ = stream.set_zero_linger();
+            return;
+        }
+    };
     ctx.accepted.inc();
     ctx.active.inc();
     let _active = DecOnDrop(&ctx.active);
     // Responses are written whole; Nagle would only delay them.
     let _ = stream.set_nodelay(true);
-    let settings = ctx.handler.settings();
-    let info = ConnInfo {
+    let settings = &policy.settings;
+    let deadline = accepted + settings.header_timeout;
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(4 * 1024);
+    let mut info = ConnInfo {
         listener: ctx.name.clone(),
         peer,
         local,
+        tls: policy.tls.is_some(),
         client: ClientAddr::new(peer.ip()),
     };
 
-    let mut buf = BytesMut::with_capacity(4 * 1024);
-    let deadline = accepted + settings.header_timeout;
+    if policy.proxy_protocol {
+        // The header is believed only from the balancers listed; anyone
+        // else could name any client address.
+        if !policy.trusted.contains(peer.ip()) {
+            ctx.refuse(gate::Refusal::Denied);
+            return;
+        }
+        match read_proxy_header(&mut stream, &mut buf, deadline, &ctx.draining).await {
+            Some(Some(source)) => {
+                info.peer = source;
+                info.client = ClientAddr::new(source.ip());
+            }
+            // A LOCAL connection: the balancer itself, as itself.
+            Some(None) => {}
+            None => return,
+        }
+    }
+
+    match &policy.tls {
+        None => {
+            plain(stream, buf, info, &policy, ctx, deadline, accepted).await;
+        }
+        Some(acceptor) => {
+            // Bytes read past the PROXY header belong to the handshake.
+            let io = io::Prefixed::new(buf, stream);
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(io));
+            let tls = tokio::select! {
+                _ = ctx.draining.watch() => return,
+                r = handshake => match r {
+                    Ok(Ok(tls)) => tls,
+                    _ => return,
+                },
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            if h2 {
+                h2::serve(
+                    ctx.handler.clone(),
+                    Arc::new(info),
+                    tls,
+                    settings,
+                    &ctx.draining,
+                    &ctx.tracker,
+                )
+                .await;
+            } else {
+                let (mut rd, mut wr) = tokio::io::split(tls);
+                let ending = h1::serve(
+                    &*ctx.handler,
+                    &info,
+                    &mut rd,
+                    &mut wr,
+                    BytesMut::with_capacity(4 * 1024),
+                    settings,
+                    &ctx.draining,
+                    accepted,
+                )
+                .await;
+                if ending == h1::Ending::Reset {
+                    let _ = rd.unsplit(wr).get_ref().0.inner().set_zero_linger();
+                }
+            }
+        }
+    }
+}
+
+/// A connection without TLS: h2c with prior knowledge, or HTTP/1.
+async fn plain<H: Handler>(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    info: ConnInfo,
+    policy: &ListenerPolicy,
+    ctx: &ListenerContext<H>,
+    deadline: Instant,
+    accepted: Instant,
+) {
+    let settings = &policy.settings;
     // Read until the bytes so far are not a prefix of the h2 preface.
     while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
         let read = tokio::select! {
@@ -152,7 +298,7 @@ async fn connection<H: Handler>(
             ctx.handler.clone(),
             Arc::new(info),
             io,
-            &settings,
+            settings,
             &ctx.draining,
             &ctx.tracker,
         )
@@ -165,13 +311,49 @@ async fn connection<H: Handler>(
             &mut rd,
             &mut wr,
             buf,
-            &settings,
+            settings,
             &ctx.draining,
             accepted,
         )
         .await;
         if ending == h1::Ending::Reset {
             let _ = stream.set_zero_linger();
+        }
+    }
+}
+
+/// Reads the PROXY protocol v2 header into `buf` and takes it off, leaving
+/// whatever followed it. `Some(source)` on success (`Some(None)` for a
+/// LOCAL connection); `None` when the connection must close: a malformed
+/// header, silence past the deadline, or draining.
+async fn read_proxy_header<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: Instant,
+    draining: &Drain,
+) -> Option<Option<SocketAddr>> {
+    loop {
+        match proxy_v2::parse(buf) {
+            Ok(proxy_v2::Parsed::Header { len, source }) => {
+                let _ = buf.split_to(len);
+                return Some(source);
+            }
+            Ok(proxy_v2::Parsed::Partial) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "refused a connection with a bad PROXY header");
+                return None;
+            }
+        }
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(proxy_v2::MAX_HEADER);
+        }
+        let read = tokio::select! {
+            _ = draining.watch(), if buf.is_empty() => return None,
+            r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => r,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
         }
     }
 }

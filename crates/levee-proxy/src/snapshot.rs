@@ -17,11 +17,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use levee_config::{Config, EndpointAddress};
-use levee_core::id::{RegionName, UpstreamName};
+use levee_core::access::Access;
+use levee_core::id::{ListenerName, RegionName, UpstreamName};
 use levee_core::select::{EndpointSpec, Selector};
 
 use crate::metrics::{EndpointLabels, Metrics, RouteMetrics};
 use crate::router::Router;
+use crate::server::{ListenerPolicy, h1};
+use crate::tls::Acceptors;
 use crate::upstream::{Counters, Endpoint, EndpointState, Pool, PoolSettings, Upstream};
 
 pub(crate) struct Snapshot {
@@ -31,6 +34,7 @@ pub(crate) struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Metrics for requests that matched no route.
     pub unmatched: Arc<RouteMetrics>,
+    pub listeners: Vec<(ListenerName, Arc<ListenerPolicy>)>,
 }
 
 pub(crate) struct RouteRuntime {
@@ -38,6 +42,7 @@ pub(crate) struct RouteRuntime {
     pub upstream: usize,
     pub request_timeout: Duration,
     pub retry: levee_config::Retry,
+    pub access: Access,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -49,7 +54,12 @@ impl Snapshot {
     /// Builds a snapshot, taking over the state of endpoints and upstreams
     /// that `previous` already had. The previous snapshot's upstreams are
     /// retired: their watch tasks end, the new ones take over.
-    pub fn build(config: Arc<Config>, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+    pub fn build(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        mut tls: Acceptors,
+    ) -> Snapshot {
         let mut carried: HashMap<StateKey, Arc<EndpointState>> = HashMap::new();
         let mut old_upstreams: HashMap<UpstreamName, &Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
@@ -192,12 +202,32 @@ impl Snapshot {
                     upstream,
                     request_timeout: r.request_timeout,
                     retry: r.retry.clone(),
+                    access: r.access.clone(),
                     metrics: metrics.route(r.name.as_str(), r.upstream.as_str()),
                 }
             })
             .collect();
 
+        let settings = h1::Settings::from_config(&config.server);
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let policy = ListenerPolicy {
+                    settings: settings.clone(),
+                    access: l.access.clone(),
+                    max_connections: config.server.max_connections,
+                    max_connections_per_ip: config.server.max_connections_per_ip,
+                    proxy_protocol: l.proxy_protocol,
+                    trusted: config.server.trusted_proxies.clone(),
+                    tls: tls.remove(&l.name).map(tokio_rustls::TlsAcceptor::from),
+                };
+                (l.name.clone(), Arc::new(policy))
+            })
+            .collect();
+
         Snapshot {
+            listeners,
             router: Router::new(&config.routes),
             routes,
             upstreams,

@@ -71,6 +71,23 @@ impl RawConn {
         })
     }
 
+    /// Connects from a chosen loopback address (any of 127.0.0.0/8), so a
+    /// test can be several clients.
+    pub async fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> io::Result<RawConn> {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        let stream = tokio::time::timeout(IO_DEADLINE, socket.connect(addr))
+            .await
+            .map_err(|_| timed_out())??;
+        stream.set_nodelay(true)?;
+        Ok(RawConn {
+            io: BufStream::new(stream),
+        })
+    }
+
     /// Writes all of `bytes` (within 30 s).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         tokio::time::timeout(IO_DEADLINE, self.io.stream.write_all(bytes))

@@ -62,8 +62,23 @@ fn init_logging() {
         .init();
 }
 
+/// Loads and validates the config, then reads the files it names
+/// (certificates), so that `check` finds everything `run` would refuse.
+fn load(path: &std::path::Path) -> Result<levee_config::Config, levee_config::ConfigErrors> {
+    let config = levee_config::load(path)?;
+    levee_proxy::tls::check(&config).map_err(|errors| {
+        levee_config::ConfigErrors(
+            errors
+                .into_iter()
+                .map(|e| levee_config::ConfigError::new(e.path, e.message))
+                .collect(),
+        )
+    })?;
+    Ok(config)
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
-    match levee_config::load(path) {
+    match load(path) {
         Ok(_) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
@@ -103,7 +118,7 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(path: PathBuf, watch: bool) -> ExitCode {
-    let config = match levee_config::load(&path) {
+    let config = match load(&path) {
         Ok(c) => c,
         Err(errors) => {
             print_config_errors(&path, &errors);

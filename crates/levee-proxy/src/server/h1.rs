@@ -57,6 +57,8 @@ pub(crate) struct Settings {
     pub body_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     pub max_body: Option<u64>,
+    /// Requests before the connection closes; 0 for no limit.
+    pub max_requests: u64,
 }
 
 impl Settings {
@@ -72,6 +74,7 @@ impl Settings {
             body_timeout: s.body_timeout,
             tunnel_idle_timeout: s.tunnel_idle_timeout,
             max_body: s.max_body_bytes,
+            max_requests: s.max_requests_per_connection,
         }
     }
 }
@@ -123,6 +126,7 @@ where
     // The first request's head must arrive within the header timeout of the
     // accept: a client cannot hold a connection by sending nothing.
     let mut head_deadline = Some(accepted + settings.header_timeout);
+    let mut served: u64 = 0;
     loop {
         let waits = Waits {
             drain: drain.as_mut(),
@@ -137,8 +141,10 @@ where
             }
         };
         head_deadline = None;
+        served += 1;
+        let last = settings.max_requests != 0 && served >= settings.max_requests;
         match exchange(
-            handler, conn, head, rd, wr, &mut buf, &mut out, settings, draining,
+            handler, conn, head, rd, wr, &mut buf, &mut out, settings, draining, last,
         )
         .await
         {
@@ -247,7 +253,7 @@ async fn write_generated<W: AsyncWrite + Unpin>(
         .is_ok_and(|r| r.is_ok())
 }
 
-/// One request and its response.
+/// One request and its response; with `last`, the connection's final one.
 #[allow(clippy::too_many_arguments)]
 async fn exchange<H, R, W>(
     handler: &H,
@@ -259,6 +265,7 @@ async fn exchange<H, R, W>(
     out: &mut BytesMut,
     settings: &Settings,
     draining: &Drain,
+    last: bool,
 ) -> Next
 where
     H: Handler,
@@ -378,7 +385,7 @@ where
     } else {
         OutFraming::Close
     };
-    let mut keep = keep_alive && !draining.is_started() && framing_out != OutFraming::Close;
+    let mut keep = keep_alive && !last && !draining.is_started() && framing_out != OutFraming::Close;
     if let Some(p) = &pump {
         // A client still waiting for 100 Continue will send its body or
         // not; either way the connection's framing is in doubt.

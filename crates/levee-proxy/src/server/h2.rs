@@ -125,6 +125,11 @@ struct Streams {
     active: AtomicUsize,
     /// Time since `start` when the last stream ended, in milliseconds.
     idle_since: AtomicU64,
+    /// Streams opened, and the limit after which the connection is sent
+    /// GOAWAY (0: none), as `server.max_requests_per_connection` asks.
+    opened: AtomicU64,
+    max_requests: u64,
+    exhausted: tokio::sync::Notify,
 }
 
 impl Streams {
@@ -148,6 +153,10 @@ pub(crate) struct StreamGuard {
 impl StreamGuard {
     fn open(streams: &Arc<Streams>) -> StreamGuard {
         streams.active.fetch_add(1, Ordering::AcqRel);
+        let opened = streams.opened.fetch_add(1, Ordering::AcqRel) + 1;
+        if opened == streams.max_requests {
+            streams.exhausted.notify_one();
+        }
         StreamGuard {
             streams: streams.clone(),
             watch: None,
@@ -188,6 +197,9 @@ pub(crate) async fn serve<H, IO>(
         start: Instant::now(),
         active: AtomicUsize::new(0),
         idle_since: AtomicU64::new(0),
+        opened: AtomicU64::new(0),
+        max_requests: settings.max_requests,
+        exhausted: tokio::sync::Notify::new(),
     });
     let counted = streams.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -253,6 +265,7 @@ pub(crate) async fn serve<H, IO>(
         _ = connection.as_mut() => return,
         _ = draining.watch() => {}
         _ = idle_watch => {}
+        _ = streams.exhausted.notified() => {}
     }
     // GOAWAY: streams already open finish, new ones are refused.
     connection.as_mut().graceful_shutdown();

@@ -21,6 +21,10 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: BytesMut, inner: S) -> Prefixed<S> {
         Prefixed { prefix, inner }
     }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

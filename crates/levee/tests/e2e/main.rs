@@ -9,6 +9,7 @@ mod demo;
 mod errors;
 mod failover;
 mod health;
+mod protection;
 mod proxy;
 mod reload;
 mod resilience;

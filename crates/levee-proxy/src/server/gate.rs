@@ -1,0 +1,169 @@
+//! The connection gate: whether an accepted connection may stay, decided
+//! before it costs a buffer, a read or a TLS handshake.
+//!
+//! Counts are shared by every listener and survive reloads (the gate
+//! belongs to the gateway, the limits to the config of the moment). The
+//! per-address table holds only addresses with a connection open, so its
+//! size is bounded by `max_connections` whoever connects.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use levee_core::access::canonical;
+
+use super::ListenerPolicy;
+
+const SHARDS: usize = 16;
+
+/// Why a connection was turned away: a closed set, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Refusal {
+    /// The listener's `deny` list, or not in its `allow` list.
+    Denied,
+    /// `server.max_connections`.
+    Total,
+    /// `server.max_connections_per_ip`.
+    PerIp,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Denied => "denied",
+            Refusal::Total => "max_connections",
+            Refusal::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+pub(crate) struct Gate {
+    open: AtomicUsize,
+    per_ip: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+}
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate {
+            open: AtomicUsize::new(0),
+            per_ip: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl Gate {
+    /// Admits a connection from `ip`, or says why not. The pass gives the
+    /// place back when dropped.
+    pub fn admit(&self, ip: IpAddr, policy: &ListenerPolicy) -> Result<Pass<'_>, Refusal> {
+        let ip = canonical(ip);
+        if !policy.access.permits(ip) {
+            return Err(Refusal::Denied);
+        }
+        // Taken first and given back on refusal: two racing accepts can
+        // never both see room for one.
+        if self.open.fetch_add(1, Ordering::AcqRel) >= policy.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Total);
+        }
+        let mut shard = self.shard(ip);
+        let n = shard.entry(ip).or_insert(0);
+        if *n as usize >= policy.max_connections_per_ip {
+            if *n == 0 {
+                shard.remove(&ip);
+            }
+            drop(shard);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::PerIp);
+        }
+        *n += 1;
+        Ok(Pass { gate: self, ip })
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        let i = match ip {
+            IpAddr::V4(v4) => u32::from(v4) as usize,
+            IpAddr::V6(v6) => (u128::from(v6) ^ (u128::from(v6) >> 64)) as usize,
+        };
+        self.per_ip[i % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut shard = self.shard(ip);
+        if let Some(n) = shard.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&ip);
+            }
+        }
+        drop(shard);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's place in the gate.
+#[must_use]
+pub(crate) struct Pass<'a> {
+    gate: &'a Gate,
+    ip: IpAddr,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        self.gate.release(self.ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use levee_core::access::{Access, CidrSet};
+
+    fn policy(total: usize, per_ip: usize, deny: &[&str]) -> ListenerPolicy {
+        let mut p = ListenerPolicy::for_tests();
+        p.max_connections = total;
+        p.max_connections_per_ip = per_ip;
+        p.access = Access {
+            allow: CidrSet::default(),
+            deny: CidrSet::new(deny.iter().map(|d| d.parse().expect("cidr")).collect()),
+        };
+        p
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn caps_hold_and_places_come_back() {
+        let gate = Gate::default();
+        let p = policy(3, 2, &[]);
+        let a1 = gate.admit(ip("127.0.0.1"), &p).expect("first");
+        let a2 = gate.admit(ip("127.0.0.1"), &p).expect("second");
+        assert_eq!(gate.admit(ip("127.0.0.1"), &p).err(), Some(Refusal::PerIp));
+        let b1 = gate.admit(ip("127.0.0.2"), &p).expect("other address");
+        assert_eq!(gate.admit(ip("127.0.0.3"), &p).err(), Some(Refusal::Total));
+        assert_eq!(gate.open(), 3);
+        drop(a1);
+        // An IPv4-mapped address is the same client.
+        let a3 = gate.admit(ip("::ffff:127.0.0.1"), &p).expect("a place came back");
+        drop((a2, a3, b1));
+        assert_eq!(gate.open(), 0);
+        assert!(gate.per_ip.iter().all(|s| s.lock().expect("lock").is_empty()));
+    }
+
+    #[test]
+    fn denied_addresses_take_no_place() {
+        let gate = Gate::default();
+        let p = policy(10, 10, &["127.0.0.10"]);
+        assert_eq!(gate.admit(ip("127.0.0.10"), &p).err(), Some(Refusal::Denied));
+        assert_eq!(gate.open(), 0);
+        let _ok = gate.admit(ip("127.0.0.11"), &p).expect("allowed");
+    }
+}

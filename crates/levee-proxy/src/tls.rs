@@ -1,0 +1,154 @@
+//! TLS termination: certificates from PEM files, chosen by SNI.
+//!
+//! The files are read when a config is applied (at start, on every reload
+//! and by `levee check`), so a reload picks up renewed certificates and a
+//! bad file is refused with the config path that names it, leaving the
+//! running config in place. Handshakes then only pick among keys already
+//! loaded: nothing on the accept path touches the disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use levee_config::{Config, Tls, TlsVersion};
+use levee_core::id::ListenerName;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, version};
+
+/// A problem with a certificate file, with the config path it came from.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct TlsError {
+    pub path: String,
+    pub message: String,
+}
+
+/// The TLS settings of every listener that has them.
+pub(crate) type Acceptors = HashMap<ListenerName, Arc<ServerConfig>>;
+
+/// Loads the certificates of every TLS listener of `config`, reporting all
+/// problems at once.
+pub fn check(config: &Config) -> Result<(), Vec<TlsError>> {
+    load(config).map(|_| ())
+}
+
+pub(crate) fn load(config: &Config) -> Result<Acceptors, Vec<TlsError>> {
+    let mut errors = Vec::new();
+    let mut out = HashMap::new();
+    for l in &config.listeners {
+        let Some(tls) = &l.tls else { continue };
+        match server_config(&format!("listener.{}.tls", l.name), tls) {
+            Ok(c) => {
+                out.insert(l.name.clone(), Arc::new(c));
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_config(path: &str, tls: &Tls) -> Result<ServerConfig, Vec<TlsError>> {
+    let provider = provider();
+    let mut errors = Vec::new();
+    let mut certs = Vec::new();
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let at = format!("{path}.certificates[{i}]");
+        match certified_key(&at, &c.cert, &c.key, &provider) {
+            Ok(k) => certs.push(Arc::new(k)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::V1_2 => &[&version::TLS13, &version::TLS12],
+        TlsVersion::V1_3 => &[&version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| {
+            vec![TlsError {
+                path: format!("{path}.min_version"),
+                message: e.to_string(),
+            }]
+        })?;
+    let mut config = builder
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(BySni { certs }));
+    config.alpn_protocols = tls.alpn.iter().map(|a| a.id().to_vec()).collect();
+    Ok(config)
+}
+
+fn certified_key(
+    at: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let err = |field: &str, message: String| TlsError {
+        path: format!("{at}.{field}"),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| err("cert", format!("{}: {}", cert.display(), pem_problem(&e))))?;
+    if chain.is_empty() {
+        return Err(err(
+            "cert",
+            format!("{}: no CERTIFICATE in the file", cert.display()),
+        ));
+    }
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| err("key", format!("{}: {}", key.display(), pem_problem(&e))))?;
+    CertifiedKey::from_der(chain, der, provider).map_err(|e| {
+        err(
+            "key",
+            format!("{}: does not go with the certificate: {e}", key.display()),
+        )
+    })
+}
+
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),
+        other => format!("not valid PEM ({other:?})"),
+    }
+}
+
+/// Chooses the first certificate valid for the client's SNI name, or the
+/// first certificate when none is (or no name was sent): a client that
+/// asked for a name levee has no certificate for gets a certificate it
+/// will refuse, which is a clearer failure than an aborted handshake.
+#[derive(Debug)]
+struct BySni {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // Parsing the certificate again per handshake costs microseconds
+        // next to the handshake's signature, and keeps no borrowed state.
+        let chosen = hello
+            .server_name()
+            .and_then(|name| ServerName::try_from(name).ok())
+            .and_then(|name| {
+                self.certs.iter().find(|k| {
+                    k.end_entity_cert()
+                        .ok()
+                        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+                })
+            })
+            .or_else(|| self.certs.first())?;
+        Some(chosen.clone())
+    }
+}

@@ -1,0 +1,409 @@
+//! The front door's defences: access lists, connection caps, who the client
+//! is behind trusted proxies and PROXY protocol, requests per connection,
+//! and TLS termination. Clients are told apart by their loopback source
+//! address (127.0.0.10, 127.0.0.11, ...).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use levee_testkit::{Backend, RawConn, RawResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::strict::assert_generated;
+use crate::support::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+/// Listener "main" (with `listener` keys), `server` keys, one route "all"
+/// (with `route` keys) to one endpoint.
+fn gateway(server: &str, listener: &str, route: &str, backend: SocketAddr) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[server]\n{server}\n\n[listener.main]\naddress = \"127.0.0.1:0\"\n{listener}\n\n\
+         [[route]]\nname = \"all\"\nupstream = \"app\"\n{route}\n\n\
+         [upstream.app.region.local]\nendpoints = [\"{backend}\"]\n"
+    )
+}
+
+async fn get_from(from: &str, addr: SocketAddr, extra: &str) -> anyhow::Result<RawResponse> {
+    let mut conn = RawConn::connect_from(ip(from), addr).await?;
+    conn.send(format!("GET / HTTP/1.1\r\nHost: a\r\n{extra}\r\n").as_bytes())
+        .await?;
+    conn.read_response(SETTLE).await
+}
+
+/// An open keep-alive connection that has been served once.
+async fn held_from(from: &str, addr: SocketAddr) -> RawConn {
+    let mut conn = RawConn::connect_from(ip(from), addr).await.expect("connect");
+    conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    let res = conn.read_response(SETTLE).await.expect("served");
+    assert_eq!(res.status, 200);
+    conn
+}
+
+/// A connection the gate turned away: closed before any response.
+async fn assert_refused(from: &str, addr: SocketAddr) {
+    let mut conn = match RawConn::connect_from(ip(from), addr).await {
+        Ok(c) => c,
+        // Reset during the handshake counts as refused too.
+        Err(_) => return,
+    };
+    let _ = conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let bytes = conn.read_to_end_within(SETTLE).await;
+    assert!(
+        bytes.is_empty(),
+        "{from}: expected a closed connection, got {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+}
+
+#[tokio::test]
+async fn a_denied_address_is_closed_at_accept_and_never_reaches_the_backend() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway("", "deny = [\"127.0.0.10\"]", "", backend.addr())).await;
+    assert_refused("127.0.0.10", h.addr).await;
+    assert!(backend.ledger().is_empty());
+    let res = get_from("127.0.0.11", h.addr, "").await.expect("served");
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        h.metric("levee_listener_connections_refused_total{listener=\"main\",reason=\"denied\"}")
+            .await,
+        1.0
+    );
+
+    // An allow list lets in only what it lists.
+    let h = Harness::start(&gateway("", "allow = [\"127.0.0.20/31\"]", "", backend.addr())).await;
+    assert_eq!(
+        get_from("127.0.0.21", h.addr, "").await.expect("allowed").status,
+        200
+    );
+    assert_refused("127.0.0.22", h.addr).await;
+}
+
+#[tokio::test]
+async fn a_route_access_list_answers_403_with_proxy_status() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway("", "", "deny = [\"127.0.0.10\"]", backend.addr())).await;
+    let res = get_from("127.0.0.10", h.addr, "").await.expect("answered");
+    assert_generated("route deny", &res, 403, "http_request_denied");
+    assert!(backend.ledger().is_empty());
+    assert_eq!(
+        get_from("127.0.0.11", h.addr, "").await.expect("served").status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped_and_come_back() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway("max_connections_per_ip = 2", "", "", backend.addr())).await;
+    let first = held_from("127.0.0.10", h.addr).await;
+    let _second = held_from("127.0.0.10", h.addr).await;
+    assert_refused("127.0.0.10", h.addr).await;
+    // Another client is not affected.
+    let _other = held_from("127.0.0.11", h.addr).await;
+    assert_eq!(
+        h.metric(
+            "levee_listener_connections_refused_total{listener=\"main\",reason=\"max_connections_per_ip\"}"
+        )
+        .await,
+        1.0
+    );
+    // Closing one gives its place back (once levee has seen the close).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        if let Ok(res) = get_from("127.0.0.10", h.addr, "").await {
+            assert_eq!(res.status, 200);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_in_all_are_capped() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway(
+        "max_connections = 3\nmax_connections_per_ip = 3",
+        "",
+        "",
+        backend.addr(),
+    ))
+    .await;
+    let _a = held_from("127.0.0.10", h.addr).await;
+    let _b = held_from("127.0.0.11", h.addr).await;
+    let _c = held_from("127.0.0.12", h.addr).await;
+    assert_refused("127.0.0.13", h.addr).await;
+    assert_eq!(
+        h.metric("levee_listener_connections_refused_total{listener=\"main\",reason=\"max_connections\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_client_behind_a_trusted_proxy_is_the_one_it_names() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        "",
+        "deny = [\"203.0.113.9\"]",
+        backend.addr(),
+    ))
+    .await;
+    // The trusted proxy says the client is a denied address.
+    let res = get_from("127.0.0.1", h.addr, "X-Forwarded-For: 203.0.113.9\r\n")
+        .await
+        .expect("answered");
+    assert_generated("denied behind proxy", &res, 403, "http_request_denied");
+    // A client forging the leftmost entry is not believed: the proxy's own
+    // entry (the rightmost untrusted one) is the client.
+    let res = get_from(
+        "127.0.0.1",
+        h.addr,
+        "X-Forwarded-For: 203.0.113.9, 198.51.100.4\r\n",
+    )
+    .await
+    .expect("answered");
+    assert_eq!(res.status, 200);
+    // An untrusted peer claiming the denied address is not believed either.
+    let res = get_from("127.0.0.2", h.addr, "X-Forwarded-For: 203.0.113.9\r\n")
+        .await
+        .expect("answered");
+    assert_eq!(res.status, 200);
+    // The forwarded chain records hops: the peer is appended, not replaced.
+    let seen = backend.ledger().arrivals();
+    let xff: Vec<&str> = seen.iter().filter_map(|a| a.header("x-forwarded-for")).collect();
+    assert_eq!(
+        xff,
+        ["203.0.113.9, 198.51.100.4, 127.0.0.1", "203.0.113.9, 127.0.0.2"]
+    );
+}
+
+#[tokio::test]
+async fn proxy_protocol_names_the_client_when_a_trusted_balancer_sends_it() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        "proxy_protocol = true",
+        "deny = [\"198.51.100.66\"]",
+        backend.addr(),
+    ))
+    .await;
+    let via_balancer = |source: &str| {
+        let header = levee_proxy::proxy_v2_header(source.parse().expect("addr"), h.addr);
+        async move {
+            let mut conn = RawConn::connect_from(ip("127.0.0.1"), h.addr).await?;
+            let mut bytes = header;
+            bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            conn.send(&bytes).await?;
+            conn.read_response(SETTLE).await
+        }
+    };
+    let res = via_balancer("198.51.100.7:40000").await.expect("served");
+    assert_eq!(res.status, 200);
+    let res = via_balancer("198.51.100.66:40000").await.expect("answered");
+    assert_generated("denied via PROXY", &res, 403, "http_request_denied");
+    let seen = backend.ledger().arrivals();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-forwarded-for"), Some("198.51.100.7"));
+
+    // An untrusted peer may not send the header; a trusted one must.
+    let mut untrusted = RawConn::connect_from(ip("127.0.0.2"), h.addr)
+        .await
+        .expect("connect");
+    let mut bytes = levee_proxy::proxy_v2_header("198.51.100.7:1".parse().expect("addr"), h.addr);
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let _ = untrusted.send(&bytes).await;
+    assert!(untrusted.read_to_end_within(SETTLE).await.is_empty());
+    assert_refused("127.0.0.1", h.addr).await;
+    assert_eq!(backend.ledger().len(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_closes_after_its_request_limit() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway(
+        "max_requests_per_connection = 2",
+        "",
+        "",
+        backend.addr(),
+    ))
+    .await;
+    let mut conn = RawConn::connect(h.addr).await.expect("connect");
+    conn.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    let first = conn.read_response(SETTLE).await.expect("first");
+    assert_eq!(first.header("connection"), None);
+    conn.send(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    let second = conn.read_response(SETTLE).await.expect("second");
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), Some("close"));
+    assert!(conn.closed_within(SETTLE).await);
+}
+
+/// A CA and two server certificates it signed, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+        for (name, san) in [("default", "localhost"), ("other", "*.other.test")] {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::new(vec![san.to_string()]).expect("params");
+            let cert = params.signed_by(&key, &ca).expect("sign");
+            std::fs::write(dir.path().join(format!("{name}.crt")), cert.pem()).expect("write");
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).expect("write");
+        }
+        Pki {
+            ca: ca.der().clone(),
+            dir,
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    fn listener_keys(&self) -> String {
+        format!(
+            "[listener.main.tls]\ncertificates = [\n  {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\" }},\n]\n",
+            self.path("default.crt"),
+            self.path("default.key"),
+            self.path("other.crt"),
+            self.path("other.key"),
+        )
+    }
+
+    fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A TLS listener: its config (the TLS table must follow the listener's
+/// own keys, so the route and upstream come after it).
+fn tls_gateway(pki: &Pki, backend: SocketAddr) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[listener.main]\naddress = \"127.0.0.1:0\"\n\n{}\n\
+         [[route]]\nname = \"all\"\nupstream = \"app\"\n\n\
+         [upstream.app.region.local]\nendpoints = [\"{backend}\"]\n",
+        pki.listener_keys()
+    )
+}
+
+#[tokio::test]
+async fn tls_serves_http1_and_h2_by_alpn_and_picks_the_certificate_by_sni() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let h = Harness::start(&tls_gateway(&pki, backend.addr())).await;
+
+    // HTTP/1.1 by ALPN.
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = pki
+        .connector(&[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("handshake for localhost");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut text = String::new();
+    tokio::time::timeout(SETTLE, tls.read_to_string(&mut text))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // h2 by ALPN, to the name only the second certificate covers: the
+    // handshake succeeds only if SNI chose it.
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("api.other.test").expect("name");
+    let tls = pki
+        .connector(&[b"h2", b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("handshake for api.other.test");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("https://api.other.test/two")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let res = tokio::time::timeout(SETTLE, sender.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(res.status(), 200);
+    drop(sender);
+    driver.abort();
+
+    // The backend heard both over plain HTTP, told the client used https.
+    let seen = backend.ledger().arrivals();
+    assert_eq!(seen.len(), 2);
+    for a in &seen {
+        assert_eq!(a.header("x-forwarded-proto"), Some("https"), "{}", a.path);
+    }
+}
+
+#[tokio::test]
+async fn a_plain_text_request_on_a_tls_listener_is_not_served() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let h = Harness::start(&tls_gateway(&pki, backend.addr())).await;
+    let mut conn = RawConn::connect(h.addr).await.expect("connect");
+    conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    let bytes = conn.read_to_end_within(SETTLE).await;
+    assert!(
+        !bytes.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(backend.ledger().is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_certificate_file_is_refused_with_its_path() {
+    let pki = Pki::new();
+    std::fs::write(pki.path("other.key"), "not a key").expect("write");
+    let config = levee_config::parse(&tls_gateway(&pki, "127.0.0.1:1".parse().expect("addr")))
+        .expect("the config itself is valid");
+    let errors = levee_proxy::tls::check(&config).expect_err("refused");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "listener.main.tls.certificates[1].key");
+}
