@@ -4,9 +4,10 @@
 //! the names of things ([`id`]), how an endpoint is chosen among the regions
 //! of an upstream ([`select`], [`balance`]), and how the outcome of a request
 //! is classified ([`outcome`]) so that responses, metrics and (later) retries
-//! and health all read one verdict. Nothing here opens a socket, spawns a
-//! task or reads a clock: callers pass the time in, so every policy is tested
-//! synchronously and deterministically.
+//! and health all read one verdict, and how many requests a client may send
+//! ([`ratelimit`]). Nothing here opens a socket, spawns a task or reads a
+//! clock: callers pass the time in, so every policy is tested synchronously
+//! and deterministically.
 
 pub mod access;
 pub mod balance;
@@ -17,5 +18,6 @@ pub mod health;
 pub mod id;
 pub mod outcome;
 pub mod outlier;
+pub mod ratelimit;
 pub mod retry;
 pub mod select;
