@@ -4,11 +4,14 @@
 //! the names of things ([`id`]), how an endpoint is chosen among the regions
 //! of an upstream ([`select`], [`balance`]), and how the outcome of a request
 //! is classified ([`outcome`]) so that responses, metrics and (later) retries
-//! and health all read one verdict. Nothing here opens a socket, spawns a
-//! task or reads a clock: callers pass the time in, so every policy is tested
-//! synchronously and deterministically.
+//! and health all read one verdict, and how many requests an upstream may
+//! have in flight as its latency changes, shedding low priorities first
+//! ([`concurrency`]). Nothing here opens a socket, spawns a task or reads a
+//! clock: callers pass the time in, so every policy is tested synchronously
+//! and deterministically.
 
 pub mod balance;
+pub mod concurrency;
 pub mod ewma;
 pub mod failover;
 pub mod hash;
