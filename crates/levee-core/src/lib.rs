@@ -3,14 +3,18 @@
 //! Everything on the request path that decides rather than does lives here:
 //! the names of things ([`id`]), how an endpoint is chosen among the regions
 //! of an upstream ([`select`], [`balance`]), and how the outcome of a request
-//! is classified ([`outcome`]) so that responses, metrics and (later) retries
-//! and health all read one verdict, and how many requests a client may send
-//! ([`ratelimit`]). Nothing here opens a socket, spawns a task or reads a
+//! is classified ([`outcome`]) so that responses, metrics, retries
+//! and health all read one verdict, who the client is and whether it may
+//! come in ([`access`]), how many requests a client may send
+//! ([`ratelimit`]), and how many requests an upstream may have in flight as
+//! its latency changes, shedding low priorities first ([`concurrency`]).
+//! Nothing here opens a socket, spawns a task or reads a
 //! clock: callers pass the time in, so every policy is tested synchronously
 //! and deterministically.
 
 pub mod access;
 pub mod balance;
+pub mod concurrency;
 pub mod ewma;
 pub mod failover;
 pub mod hash;
