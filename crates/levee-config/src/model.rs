@@ -11,6 +11,7 @@ use levee_core::balance::Policy;
 pub use levee_core::failover::{Mode as FailoverMode, Params as FailoverParams};
 use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
 pub use levee_core::outlier::{Params as OutlierParams, SuccessRate};
+pub use levee_core::ratelimit::Quota;
 pub use levee_core::retry::{Backoff, RetryOn};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +22,62 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
+    pub rate_limits: Vec<RateLimit>,
+    pub redis: Option<Redis>,
+}
+
+/// `[rate_limit.<name>]`: a rate limit rule, applied where listeners and
+/// routes name it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    pub name: String,
+    pub quota: Quota,
+    /// What a bucket is kept for: the values of these parts together.
+    pub key: Vec<KeyPart>,
+    pub backend: RateLimitBackend,
+    /// Keys kept at most (local tables, and the fallback of Redis rules).
+    pub max_keys: usize,
+    /// How many levee instances share a Redis rule: while Redis is
+    /// unavailable each enforces `rate / instances` on its own.
+    pub instances: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPart {
+    ClientIp,
+    Route,
+    Header(HeaderName),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    Local,
+    Redis,
+}
+
+/// `[redis]`: where fleet-wide rate limits are kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub address: SocketAddr,
+    /// Sent with `AUTH` on every connection.
+    pub password: Option<String>,
+    /// How long a request waits for Redis before deciding locally.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub key_prefix: String,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("address", &self.address)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
 }
 
 impl Config {
@@ -105,6 +162,8 @@ pub struct Listener {
     /// Connections start with a PROXY protocol v2 header, from a peer in
     /// `server.trusted_proxies`.
     pub proxy_protocol: bool,
+    /// Names of `[rate_limit.<name>]` rules every request on it passes.
+    pub rate_limits: Vec<String>,
     pub tls: Option<Tls>,
 }
 
@@ -157,6 +216,8 @@ pub struct Route {
     pub retry: Retry,
     /// Who may use the route; others get 403.
     pub access: Access,
+    /// Names of `[rate_limit.<name>]` rules, after the listener's.
+    pub rate_limits: Vec<String>,
 }
 
 /// `[route.retry]`: how a route's failed attempts are tried again.

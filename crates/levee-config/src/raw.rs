@@ -21,10 +21,13 @@ pub struct RawConfig {
     pub listener: Vec<(String, RawListener)>,
     pub route: Vec<RawRoute>,
     pub upstream: Vec<(String, RawUpstream)>,
+    pub rate_limit: Vec<(String, RawRateLimit)>,
+    pub redis: Option<RawRedis>,
     /// Named items whose shape was wrong: declared, so references to them
     /// are not reported again as references to nothing.
     pub broken_listeners: Vec<String>,
     pub broken_upstreams: Vec<String>,
+    pub broken_rate_limits: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +68,7 @@ pub struct RawListener {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub proxy_protocol: Option<bool>,
+    pub rate_limits: Option<Vec<String>>,
     pub tls: Option<RawTls>,
 }
 
@@ -97,6 +101,29 @@ pub struct RawRoute {
     pub retry: Option<RawRetry>,
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
+    pub rate_limits: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub rate: Option<i64>,
+    pub per: Option<String>,
+    pub burst: Option<i64>,
+    pub key: Option<Vec<String>>,
+    pub backend: Option<String>,
+    pub max_keys: Option<i64>,
+    pub instances: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub address: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +282,12 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
             "upstream" => {
                 (raw.upstream, raw.broken_upstreams) = named(&mut errors, "upstream", value);
             }
+            "rate_limit" => {
+                (raw.rate_limit, raw.broken_rate_limits) = named(&mut errors, "rate_limit", value);
+            }
+            "redis" => {
+                raw.redis = section(&mut errors, "redis", value);
+            }
             "route" => match value {
                 toml::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
@@ -270,7 +303,7 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
             },
             other => errors.push(
                 other,
-                "unknown section; expected one of runtime, admin, server, listener, route, upstream",
+                "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis",
             ),
         }
     }

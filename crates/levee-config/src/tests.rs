@@ -538,3 +538,60 @@ fn front_door_errors_name_their_key() {
         assert!(has(&e, needle), "missing {needle:?} in {e:#?}");
     }
 }
+
+#[test]
+fn rate_limits_parse_with_defaults() {
+    let text = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nrate_limits = [\"a\", \"b\"]\n",
+    ) + "[rate_limit.a]\nrate = 10\n\n[rate_limit.b]\nrate = 5\nper = \"1m\"\nburst = 1\nkey = [\"header:x-api-key\", \"route\"]\nbackend = \"redis\"\ninstances = 2\n\n[redis]\n";
+    let c = parse(&text).expect("valid");
+    let a = &c.rate_limits[0];
+    assert_eq!(
+        (a.quota.rate(), a.quota.per(), a.quota.burst()),
+        (10, Duration::from_secs(1), 10)
+    );
+    assert_eq!(a.key, [KeyPart::ClientIp]);
+    assert_eq!(
+        (a.backend, a.max_keys, a.instances),
+        (RateLimitBackend::Local, 100_000, 1)
+    );
+    let b = &c.rate_limits[1];
+    assert_eq!(
+        b.key,
+        [
+            KeyPart::Header(http::HeaderName::from_static("x-api-key")),
+            KeyPart::Route
+        ]
+    );
+    assert_eq!((b.backend, b.instances), (RateLimitBackend::Redis, 2));
+    let r = c.redis.as_ref().expect("redis");
+    assert_eq!(r.address.to_string(), "127.0.0.1:6379");
+    assert_eq!(r.timeout, Duration::from_millis(5));
+    assert_eq!(c.routes[0].rate_limits, ["a", "b"]);
+    assert!(!format!("{r:?}").contains("change-me"));
+}
+
+#[test]
+fn rate_limit_errors_name_their_key() {
+    let text = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\nrate_limits = [\"nope\", \"a\", \"a\"]\n",
+    ) + "[rate_limit.a]\nrate = 0\n\n[rate_limit.b]\nrate = 2000000\nkey = [\"ip\", \"header:bad header\", \"route\", \"route\"]\nbackend = \"redis\"\n\n\
+         [rate_limit.c]\nper = \"1s\"\n\n[rate_limit.d]\nrate = 1\ninstances = 3\n";
+    let e = errors(&text);
+    for needle in [
+        "route[0].rate_limits[0]: no rate limit named \"nope\"",
+        "route[0].rate_limits[2]: \"a\" is listed twice",
+        "rate_limit.a.rate: must be between 1 and",
+        "rate_limit.b.rate: period / rate must be at least 1µs",
+        "rate_limit.b.key[0]: must be \"client_ip\", \"route\" or \"header:<name>\", got \"ip\"",
+        "rate_limit.b.key[1]: \"bad header\" is not a header name",
+        "rate_limit.b.key[3]: \"route\" is listed twice",
+        "rate_limit.b.backend: \"redis\" needs a [redis] section",
+        "rate_limit.c.rate: is required",
+        "rate_limit.d.instances: applies to backend = \"redis\" only",
+    ] {
+        assert!(has(&e, needle), "missing {needle:?} in {e:#?}");
+    }
+}

@@ -57,6 +57,27 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
         .chain(&raw.broken_listeners)
         .map(String::as_str)
         .collect();
+    let declared_rate_limits: Vec<String> = raw.rate_limit.iter().map(|(n, _)| n.clone()).collect();
+    let redis_declared = raw.redis.is_some();
+    let rate_limits: Vec<RateLimit> = raw
+        .rate_limit
+        .into_iter()
+        .filter_map(|(name, r)| rate_limit(&mut e, &name, r, redis_declared))
+        .collect();
+    let redis = raw.redis.and_then(|r| redis(&mut e, r));
+    let known_rate_limits: HashSet<&str> = declared_rate_limits
+        .iter()
+        .chain(&raw.broken_rate_limits)
+        .map(String::as_str)
+        .collect();
+    for l in &listeners {
+        rate_limit_refs(
+            &mut e,
+            &format!("listener.{}", l.name),
+            &l.rate_limits,
+            &known_rate_limits,
+        );
+    }
     let mut route_names = HashSet::new();
     let routes: Vec<Route> = raw
         .route
@@ -70,7 +91,9 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
                     format!("duplicate route name {:?}", r.name),
                 );
             }
-            route(&mut e, &path, r, &known_upstreams, &known_listeners)
+            let route = route(&mut e, &path, r, &known_upstreams, &known_listeners)?;
+            rate_limit_refs(&mut e, &path, &route.rate_limits, &known_rate_limits);
+            Some(route)
         })
         .collect();
     // A missing section value always comes with an error already recorded.
@@ -84,6 +107,158 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
         listeners,
         routes,
         upstreams,
+        rate_limits,
+        redis,
+    })
+}
+
+fn rate_limit_refs(e: &mut Errors, path: &str, names: &[String], known: &HashSet<&str>) {
+    let mut seen = HashSet::new();
+    for (i, n) in names.iter().enumerate() {
+        if !known.contains(n.as_str()) {
+            e.push(
+                format!("{path}.rate_limits[{i}]"),
+                format!("no rate limit named {n:?} (declare it as [rate_limit.{n}])"),
+            );
+        } else if !seen.insert(n) {
+            e.push(
+                format!("{path}.rate_limits[{i}]"),
+                format!("{n:?} is listed twice"),
+            );
+        }
+    }
+}
+
+fn rate_limit(e: &mut Errors, name: &str, raw: RawRateLimit, redis_declared: bool) -> Option<RateLimit> {
+    let path = format!("rate_limit.{name}");
+    let name = name_of(e, &path, name);
+    let rate = match raw.rate {
+        None => {
+            e.push(format!("{path}.rate"), "is required: requests allowed per `per`");
+            None
+        }
+        Some(r) => count(e, &format!("{path}.rate"), Some(r), 1, 1, u32::MAX as usize),
+    };
+    let per = timeout(e, &format!("{path}.per"), raw.per, Duration::from_secs(1));
+    let burst = count(
+        e,
+        &format!("{path}.burst"),
+        raw.burst,
+        rate.unwrap_or(1),
+        1,
+        u32::MAX as usize,
+    );
+    // Every other key is still checked when the quota is wrong.
+    let quota = rate
+        .zip(burst)
+        .and_then(|(rate, burst)| match Quota::new(rate as u32, per, burst as u32) {
+            Ok(q) => Some(q),
+            Err(why) => {
+                e.push(format!("{path}.rate"), why.to_string());
+                None
+            }
+        });
+    let key = match raw.key {
+        None => vec![KeyPart::ClientIp],
+        Some(parts) => {
+            if parts.is_empty() {
+                e.push(format!("{path}.key"), "must name at least one part");
+            }
+            let mut out = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let part = match p.as_str() {
+                    "client_ip" => Some(KeyPart::ClientIp),
+                    "route" => Some(KeyPart::Route),
+                    other => match other.strip_prefix("header:") {
+                        Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                            Ok(h) => Some(KeyPart::Header(h)),
+                            Err(_) => {
+                                e.push(format!("{path}.key[{i}]"), format!("{h:?} is not a header name"));
+                                None
+                            }
+                        },
+                        None => {
+                            e.push(
+                                format!("{path}.key[{i}]"),
+                                format!(
+                                    "must be \"client_ip\", \"route\" or \"header:<name>\", got {other:?}"
+                                ),
+                            );
+                            None
+                        }
+                    },
+                };
+                if let Some(part) = part {
+                    if out.contains(&part) {
+                        e.push(format!("{path}.key[{i}]"), format!("{p:?} is listed twice"));
+                    } else {
+                        out.push(part);
+                    }
+                }
+            }
+            out
+        }
+    };
+    let backend = match raw.backend.as_deref() {
+        None | Some("local") => RateLimitBackend::Local,
+        Some("redis") => {
+            if !redis_declared {
+                e.push(
+                    format!("{path}.backend"),
+                    "\"redis\" needs a [redis] section saying where Redis is",
+                );
+            }
+            RateLimitBackend::Redis
+        }
+        Some(other) => {
+            e.push(
+                format!("{path}.backend"),
+                format!("must be \"local\" or \"redis\", got {other:?}"),
+            );
+            RateLimitBackend::Local
+        }
+    };
+    let max_keys = count(
+        e,
+        &format!("{path}.max_keys"),
+        raw.max_keys,
+        100_000,
+        1,
+        100_000_000,
+    );
+    let instances = count(e, &format!("{path}.instances"), raw.instances, 1, 1, 10_000);
+    if backend == RateLimitBackend::Local && raw.instances.is_some() {
+        e.push(
+            format!("{path}.instances"),
+            "applies to backend = \"redis\" only: a local limit is per instance already",
+        );
+    }
+    Some(RateLimit {
+        name: name?,
+        quota: quota?,
+        key,
+        backend,
+        max_keys: max_keys?,
+        instances: instances? as u32,
+    })
+}
+
+fn redis(e: &mut Errors, raw: RawRedis) -> Option<Redis> {
+    let text = raw.address.as_deref().unwrap_or("127.0.0.1:6379");
+    let address = socket_addr(e, "redis.address", text);
+    let wait = timeout(e, "redis.timeout", raw.timeout, Duration::from_millis(5));
+    let connect = timeout(
+        e,
+        "redis.connect_timeout",
+        raw.connect_timeout,
+        Duration::from_secs(1),
+    );
+    Some(Redis {
+        address: address?,
+        password: raw.password,
+        timeout: wait,
+        connect_timeout: connect,
+        key_prefix: raw.key_prefix.unwrap_or_else(|| "levee:rl:".to_string()),
     })
 }
 
@@ -240,6 +415,7 @@ fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<Sock
                 address,
                 access,
                 proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                rate_limits: l.rate_limits.unwrap_or_default(),
                 tls,
             })
         })
@@ -376,6 +552,7 @@ fn route(
         request_timeout,
         retry,
         access: access(e, path, raw.allow, raw.deny),
+        rate_limits: raw.rate_limits.unwrap_or_default(),
     })
 }
 

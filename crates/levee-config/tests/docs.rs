@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 16] = [
+const TABLES: [Table; 18] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -112,6 +112,18 @@ const TABLES: [Table; 16] = [
         probe: "[listener.l]\naddress = \"127.0.0.1:8080\"\n[listener.l.tls]\ncertificates = []\nzz_probe = 1\n",
         path: "listener.l.tls.zz_probe",
         heading: "`[listener.<name>.tls]`",
+    },
+    Table {
+        name: "rate_limit",
+        probe: "[rate_limit.r]\nrate = 1\nzz_probe = 1\n",
+        path: "rate_limit.r.zz_probe",
+        heading: "`[rate_limit.<name>]`",
+    },
+    Table {
+        name: "redis",
+        probe: "[redis]\nzz_probe = 1\n",
+        path: "redis.zz_probe",
+        heading: "`[redis]`",
     },
     Table {
         name: "route",
@@ -307,6 +319,8 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         ("server", single("server")),
         ("listener", union(&listeners)),
         ("listener.tls", union(&sub(&listeners, "tls"))),
+        ("rate_limit", union(&tables(root.get("rate_limit")))),
+        ("redis", single("redis")),
         ("route", union(&routes)),
         ("route.match", union(&matches)),
         ("route.retry", union(&sub(&routes, "retry"))),

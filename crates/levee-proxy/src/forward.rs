@@ -30,6 +30,7 @@ use crate::codec::parse::RawRequest;
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawHead, RawOut};
 use crate::fields::FieldsView;
 use crate::metrics::{Limit, RouteMetrics};
+use crate::ratelimit::{KeyInput, Limited, Rule};
 use crate::respond::error_response;
 use crate::router::{RouteInput, normalise_host};
 use crate::server::{ConnInfo, Handler, ListenerPolicy};
@@ -90,6 +91,17 @@ impl Handler for Proxy {
             Some(r) => FieldsView::Raw(r),
             None => FieldsView::Map(req.headers()),
         };
+        let client_ip = client_ip(conn, view, &snap.config.server);
+        if let Some(rules) = snap.listener_limits(&conn.listener) {
+            let input = KeyInput {
+                client: client_ip,
+                route: None,
+                fields: view,
+            };
+            if let Some(limited) = first_limited(rules, &input, start).await {
+                return self.limited(limited, &request_id, &snap.unmatched, start);
+            }
+        }
         let host = host_value
             .as_ref()
             .filter(|_| snap.router.uses_hosts())
@@ -112,7 +124,6 @@ impl Handler for Proxy {
         };
         let upstream = &snap.upstreams[route.upstream];
         let deadline = start + route.request_timeout;
-        let client_ip = client_ip(conn, view, &snap.config.server);
         if !route.access.permits(client_ip) {
             return self.fail(
                 Rejection::new(
@@ -123,6 +134,16 @@ impl Handler for Proxy {
                 &route.metrics,
                 start,
             );
+        }
+        if !route.rate_limits.is_empty() {
+            let input = KeyInput {
+                client: client_ip,
+                route: Some(&route.name),
+                fields: view,
+            };
+            if let Some(limited) = first_limited(&route.rate_limits, &input, start).await {
+                return self.limited(limited, &request_id, &route.metrics, start);
+            }
         }
 
         let hash = upstream.hash_key(view, client_ip);
@@ -416,7 +437,41 @@ fn client_ip(conn: &ConnInfo, view: FieldsView<'_>, server: &levee_config::Serve
     client_from_chain(peer, chain.into_iter(), trusted)
 }
 
+/// The first of `rules` that refuses the request. Rules before it have
+/// counted the request, as every rule sees each request that reaches it.
+async fn first_limited(rules: &[Arc<Rule>], input: &KeyInput<'_>, start: Instant) -> Option<Limited> {
+    let now = start.into_std();
+    for rule in rules {
+        if let Some(limited) = rule.check(input, now).await {
+            return Some(limited);
+        }
+    }
+    None
+}
+
 impl Proxy {
+    /// The 429 of a rate limit, with its `Retry-After` and `RateLimit` fields.
+    fn limited(
+        &self,
+        limited: Limited,
+        request_id: &HeaderValue,
+        metrics: &Arc<RouteMetrics>,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        let mut res = self.fail(
+            Rejection::new(ErrorKind::RateLimited, "rate limit exceeded"),
+            request_id,
+            metrics,
+            start,
+        );
+        for (name, value) in limited.headers() {
+            if let Some(value) = value {
+                res.headers_mut().insert(name, value);
+            }
+        }
+        res
+    }
+
     /// levee's own response for a failed request, counted like any other.
     fn fail(
         &self,

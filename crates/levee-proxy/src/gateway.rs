@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::Drain;
 use crate::forward::Proxy;
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::metrics::{ListenerLabels, Metrics, RuleLabels};
+use crate::ratelimit::redis;
 use crate::server::gate::Gate;
 use crate::server::{ListenerContext, accept_loop};
 use crate::snapshot::Snapshot;
@@ -67,13 +68,66 @@ pub struct Gateway {
     draining: CancellationToken,
     /// Connection counts, shared by every listener across reloads.
     gate: Arc<Gate>,
+    /// The Redis connection of `[redis]`, kept while its settings stay.
+    redis: Mutex<Option<RedisConnection>>,
+}
+
+struct RedisConnection {
+    settings: levee_config::Redis,
+    client: redis::Client,
+    /// Ends the connection task.
+    stop: CancellationToken,
+}
+
+/// The Redis client `config` asks for: the running one if its settings
+/// are unchanged, else a new one (the old connection closes).
+fn redis_for(
+    slot: &Mutex<Option<RedisConnection>>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    tracker: &TaskTracker,
+    draining: &CancellationToken,
+) -> Option<redis::Client> {
+    let mut slot = lock(slot);
+    let wanted = config.redis.as_ref();
+    if let Some(running) = slot.as_ref()
+        && Some(&running.settings) == wanted
+    {
+        return Some(running.client.clone());
+    }
+    if let Some(old) = slot.take() {
+        old.stop.cancel();
+    }
+    let settings = wanted?;
+    let stop = draining.child_token();
+    let up = metrics.redis_up.clone();
+    let client = redis::Client::start(
+        settings.address,
+        settings.password.clone(),
+        settings.connect_timeout,
+        stop.clone(),
+        tracker,
+        move |is_up| {
+            up.set(i64::from(is_up));
+        },
+    );
+    *slot = Some(RedisConnection {
+        settings: settings.clone(),
+        client: client.clone(),
+        stop,
+    });
+    Some(client)
 }
 
 impl Gateway {
     /// Binds the config's listeners and starts serving.
     pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, GatewayError> {
         let tls = tls::load(&config).map_err(GatewayError::Tls)?;
-        let snapshot = Snapshot::build(Arc::new(config), None, &metrics, tls);
+        let tracker = TaskTracker::new();
+        let draining = CancellationToken::new();
+        let redis = Mutex::new(None);
+        let client = redis_for(&redis, &config, &metrics, &tracker, &draining);
+        let snapshot = Snapshot::build(Arc::new(config), None, &metrics, tls, client.as_ref());
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let proxy = Arc::new(Proxy { state: state.clone() });
         let gateway = Arc::new(Gateway {
@@ -81,9 +135,10 @@ impl Gateway {
             proxy,
             metrics,
             listeners: Mutex::new(Vec::new()),
-            tracker: TaskTracker::new(),
-            draining: CancellationToken::new(),
+            tracker,
+            draining,
             gate: Arc::new(Gate::default()),
+            redis,
         });
         let config = gateway.config();
         let bound = gateway.bind_new(&config)?;
@@ -129,7 +184,14 @@ impl Gateway {
         let tls = tls::load(&config).map_err(GatewayError::Tls)?;
         let config = Arc::new(config);
         let bound = self.bind_new(&config)?;
-        let next = Snapshot::build(config.clone(), Some(&self.state.load()), &self.metrics, tls);
+        let client = redis_for(&self.redis, &config, &self.metrics, &self.tracker, &self.draining);
+        let next = Snapshot::build(
+            config.clone(),
+            Some(&self.state.load()),
+            &self.metrics,
+            tls,
+            client.as_ref(),
+        );
         // Published before new listeners accept, so that their first
         // requests already see the routes that name them.
         self.state.store(Arc::new(next));
@@ -243,6 +305,7 @@ impl Gateway {
     fn spawn_evictor(&self) {
         let state = self.state.clone();
         let draining = self.draining.clone();
+        let metrics = self.metrics.clone();
         self.tracker.spawn(async move {
             let mut tick = tokio::time::interval(EVICT_EVERY);
             loop {
@@ -251,10 +314,23 @@ impl Gateway {
                     _ = tick.tick() => {}
                 }
                 let now = Instant::now();
-                for u in &state.load().upstreams {
+                let snap = state.load();
+                for u in &snap.upstreams {
                     for e in &u.endpoints {
                         e.state.pool.evict_expired(now);
                     }
+                }
+                // Recovered keys change no decision: dropping them keeps
+                // the tables small between floods.
+                for rule in &snap.rate_limits {
+                    rule.sweep(now.into_std());
+                    let labels = RuleLabels {
+                        rule: rule.config.name.clone(),
+                    };
+                    metrics
+                        .rate_limit_keys
+                        .get_or_create(&labels)
+                        .set(rule.keys() as i64);
                 }
             }
         });

@@ -21,6 +21,7 @@ mod fields;
 mod forward;
 mod gateway;
 mod metrics;
+mod ratelimit;
 mod respond;
 mod router;
 mod server;

@@ -55,6 +55,18 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleDecisionLabels {
+    pub rule: String,
+    /// `allowed` or `limited`.
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub upstream: String,
     pub region: String,
@@ -121,6 +133,10 @@ pub struct Metrics {
     pub(crate) connections_active: Family<ListenerLabels, Gauge>,
     pub(crate) connections_total: Family<ListenerLabels, Counter>,
     pub(crate) connections_refused: Family<RefusedLabels, Counter>,
+    rate_limit_decisions: Family<RuleDecisionLabels, Counter>,
+    rate_limit_fallbacks: Family<RuleLabels, Counter>,
+    pub(crate) rate_limit_keys: Family<RuleLabels, Gauge>,
+    pub(crate) redis_up: Gauge,
     pub(crate) upstream_connects: Family<EndpointLabels, Counter>,
     pub(crate) upstream_in_flight: Family<EndpointLabels, Gauge>,
     upstream_healthy: Family<EndpointLabels, Gauge>,
@@ -194,6 +210,30 @@ impl Metrics {
             "listener_connections_refused",
             "Client connections closed at accept: denied by an access list, or over a connection cap",
             connections_refused.clone(),
+        );
+        let rate_limit_decisions = Family::<RuleDecisionLabels, Counter>::default();
+        registry.register(
+            "rate_limit_decisions",
+            "Requests a rate limit rule decided on, by decision (allowed, limited)",
+            rate_limit_decisions.clone(),
+        );
+        let rate_limit_fallbacks = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "rate_limit_redis_fallbacks",
+            "Decisions of a Redis rule taken locally (this instance's share) because Redis was down, slow or busy",
+            rate_limit_fallbacks.clone(),
+        );
+        let rate_limit_keys = Family::<RuleLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_keys",
+            "Keys a rule holds in this instance's table",
+            rate_limit_keys.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "rate_limit_redis_up",
+            "1 while levee is connected to the Redis of [redis], else 0",
+            redis_up.clone(),
         );
         let upstream_connects = Family::<EndpointLabels, Counter>::default();
         registry.register(
@@ -297,6 +337,10 @@ impl Metrics {
             connections_active,
             connections_total,
             connections_refused,
+            rate_limit_decisions,
+            rate_limit_fallbacks,
+            rate_limit_keys,
+            redis_up,
             upstream_connects,
             upstream_in_flight,
             upstream_healthy,
@@ -402,6 +446,21 @@ impl Metrics {
     }
 
     /// Handles for one route's series (or the unmatched pseudo-route).
+    /// A rule's (allowed, limited, Redis fallback) counters.
+    pub(crate) fn rate_limit(&self, rule: &str) -> (Counter, Counter, Counter) {
+        let decision = |d| {
+            self.rate_limit_decisions
+                .get_or_create_owned(&RuleDecisionLabels {
+                    rule: rule.to_string(),
+                    decision: d,
+                })
+        };
+        let fallback = self.rate_limit_fallbacks.get_or_create_owned(&RuleLabels {
+            rule: rule.to_string(),
+        });
+        (decision("allowed"), decision("limited"), fallback)
+    }
+
     pub(crate) fn route(&self, route: &str, upstream: &str) -> Arc<RouteMetrics> {
         let by_class = [
             StatusClass::Informational,

@@ -22,6 +22,7 @@ use levee_core::id::{ListenerName, RegionName, UpstreamName};
 use levee_core::select::{EndpointSpec, Selector};
 
 use crate::metrics::{EndpointLabels, Metrics, RouteMetrics};
+use crate::ratelimit::{self, Rule};
 use crate::router::Router;
 use crate::server::{ListenerPolicy, h1};
 use crate::tls::Acceptors;
@@ -35,14 +36,19 @@ pub(crate) struct Snapshot {
     /// Metrics for requests that matched no route.
     pub unmatched: Arc<RouteMetrics>,
     pub listeners: Vec<(ListenerName, Arc<ListenerPolicy>)>,
+    pub rate_limits: Vec<Arc<Rule>>,
+    /// The rules of listeners that have some.
+    listener_limits: Vec<(ListenerName, Vec<Arc<Rule>>)>,
 }
 
 pub(crate) struct RouteRuntime {
+    pub name: String,
     /// Index into [`Snapshot::upstreams`].
     pub upstream: usize,
     pub request_timeout: Duration,
     pub retry: levee_config::Retry,
     pub access: Access,
+    pub rate_limits: Vec<Arc<Rule>>,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -59,7 +65,14 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Metrics,
         mut tls: Acceptors,
+        redis: Option<&ratelimit::redis::Client>,
     ) -> Snapshot {
+        let rate_limits = ratelimit::build(
+            &config,
+            previous.map_or(&[][..], |p| &p.rate_limits),
+            redis,
+            metrics,
+        );
         let mut carried: HashMap<StateKey, Arc<EndpointState>> = HashMap::new();
         let mut old_upstreams: HashMap<UpstreamName, &Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
@@ -199,10 +212,12 @@ impl Snapshot {
                 // Validation guarantees the upstream exists.
                 let upstream = upstreams.iter().position(|u| u.name == r.upstream).unwrap_or(0);
                 RouteRuntime {
+                    name: r.name.to_string(),
                     upstream,
                     request_timeout: r.request_timeout,
                     retry: r.retry.clone(),
                     access: r.access.clone(),
+                    rate_limits: ratelimit::pick(&rate_limits, &r.rate_limits),
                     metrics: metrics.route(r.name.as_str(), r.upstream.as_str()),
                 }
             })
@@ -226,13 +241,30 @@ impl Snapshot {
             })
             .collect();
 
+        let listener_limits = config
+            .listeners
+            .iter()
+            .filter(|l| !l.rate_limits.is_empty())
+            .map(|l| (l.name.clone(), ratelimit::pick(&rate_limits, &l.rate_limits)))
+            .collect();
+
         Snapshot {
             listeners,
+            rate_limits,
+            listener_limits,
             router: Router::new(&config.routes),
             routes,
             upstreams,
             unmatched: metrics.route("", ""),
             config,
         }
+    }
+
+    /// The rate limits every request on `listener` passes, if any.
+    pub fn listener_limits(&self, listener: &ListenerName) -> Option<&[Arc<Rule>]> {
+        self.listener_limits
+            .iter()
+            .find(|(name, _)| name == listener)
+            .map(|(_, rules)| &rules[..])
     }
 }

@@ -18,6 +18,8 @@
 //!   bounded load driver ([`load`]).
 //! - [`eventually`](mod@eventually): deadline-bounded polling for conditions
 //!   that settle asynchronously.
+//! - [`redis`](mod@redis): a real `redis-server` process for the fleet-wide
+//!   rate limit tests.
 //!
 //! Everything binds or connects to `127.0.0.1` only, and every wait has a
 //! deadline, so a broken test fails instead of hanging.
@@ -31,10 +33,12 @@ pub mod client;
 pub mod eventually;
 mod framing;
 pub mod ledger;
+pub mod redis;
 pub mod wire;
 
 pub use backend::{Backend, BackendBuilder, Behaviour, pattern_bytes, pattern_sha256};
 pub use client::{Client, LoadReport, Reply, Sample, Timeline, load, open_loop};
 pub use eventually::{eventually, eventually_async};
 pub use ledger::{Arrival, Ledger, sha256_hex};
+pub use redis::RedisServer;
 pub use wire::{RawConn, RawResponse};

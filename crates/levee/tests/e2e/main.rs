@@ -11,6 +11,7 @@ mod failover;
 mod health;
 mod protection;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod resilience;
 mod shutdown;
