@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 pub use levee_core::access::{Access, Cidr, CidrSet};
 use levee_core::balance::Policy;
+pub use levee_core::concurrency::{Params as AdaptiveParams, Priority};
 pub use levee_core::failover::{Mode as FailoverMode, Params as FailoverParams};
 use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
 pub use levee_core::outlier::{Params as OutlierParams, SuccessRate};
@@ -218,6 +219,8 @@ pub struct Route {
     pub access: Access,
     /// Names of `[rate_limit.<name>]` rules, after the listener's.
     pub rate_limits: Vec<String>,
+    /// Which share of an adaptive concurrency limit the route may use.
+    pub priority: Priority,
 }
 
 /// `[route.retry]`: how a route's failed attempts are tried again.
@@ -310,6 +313,8 @@ pub struct Upstream {
     pub limits: Limits,
     /// `[upstream.<u>.retry_budget]`
     pub retry_budget: RetryBudget,
+    /// `[upstream.<u>.adaptive_concurrency]`; without it, no adaptive limit.
+    pub adaptive_concurrency: Option<AdaptiveParams>,
     pub regions: Vec<Region>,
 }
 

@@ -102,6 +102,7 @@ pub struct RawRoute {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub rate_limits: Option<Vec<String>>,
+    pub priority: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,8 +168,22 @@ pub struct RawUpstream {
     pub outlier: Option<RawOutlier>,
     pub limits: Option<RawLimits>,
     pub retry_budget: Option<RawRetryBudget>,
+    pub adaptive_concurrency: Option<RawAdaptive>,
     #[serde(default)]
     pub region: BTreeMap<String, RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptive {
+    pub initial_limit: Option<i64>,
+    pub min_limit: Option<i64>,
+    pub max_limit: Option<i64>,
+    pub tolerance: Option<f64>,
+    pub smoothing: Option<f64>,
+    pub window: Option<String>,
+    pub min_samples: Option<i64>,
+    pub rebase_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -595,3 +595,34 @@ fn rate_limit_errors_name_their_key() {
         assert!(has(&e, needle), "missing {needle:?} in {e:#?}");
     }
 }
+
+#[test]
+fn adaptive_concurrency_and_priority_parse_and_explain_errors() {
+    let text = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\npriority = \"bulk\"\n",
+    ) + "[upstream.app.adaptive_concurrency]\nmax_limit = 50\n";
+    let c = parse(&text).expect("valid");
+    assert_eq!(c.routes[0].priority, Priority::Bulk);
+    let a = c.upstreams[0].adaptive_concurrency.expect("adaptive");
+    assert_eq!((a.initial_limit, a.min_limit, a.max_limit), (20, 5, 50));
+    assert!(
+        parse(MINIMAL).expect("valid").upstreams[0]
+            .adaptive_concurrency
+            .is_none()
+    );
+
+    let text = MINIMAL.replace(
+        "upstream = \"app\"\n",
+        "upstream = \"app\"\npriority = \"urgent\"\n",
+    ) + "[upstream.app.adaptive_concurrency]\nmin_limit = 30\nmax_limit = 10\ntolerance = 0.5\nwindow = \"0s\"\n";
+    let e = errors(&text);
+    for needle in [
+        "route[0].priority: must be \"critical\", \"default\" or \"bulk\", got \"urgent\"",
+        "upstream.app.adaptive_concurrency.min_limit: min_limit 30 is above max_limit 10",
+        "upstream.app.adaptive_concurrency.tolerance: tolerance must be above 1",
+        "upstream.app.adaptive_concurrency.window: must be greater than 0",
+    ] {
+        assert!(has(&e, needle), "missing {needle:?} in {e:#?}");
+    }
+}

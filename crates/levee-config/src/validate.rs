@@ -553,6 +553,16 @@ fn route(
         retry,
         access: access(e, path, raw.allow, raw.deny),
         rate_limits: raw.rate_limits.unwrap_or_default(),
+        priority: match raw.priority.as_deref() {
+            None => Priority::Default,
+            Some(p) => Priority::parse(p).unwrap_or_else(|| {
+                e.push(
+                    format!("{path}.priority"),
+                    format!("must be \"critical\", \"default\" or \"bulk\", got {p:?}"),
+                );
+                Priority::Default
+            }),
+        },
     })
 }
 
@@ -812,6 +822,9 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
         Some(b) => retry_budget(e, &format!("{path}.retry_budget"), b),
         None => RetryBudget::default(),
     };
+    let adaptive_concurrency = raw
+        .adaptive_concurrency
+        .map(|a| adaptive(e, &format!("{path}.adaptive_concurrency"), a));
     if raw.region.is_empty() {
         e.push(
             format!("{path}.region"),
@@ -838,8 +851,36 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
         outlier,
         limits,
         retry_budget,
+        adaptive_concurrency,
         regions,
     })
+}
+
+fn adaptive(e: &mut Errors, path: &str, raw: RawAdaptive) -> AdaptiveParams {
+    let d = AdaptiveParams::DEFAULT;
+    let limit = |e: &mut Errors, key: &str, v: Option<i64>, default: u32| {
+        count(e, &format!("{path}.{key}"), v, default as usize, 1, 1_000_000).map_or(default, |n| n as u32)
+    };
+    let params = AdaptiveParams {
+        initial_limit: limit(e, "initial_limit", raw.initial_limit, d.initial_limit),
+        min_limit: limit(e, "min_limit", raw.min_limit, d.min_limit),
+        max_limit: limit(e, "max_limit", raw.max_limit, d.max_limit),
+        tolerance: raw.tolerance.unwrap_or(d.tolerance),
+        smoothing: raw.smoothing.unwrap_or(d.smoothing),
+        window: timeout(e, &format!("{path}.window"), raw.window, d.window),
+        min_samples: limit(e, "min_samples", raw.min_samples, d.min_samples),
+        rebase_after: timeout(
+            e,
+            &format!("{path}.rebase_after"),
+            raw.rebase_after,
+            d.rebase_after,
+        ),
+    };
+    // The policy states its own bounds; each error names the key it is about.
+    for why in params.errors() {
+        e.push(format!("{path}.{}", why.field()), why.to_string());
+    }
+    params
 }
 
 fn failover(e: &mut Errors, path: &str, raw: RawFailover) -> FailoverParams {

@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 18] = [
+const TABLES: [Table; 19] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -112,6 +112,12 @@ const TABLES: [Table; 18] = [
         probe: "[listener.l]\naddress = \"127.0.0.1:8080\"\n[listener.l.tls]\ncertificates = []\nzz_probe = 1\n",
         path: "listener.l.tls.zz_probe",
         heading: "`[listener.<name>.tls]`",
+    },
+    Table {
+        name: "adaptive_concurrency",
+        probe: "[upstream.u.adaptive_concurrency]\nzz_probe = 1\n",
+        path: "upstream.u.adaptive_concurrency.zz_probe",
+        heading: "`[upstream.<u>.adaptive_concurrency]`",
     },
     Table {
         name: "rate_limit",
@@ -330,6 +336,10 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         ("outlier", union(&sub(&upstreams, "outlier"))),
         ("limits", union(&sub(&upstreams, "limits"))),
         ("retry_budget", union(&sub(&upstreams, "retry_budget"))),
+        (
+            "adaptive_concurrency",
+            union(&sub(&upstreams, "adaptive_concurrency")),
+        ),
         ("region", union(&regions)),
         ("endpoint", union(&endpoints)),
     ]

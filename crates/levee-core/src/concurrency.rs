@@ -17,6 +17,8 @@
 //! g      = clamp(tolerance × b / s, 0.5, 2)
 //! target = L × g         when s > tolerance × b         (congested)
 //!        = L × g + √L    otherwise, if the limit was in use
+//!        = L × g + √L    otherwise, if L < initial_limit  (recovering: L' is
+//!                        capped at initial_limit)
 //!        = L             otherwise                      (idle)
 //! L'     = clamp(L × (1 − smoothing) + target × smoothing, min_limit, max_limit)
 //! ```
@@ -57,7 +59,10 @@
 //! baseline being the old fast latency, or the slow one re-measured), so
 //! `g` is about `tolerance` or more (capped at 2): the limit grows at its
 //! fastest, up to ×1.2 a window while requests are still being shed, and a
-//! re-measured baseline falls back half way a window.
+//! re-measured baseline falls back half way a window. With too little
+//! traffic left to fill the cut-down limit, windows at normal latency still
+//! raise it back up to `initial_limit` (no further), so the next burst is
+//! not shed for a slowdown that is over.
 //!
 //! **Samples.** The caller records each request that got an answer from the
 //! upstream ([`Completion::Answered`], whatever the status) with its
@@ -412,15 +417,29 @@ impl Limiter {
 
         let before = self.limit;
         let in_use = w.shed > 0 || 2.0 * f64::from(w.peak_in_flight) >= before;
+        let initial = f64::from(p.initial_limit);
+        let recovering = !congested && !in_use && before < initial;
         let target = if congested {
             before * gradient
-        } else if in_use {
+        } else if in_use || recovering {
+            // Recovering: idle below where it started. A limit cut down
+            // while the upstream was slow comes back once latency is
+            // normal, even with too little traffic to fill it, so the next
+            // burst is not shed against a slowdown that is over; but never
+            // past the initial limit without being used.
             before * gradient + before.sqrt()
         } else {
             before
         };
         let smoothed = before * (1.0 - p.smoothing) + target * p.smoothing;
-        self.limit = smoothed.clamp(f64::from(p.min_limit), f64::from(p.max_limit));
+        let ceiling = if recovering {
+            initial
+        } else {
+            f64::from(p.max_limit)
+        };
+        self.limit = smoothed
+            .min(ceiling)
+            .clamp(f64::from(p.min_limit), f64::from(p.max_limit));
 
         let mut rebased = false;
         if congested && before <= f64::from(p.min_limit) && w.drops == 0 {
@@ -603,6 +622,28 @@ mod tests {
             assert_eq!(l.record(t1, 5 * MS, Completion::Answered), None);
         }
         assert!(l.record(t1 + 100 * MS, 5 * MS, Completion::Answered).is_some());
+    }
+
+    #[test]
+    fn a_limit_cut_down_comes_back_to_where_it_started_without_load() {
+        let mut now = Instant::now();
+        let mut l = limiter(20);
+        windows(&mut l, &mut now, 3, 5 * MS);
+        // Slow: the limit falls to the minimum.
+        for _ in 0..100 {
+            windows(&mut l, &mut now, 1, 200 * MS);
+        }
+        assert_eq!(l.limit(), l.params().min_limit);
+        // Fast again, with one request in flight at a time: back to the
+        // initial limit, and no further.
+        for _ in 0..200 {
+            let _ = l.try_admit(Priority::Default, 0);
+            for _ in 0..10 {
+                now += 10 * MS;
+                let _ = l.record(now, 5 * MS, Completion::Answered);
+            }
+        }
+        assert_eq!(l.limit(), 20);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use levee_config::ClientIpHeader;
 use levee_config::{EndpointAddress, Protocol};
 use levee_core::access::{canonical, client_from_chain, forwarded_for, x_forwarded_for};
+use levee_core::concurrency::{self, Priority};
 use levee_core::failover::{Loads, undamped};
 use levee_core::id::ListenerName;
 use levee_core::outcome::{Blame, Delivery, ErrorKind, Rejection};
@@ -146,6 +147,21 @@ impl Handler for Proxy {
             }
         }
 
+        if let Some(adaptive) = &upstream.adaptive {
+            let in_flight = u32::try_from(upstream.counters.requests()).unwrap_or(u32::MAX);
+            let mut limiter = adaptive.lock().unwrap_or_else(|e| e.into_inner());
+            if !limiter.try_admit(route.priority, in_flight).is_admitted() {
+                let retry_after = limiter.retry_after();
+                drop(limiter);
+                let class = Priority::ALL
+                    .iter()
+                    .position(|p| *p == route.priority)
+                    .unwrap_or(1);
+                upstream.metrics.shed[class].inc();
+                return self.shed(retry_after, &request_id, &route.metrics, start);
+            }
+        }
+
         let hash = upstream.hash_key(view, client_ip);
         // The requests breaker: a full upstream fails fast rather than queue.
         let Some(admitted) = Slot::take(&upstream.counters, Limit::Requests, upstream.limits.max_requests)
@@ -247,6 +263,7 @@ impl Handler for Proxy {
                     let failed = status >= 500 || status == 429;
                     let observation = Observation::of_status(status);
                     observe(upstream, done.endpoint, answered, elapsed, observation, failed);
+                    sample(upstream, answered, elapsed, Some(answered_with(status)));
                     if policy.retry_on.covers(Reason::Status(status)) {
                         last_failure = status_failure(status);
                         // A `Retry-After` beyond what the route waits: passed on.
@@ -265,6 +282,7 @@ impl Handler for Proxy {
                         let observation = Observation::GatewayFailure;
                         observe(upstream, done.endpoint, answered, elapsed, observation, true);
                     }
+                    sample(upstream, answered, elapsed, failed_with(kind));
                     last_failure = failed.rejection;
                     Reason::of_error(kind).map(|r| (r, kind.delivery() != Delivery::NotSent, Duration::ZERO))
                 }
@@ -450,6 +468,27 @@ async fn first_limited(rules: &[Arc<Rule>], input: &KeyInput<'_>, start: Instant
 }
 
 impl Proxy {
+    /// The 503 of a request shed by the adaptive concurrency limit.
+    fn shed(
+        &self,
+        retry_after: Duration,
+        request_id: &HeaderValue,
+        metrics: &Arc<RouteMetrics>,
+        start: Instant,
+    ) -> Response<ResponseBody> {
+        let mut res = self.fail(
+            Rejection::new(ErrorKind::Overloaded, "the upstream is at its concurrency limit"),
+            request_id,
+            metrics,
+            start,
+        );
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs().max(1)),
+        );
+        res
+    }
+
     /// The 429 of a rate limit, with its `Retry-After` and `RateLimit` fields.
     fn limited(
         &self,
@@ -738,14 +777,16 @@ impl Outgoing<'_> {
             && failed.rejection.kind.blame() == Blame::Upstream
         {
             let now = Instant::now();
+            let latency = now.saturating_duration_since(done.started);
             observe(
                 self.upstream,
                 done.endpoint,
                 now,
-                now.saturating_duration_since(done.started),
+                latency,
                 Observation::GatewayFailure,
                 true,
             );
+            sample(self.upstream, now, latency, failed_with(failed.rejection.kind));
         }
     }
 }
@@ -764,6 +805,40 @@ fn observe(
     if let Some(detector) = state.observe(now, latency, observation, failed, upstream) {
         upstream.consider_ejection(index, detector, now);
     }
+}
+
+/// Feeds the upstream's adaptive concurrency limit one try's outcome.
+fn sample(upstream: &Upstream, now: Instant, latency: Duration, completion: Option<concurrency::Completion>) {
+    let (Some(adaptive), Some(completion)) = (&upstream.adaptive, completion) else {
+        return;
+    };
+    let update =
+        adaptive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(now.into_std(), latency, completion);
+    if let Some(update) = update {
+        upstream.metrics.concurrency_limit.set(i64::from(update.limit));
+    }
+}
+
+/// What an answered try says about the upstream's queueing, as the
+/// adaptive limit reads it: every answer counts with its latency, and a 503
+/// or 429 counts as overload.
+fn answered_with(status: u16) -> concurrency::Completion {
+    if status == 503 || status == 429 {
+        concurrency::Completion::Dropped
+    } else {
+        concurrency::Completion::Answered
+    }
+}
+
+/// A timeout counts as overload; other failures (a refused connection, a
+/// reset) are fast and say nothing about queueing, and counting them would
+/// make a dead upstream look fast.
+fn failed_with(kind: ErrorKind) -> Option<concurrency::Completion> {
+    matches!(kind, ErrorKind::ResponseTimeout | ErrorKind::ConnectionTimeout)
+        .then_some(concurrency::Completion::Dropped)
 }
 
 /// Counts how a request that needed retries ended.

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use levee_core::concurrency::Priority;
 use levee_core::outcome::{ErrorKind, StatusClass};
 use levee_core::outlier::Detector;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,6 +53,13 @@ pub struct RefusedLabels {
     pub listener: String,
     /// A [`crate::server::gate::Refusal`].
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    pub upstream: String,
+    /// A route's `priority`.
+    pub priority: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,6 +142,8 @@ pub struct Metrics {
     pub(crate) connections_total: Family<ListenerLabels, Counter>,
     pub(crate) connections_refused: Family<RefusedLabels, Counter>,
     rate_limit_decisions: Family<RuleDecisionLabels, Counter>,
+    concurrency_limit: Family<UpstreamLabels, Gauge>,
+    shed: Family<ShedLabels, Counter>,
     rate_limit_fallbacks: Family<RuleLabels, Counter>,
     pub(crate) rate_limit_keys: Family<RuleLabels, Gauge>,
     pub(crate) redis_up: Gauge,
@@ -210,6 +220,18 @@ impl Metrics {
             "listener_connections_refused",
             "Client connections closed at accept: denied by an access list, or over a connection cap",
             connections_refused.clone(),
+        );
+        let concurrency_limit = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_concurrency_limit",
+            "The upstream's adaptive concurrency limit: requests it may have in flight now",
+            concurrency_limit.clone(),
+        );
+        let shed = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "upstream_shed",
+            "Requests answered 503 at once because the upstream's adaptive concurrency limit was reached for their priority",
+            shed.clone(),
         );
         let rate_limit_decisions = Family::<RuleDecisionLabels, Counter>::default();
         registry.register(
@@ -338,6 +360,8 @@ impl Metrics {
             connections_total,
             connections_refused,
             rate_limit_decisions,
+            concurrency_limit,
+            shed,
             rate_limit_fallbacks,
             rate_limit_keys,
             redis_up,
@@ -442,10 +466,16 @@ impl Metrics {
                     result,
                 })
             }),
+            concurrency_limit: self.concurrency_limit.get_or_create_owned(&u()),
+            shed: Priority::ALL.map(|p| {
+                self.shed.get_or_create_owned(&ShedLabels {
+                    upstream: upstream.to_string(),
+                    priority: p.as_str(),
+                })
+            }),
         }
     }
 
-    /// Handles for one route's series (or the unmatched pseudo-route).
     /// A rule's (allowed, limited, Redis fallback) counters.
     pub(crate) fn rate_limit(&self, rule: &str) -> (Counter, Counter, Counter) {
         let decision = |d| {
@@ -461,6 +491,7 @@ impl Metrics {
         (decision("allowed"), decision("limited"), fallback)
     }
 
+    /// Handles for one route's series (or the unmatched pseudo-route).
     pub(crate) fn route(&self, route: &str, upstream: &str) -> Arc<RouteMetrics> {
         let by_class = [
             StatusClass::Informational,
@@ -506,6 +537,10 @@ pub(crate) struct UpstreamMetrics {
     pub overflow: [Counter; 4],
     /// Requests that needed retries: succeeded, failed.
     pub retried: [Counter; 2],
+    /// The adaptive concurrency limit now (0 without one).
+    pub concurrency_limit: Gauge,
+    /// Requests shed by the adaptive limit, in `Priority::ALL` order.
+    pub shed: [Counter; 3],
 }
 
 impl UpstreamMetrics {

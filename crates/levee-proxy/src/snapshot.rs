@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use levee_core::concurrency::{Limiter, Priority};
 use levee_core::failover::{Failover, Loads};
 use levee_core::retry::Budget;
 use tokio::sync::Notify;
@@ -49,6 +50,7 @@ pub(crate) struct RouteRuntime {
     pub retry: levee_config::Retry,
     pub access: Access,
     pub rate_limits: Vec<Arc<Rule>>,
+    pub priority: Priority,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -169,7 +171,23 @@ impl Snapshot {
                     ),
                     None => Failover::new(u.failover, priorities.len()),
                 };
+                let adaptive = u.adaptive_concurrency.and_then(|params| {
+                    // What the old limiter learnt stays; only its settings change.
+                    let kept = old.and_then(|o| o.adaptive.clone()).filter(|a| {
+                        a.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .set_params(params)
+                            .is_ok()
+                    });
+                    kept.or_else(|| Limiter::new(params).ok().map(|l| Arc::new(Mutex::new(l))))
+                });
+                let upstream_metrics = metrics.upstream(u.name.as_str(), &priorities);
+                let limit = adaptive
+                    .as_ref()
+                    .map_or(0, |a| a.lock().unwrap_or_else(|e| e.into_inner()).limit());
+                upstream_metrics.concurrency_limit.set(i64::from(limit));
                 let upstream = Arc::new(Upstream {
+                    adaptive,
                     name: u.name.clone(),
                     selector,
                     endpoints,
@@ -181,7 +199,7 @@ impl Snapshot {
                     outlier: u.outlier.clone(),
                     tracks_latency: u.balance == levee_core::balance::Policy::PeakEwma,
                     counters,
-                    metrics: metrics.upstream(u.name.as_str(), &priorities),
+                    metrics: upstream_metrics,
                     priorities,
                     failover: Mutex::new(failover),
                     failover_params: u.failover,
@@ -218,6 +236,7 @@ impl Snapshot {
                     retry: r.retry.clone(),
                     access: r.access.clone(),
                     rate_limits: ratelimit::pick(&rate_limits, &r.rate_limits),
+                    priority: r.priority,
                     metrics: metrics.route(r.name.as_str(), r.upstream.as_str()),
                 }
             })

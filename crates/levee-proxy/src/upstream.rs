@@ -29,6 +29,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::COOKIE;
 use levee_config::{EndpointAddress, HashOn, HealthCheck, Limits, Outlier, Protocol};
+use levee_core::concurrency::Limiter;
 use levee_core::ewma;
 use levee_core::failover::{Failover, Loads};
 use levee_core::hash::hash64;
@@ -84,6 +85,9 @@ pub(crate) struct Upstream {
     /// Whether its watch task was started.
     pub watched: AtomicBool,
     pub metrics: UpstreamMetrics,
+    /// The adaptive concurrency limit, carried across reloads. Locked for
+    /// O(1) steps only, never across an await.
+    pub adaptive: Option<Arc<Mutex<Limiter>>>,
 }
 
 pub(crate) struct Endpoint {

@@ -14,6 +14,7 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod resilience;
+mod shedding;
 mod shutdown;
 mod streaming;
 mod strict;
