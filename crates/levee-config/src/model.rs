@@ -119,6 +119,9 @@ pub struct Server {
     /// Requests served on one connection before it is closed (HTTP/1) or
     /// sent GOAWAY (HTTP/2); 0 for no limit.
     pub max_requests_per_connection: u64,
+    /// The slowest request body accepted, in bytes a second, after a grace
+    /// of `header_timeout`; 0 turns it off.
+    pub body_min_rate: u64,
     /// Peers believed when they say who the client is; empty trusts none.
     pub trusted_proxies: CidrSet,
     /// Where a trusted peer says who the client is.
@@ -147,6 +150,7 @@ impl Default for Server {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             max_requests_per_connection: 1000,
+            body_min_rate: 500,
             trusted_proxies: CidrSet::default(),
             client_ip_header: ClientIpHeader::XForwardedFor,
         }

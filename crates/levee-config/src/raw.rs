@@ -57,6 +57,7 @@ pub struct RawServer {
     pub max_connections: Option<i64>,
     pub max_connections_per_ip: Option<i64>,
     pub max_requests_per_connection: Option<i64>,
+    pub body_min_rate: Option<i64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub client_ip_header: Option<String>,
 }

@@ -356,6 +356,15 @@ fn server(e: &mut Errors, raw: RawServer) -> Server {
             u32::MAX as usize,
         )
         .unwrap_or(d.max_requests_per_connection as usize) as u64,
+        body_min_rate: count(
+            e,
+            "server.body_min_rate",
+            raw.body_min_rate,
+            d.body_min_rate as usize,
+            0,
+            1 << 30,
+        )
+        .unwrap_or(d.body_min_rate as usize) as u64,
         trusted_proxies: cidr_set(e, "server.trusted_proxies", raw.trusted_proxies),
         client_ip_header: match raw.client_ip_header.as_deref() {
             None | Some("x-forwarded-for") => ClientIpHeader::XForwardedFor,

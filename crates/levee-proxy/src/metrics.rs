@@ -56,6 +56,13 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlowLabels {
+    pub listener: String,
+    /// `head`, `body` or `send`.
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShedLabels {
     pub upstream: String,
     /// A route's `priority`.
@@ -141,6 +148,7 @@ pub struct Metrics {
     pub(crate) connections_active: Family<ListenerLabels, Gauge>,
     pub(crate) connections_total: Family<ListenerLabels, Counter>,
     pub(crate) connections_refused: Family<RefusedLabels, Counter>,
+    slow_clients: Family<SlowLabels, Counter>,
     rate_limit_decisions: Family<RuleDecisionLabels, Counter>,
     concurrency_limit: Family<UpstreamLabels, Gauge>,
     shed: Family<ShedLabels, Counter>,
@@ -214,6 +222,13 @@ impl Metrics {
             "listener_connections",
             "Client connections accepted",
             connections_total.clone(),
+        );
+        let slow_clients = Family::<SlowLabels, Counter>::default();
+        registry.register(
+            "listener_slow_clients",
+            "Client connections dropped for being too slow: the request head (header_timeout), \
+             the request body (body_timeout, body_min_rate) or taking the response (body_timeout)",
+            slow_clients.clone(),
         );
         let connections_refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
@@ -359,6 +374,7 @@ impl Metrics {
             connections_active,
             connections_total,
             connections_refused,
+            slow_clients,
             rate_limit_decisions,
             concurrency_limit,
             shed,
@@ -473,6 +489,21 @@ impl Metrics {
                     priority: p.as_str(),
                 })
             }),
+        }
+    }
+
+    /// A listener's slow-client counters.
+    pub(crate) fn slow_clients(&self, listener: &str) -> crate::server::h1::SlowClients {
+        let phase = |phase| {
+            self.slow_clients.get_or_create_owned(&SlowLabels {
+                listener: listener.to_string(),
+                phase,
+            })
+        };
+        crate::server::h1::SlowClients {
+            head: phase("head"),
+            body: phase("body"),
+            send: phase("send"),
         }
     }
 

@@ -247,8 +247,10 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
+                let mut settings = settings.clone();
+                settings.slow = metrics.slow_clients(l.name.as_str());
                 let policy = ListenerPolicy {
-                    settings: settings.clone(),
+                    settings,
                     access: l.access.clone(),
                     max_connections: config.server.max_connections,
                     max_connections_per_ip: config.server.max_connections_per_ip,

@@ -27,6 +27,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::io::{linger_close, write_all_slices};
@@ -59,6 +60,21 @@ pub(crate) struct Settings {
     pub max_body: Option<u64>,
     /// Requests before the connection closes; 0 for no limit.
     pub max_requests: u64,
+    /// The slowest request body accepted, in bytes a second after a grace
+    /// of `header_timeout`; 0 for none.
+    pub body_min_rate: u64,
+    pub slow: SlowClients,
+}
+
+/// Counts of clients dropped for being too slow, by phase.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SlowClients {
+    /// The request head did not come within `header_timeout`.
+    pub head: Counter,
+    /// The request body stalled or crawled below `body_min_rate`.
+    pub body: Counter,
+    /// The client did not take the response within `body_timeout`.
+    pub send: Counter,
 }
 
 impl Settings {
@@ -75,6 +91,8 @@ impl Settings {
             tunnel_idle_timeout: s.tunnel_idle_timeout,
             max_body: s.max_body_bytes,
             max_requests: s.max_requests_per_connection,
+            body_min_rate: s.body_min_rate,
+            slow: SlowClients::default(),
         }
     }
 }
@@ -201,6 +219,11 @@ async fn read_head<R: AsyncRead + Unpin>(
                 Ok(_) => {}
             },
             _ = waits.timer.until(deadline) => {
+                // A head that never came, as opposed to a keep-alive
+                // connection that went quiet between requests.
+                if head_deadline.is_some() {
+                    settings.slow.head.inc();
+                }
                 return Err(if buf.is_empty() {
                     Stop::Closed
                 } else {
@@ -248,9 +271,13 @@ async fn write_generated<W: AsyncWrite + Unpin>(
     encode_head(out, &parts, OutFraming::Length(data.len() as u64), persistence);
     let mut slices = [&out[..], &data[..]];
     let write = write_all_slices(wr, &mut slices);
-    timeout(settings.body_timeout, write)
-        .await
-        .is_ok_and(|r| r.is_ok())
+    match timeout(settings.body_timeout, write).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            settings.slow.send.inc();
+            false
+        }
+    }
 }
 
 /// One request and its response; with `last`, the connection's final one.
@@ -597,7 +624,12 @@ where
     loop {
         tokio::select! {
             biased;
-            r = &mut write => return matches!(r, Ok(Ok(()))),
+            r = &mut write => {
+                if r.is_err() {
+                    settings.slow.send.inc();
+                }
+                return matches!(r, Ok(Ok(())));
+            }
             step = pump_step(pump, rd, buf, None::<&mut tokio::io::Sink>) => if step.is_err() {
                 break_pump(pump);
             }
@@ -623,6 +655,17 @@ struct Pump {
     continue_sent: bool,
     max_body: Option<u64>,
     body_timeout: Duration,
+    /// The minimum rate: by `started + grace + credit + received / rate`
+    /// the body must have come this far.
+    min_rate: u64,
+    started: Instant,
+    grace: Duration,
+    /// Time the client spent waiting on levee (for `100 Continue`, or for
+    /// an upstream slower to take the body than the client to send it),
+    /// which is not the client's slowness.
+    credit: Duration,
+    blocked_since: Option<Instant>,
+    slow: Counter,
     done: bool,
     /// The body failed (malformed, too large, too slow, or the client went
     /// away): nothing more is read, and the connection is not reused.
@@ -637,6 +680,22 @@ enum PumpError {
 }
 
 impl Pump {
+    /// When the body must have reached one byte more than it has, at the
+    /// minimum rate; `None` without one.
+    fn rate_deadline(&self) -> Option<Instant> {
+        if self.min_rate == 0 {
+            return None;
+        }
+        let due = Duration::from_secs_f64((self.decoder.received() + 1) as f64 / self.min_rate as f64);
+        Some(self.started + self.grace + self.credit + due)
+    }
+
+    fn unblock(&mut self) {
+        if let Some(since) = self.blocked_since.take() {
+            self.credit += since.elapsed();
+        }
+    }
+
     fn new(framing: Framing, sender: BodySender, expect_continue: bool, settings: &Settings) -> Pump {
         Pump {
             decoder: Decoder::new(framing, settings.limits.max_head),
@@ -645,6 +704,12 @@ impl Pump {
             continue_sent: false,
             max_body: settings.max_body,
             body_timeout: settings.body_timeout,
+            min_rate: settings.body_min_rate,
+            started: Instant::now(),
+            grace: settings.header_timeout,
+            credit: Duration::ZERO,
+            blocked_since: None,
+            slow: settings.slow.body.clone(),
             done: false,
             broken: false,
         }
@@ -674,12 +739,16 @@ where
     let Some(p) = pump.as_mut().filter(|p| !p.done && !p.broken) else {
         return std::future::pending().await;
     };
+    // A wait cut short by the caller still counts as levee's.
+    p.unblock();
     if p.awaiting_continue() {
         let (Some(sender), Some(wr)) = (&p.sender, wr) else {
             // No go-ahead can be given now; the client sends nothing more.
             return std::future::pending().await;
         };
+        p.blocked_since = Some(Instant::now());
         sender.want.wanted().await;
+        p.unblock();
         // One write call: it writes all 25 bytes or nothing when cancelled.
         match wr.write(CONTINUE).await {
             Ok(n) if n == CONTINUE.len() => {}
@@ -689,8 +758,14 @@ where
         return Ok(());
     }
     // Reserve room first: if the handler dropped the body, switch to discarding.
-    let permit = match p.sender.as_ref().map(|s| s.tx.clone()) {
-        Some(tx) => match tx.reserve_owned().await {
+    p.blocked_since = Some(Instant::now());
+    let reserved = match p.sender.as_ref().map(|s| s.tx.clone()) {
+        Some(tx) => Some(tx.reserve_owned().await),
+        None => None,
+    };
+    p.unblock();
+    let permit = match reserved {
+        Some(reserved) => match reserved {
             Ok(permit) => Some(permit),
             Err(_) => {
                 p.sender = None;
@@ -706,14 +781,20 @@ where
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(BODY_READ);
                 }
-                match timeout(p.body_timeout, rd.read_buf(buf)).await {
+                let idle = Instant::now() + p.body_timeout;
+                let crawl = p.rate_deadline();
+                let deadline = crawl.map_or(idle, |c| c.min(idle));
+                match timeout_at(deadline, rd.read_buf(buf)).await {
                     Ok(Ok(0) | Err(_)) => return Err(PumpError::Gone),
                     Ok(Ok(_)) => continue,
                     Err(_) => {
-                        return Err(PumpError::Client(Rejection::new(
-                            ErrorKind::RequestTimeout,
-                            "request body timed out",
-                        )));
+                        p.slow.inc();
+                        let detail = if crawl.is_some_and(|c| c < idle) {
+                            "request body too slow"
+                        } else {
+                            "request body timed out"
+                        };
+                        return Err(PumpError::Client(Rejection::new(ErrorKind::RequestTimeout, detail)));
                     }
                 }
             }

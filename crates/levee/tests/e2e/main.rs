@@ -15,6 +15,7 @@ mod ratelimit;
 mod reload;
 mod resilience;
 mod shedding;
+mod slowclients;
 mod shutdown;
 mod streaming;
 mod strict;
