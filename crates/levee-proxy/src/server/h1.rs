@@ -26,8 +26,8 @@ use http::{HeaderMap, Method, Request, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use levee_core::outcome::{ErrorKind, Rejection};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::io::{linger_close, write_all_slices};
@@ -794,7 +794,10 @@ where
                         } else {
                             "request body timed out"
                         };
-                        return Err(PumpError::Client(Rejection::new(ErrorKind::RequestTimeout, detail)));
+                        return Err(PumpError::Client(Rejection::new(
+                            ErrorKind::RequestTimeout,
+                            detail,
+                        )));
                     }
                 }
             }

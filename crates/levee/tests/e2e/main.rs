@@ -15,7 +15,7 @@ mod ratelimit;
 mod reload;
 mod resilience;
 mod shedding;
-mod slowclients;
 mod shutdown;
+mod slowclients;
 mod streaming;
 mod strict;

@@ -66,7 +66,11 @@ async fn a_thousand_slowloris_connections_do_not_stop_a_legitimate_client() {
     };
     let ((), ok) = tokio::join!(trickle, legit);
     assert_eq!(ok, 25, "the legitimate client was not served every time");
-    assert_eq!(backend.ledger().len(), 25, "no slowloris request reached the backend");
+    assert_eq!(
+        backend.ledger().len(),
+        25,
+        "no slowloris request reached the backend"
+    );
 
     // Every attacker is answered 408 (or closed) once its head deadline
     // passes, and counted.
@@ -91,7 +95,11 @@ async fn a_thousand_slowloris_connections_do_not_stop_a_legitimate_client() {
 async fn a_crawling_body_gets_408_and_a_steady_one_passes() {
     let backend = Backend::start("b1").await;
     // A second of grace, then at least 500 bytes a second.
-    let h = Harness::start(&gateway("header_timeout = \"1s\"\nbody_min_rate = 500", backend.addr())).await;
+    let h = Harness::start(&gateway(
+        "header_timeout = \"1s\"\nbody_min_rate = 500",
+        backend.addr(),
+    ))
+    .await;
 
     let upload = |rate_per_100ms: usize| async move {
         let mut c = RawConn::connect(h.addr).await.expect("connect");
@@ -115,7 +123,8 @@ async fn a_crawling_body_gets_408_and_a_steady_one_passes() {
     let (res, took) = upload(10).await;
     assert_eq!(res.status, 408, "{:?}", res.text());
     assert!(
-        res.header("proxy-status").is_some_and(|p| p.contains("request body too slow")),
+        res.header("proxy-status")
+            .is_some_and(|p| p.contains("request body too slow")),
         "{:?}",
         res.header("proxy-status")
     );
