@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use levee_testkit::{Backend, RawConn, RawResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -406,4 +407,86 @@ async fn a_bad_certificate_file_is_refused_with_its_path() {
     let errors = levee_proxy::tls::check(&config).expect_err("refused");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "listener.main.tls.certificates[1].key");
+}
+
+/// The CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let backend = Backend::start("b1").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let toml = gateway("", "", "", backend.addr()).replacen(
+        "[listener.main]\naddress = \"127.0.0.1:0\"",
+        &format!("[listener.main]\naddress = \"{addr}\""),
+        1,
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("levee.toml");
+    std::fs::write(&path, toml).expect("write");
+    // levee with 64 file descriptors in all.
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=64:64", "--"])
+        .arg(env!("CARGO_BIN_EXE_levee"))
+        .args(["run", "--no-watch", "-c"])
+        .arg(&path)
+        .env("LEVEE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("log file"))
+        .spawn()
+        .expect("spawn levee under prlimit");
+    let pid = child.id();
+    levee_testkit::eventually_async(SETTLE, "levee serves", || async move {
+        levee_testkit::Client::http1(addr)
+            .get("/")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+
+    // Hold more connections than levee has descriptors for: the kernel
+    // queues the rest, and accept fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "levee died out of descriptors"
+    );
+    // 100 ticks is a second of CPU: a spinning accept loop would burn ~200.
+    assert!(
+        spent < 50,
+        "levee used {spent} ticks of CPU in 2 s while out of descriptors"
+    );
+
+    // It did run out, and said so without a log storm (at most once a second).
+    let log = std::fs::read_to_string(dir.path().join("stderr")).expect("log");
+    let warnings = log.matches("accept failed").count();
+    assert!((1..=4).contains(&warnings), "{warnings} accept warnings:\n{log}");
+
+    drop(held);
+    levee_testkit::eventually_async(SETTLE, "levee serves again", || async move {
+        levee_testkit::Client::http1(addr)
+            .get("/")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -321,3 +321,116 @@ async fn a_reload_keeps_the_buckets_of_unchanged_rules() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(get("127.0.0.10", h.addr, "/app", "").await.status, 200);
 }
+
+/// `GET path` requests one after another on one keep-alive connection
+/// from `from`, until `until`; returns (statuses, latencies).
+async fn closed_loop(
+    from: &'static str,
+    addr: SocketAddr,
+    path: &'static str,
+    until: Instant,
+) -> Vec<(u16, Duration)> {
+    let connect = || async {
+        RawConn::connect_from(from.parse().expect("ip"), addr)
+            .await
+            .expect("connect")
+    };
+    let mut conn = connect().await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut out = Vec::new();
+    while Instant::now() < until {
+        let start = Instant::now();
+        conn.send(request.as_bytes()).await.expect("send");
+        let res = conn.read_response(SETTLE).await.expect("response");
+        out.push((res.status, start.elapsed()));
+        // max_requests_per_connection: start a new one, as clients do.
+        if res.header("connection") == Some("close") {
+            conn = connect().await;
+        }
+    }
+    out
+}
+
+/// One request every `period` from `from` on fresh connections, until
+/// `until`; returns (statuses, latencies).
+async fn steady(from: &str, addr: SocketAddr, period: Duration, until: Instant) -> Vec<(u16, Duration)> {
+    let mut out = Vec::new();
+    let mut next = Instant::now();
+    while next < until {
+        tokio::time::sleep_until(next).await;
+        let start = Instant::now();
+        let res = get(from, addr, "/app/legit", "").await;
+        out.push((res.status, start.elapsed()));
+        next += period;
+    }
+    out
+}
+
+fn p99(samples: &[(u16, Duration)]) -> Duration {
+    let mut l: Vec<Duration> = samples.iter().map(|s| s.1).collect();
+    l.sort();
+    l.get((l.len() as f64 * 0.99) as usize)
+        .or(l.last())
+        .copied()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_flood_from_one_client_leaves_another_untouched() {
+    let backend = Backend::start("b1").await;
+    let rules = "[rate_limit.per_client]\nrate = 100\nper = \"1s\"\nburst = 20\n";
+    let h = Harness::start(&gateway("", "\"per_client\"", rules, backend.addr())).await;
+
+    // The legitimate client alone: its baseline.
+    let baseline = steady(
+        "127.0.0.11",
+        h.addr,
+        Duration::from_millis(50),
+        Instant::now() + Duration::from_secs(2),
+    )
+    .await;
+    // Then the same while 127.0.0.10 floods as fast as 16 connections go.
+    let start = Instant::now();
+    let until = start + Duration::from_secs(3);
+    let mut floods = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        floods.spawn(closed_loop("127.0.0.10", h.addr, "/app/flood", until));
+    }
+    let legit = steady("127.0.0.11", h.addr, Duration::from_millis(50), until).await;
+    let mut flood: Vec<(u16, Duration)> = Vec::new();
+    while let Some(done) = floods.join_next().await {
+        flood.extend(done.expect("flood task"));
+    }
+    let took = start.elapsed();
+    let flood_ok = flood.iter().filter(|s| s.0 == 200).count();
+    let limit = 20.0 + 100.0 * took.as_secs_f64();
+    println!(
+        "flood: {} requests ({:.0}/s), {flood_ok} admitted (limit {limit:.0}); legitimate: {} requests, p99 {:?} \
+         (baseline p99 {:?})",
+        flood.len(),
+        flood.len() as f64 / took.as_secs_f64(),
+        legit.len(),
+        p99(&legit),
+        p99(&baseline),
+    );
+    assert!(flood.iter().all(|s| s.0 == 200 || s.0 == 429));
+    assert!(
+        legit.iter().chain(&baseline).all(|s| s.0 == 200),
+        "the legitimate client saw an error"
+    );
+    // The backend never saw more of the flood than the limit lets through.
+    let reached = backend.ledger().count_path("/app/flood");
+    assert_eq!(reached, flood_ok);
+    assert!(
+        reached as f64 <= limit + 1.0,
+        "{reached} flood requests reached the backend"
+    );
+    // Latency: twice the baseline, with a floor for debug builds on a
+    // busy 2-core machine (the release-build figure is what gets reported).
+    let bound = (p99(&baseline) * 2).max(Duration::from_millis(50));
+    assert!(
+        p99(&legit) <= bound,
+        "legitimate p99 {:?} over {bound:?}",
+        p99(&legit)
+    );
+}
