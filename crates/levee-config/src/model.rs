@@ -182,6 +182,19 @@ pub struct Tls {
     pub min_version: TlsVersion,
 }
 
+/// `[upstream.<u>.tls]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified; by default the endpoint's host
+    /// name (or, for an IP endpoint, its address, checked against the
+    /// certificate's IP names).
+    pub sni: Option<String>,
+    /// PEM file of the CAs to trust; the system's roots without it.
+    pub ca: Option<PathBuf>,
+    /// A client certificate, for upstreams that require one.
+    pub client_certificate: Option<Certificate>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Certificate {
     pub cert: PathBuf,
@@ -319,6 +332,8 @@ pub struct Upstream {
     pub retry_budget: RetryBudget,
     /// `[upstream.<u>.adaptive_concurrency]`; without it, no adaptive limit.
     pub adaptive_concurrency: Option<AdaptiveParams>,
+    /// `[upstream.<u>.tls]`: TLS to the endpoints; plain TCP without it.
+    pub tls: Option<UpstreamTls>,
     pub regions: Vec<Region>,
 }
 

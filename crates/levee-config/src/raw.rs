@@ -170,8 +170,18 @@ pub struct RawUpstream {
     pub limits: Option<RawLimits>,
     pub retry_budget: Option<RawRetryBudget>,
     pub adaptive_concurrency: Option<RawAdaptive>,
+    pub tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub region: BTreeMap<String, RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -626,3 +626,27 @@ fn adaptive_concurrency_and_priority_parse_and_explain_errors() {
         assert!(has(&e, needle), "missing {needle:?} in {e:#?}");
     }
 }
+
+#[test]
+fn upstream_tls_parses_and_explains_errors() {
+    let text = MINIMAL.to_string() + "[upstream.app.tls]\nsni = \"app.internal\"\nca = \"ca.pem\"\n";
+    let c = parse(&text).expect("valid");
+    let tls = c.upstreams[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.sni.as_deref(), Some("app.internal"));
+    assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+    assert!(tls.client_certificate.is_none());
+
+    let text = MINIMAL.to_string() + "[upstream.app.tls]\nsni = \"not a name\"\ncert = \"c.pem\"\n";
+    let e = errors(&text);
+    assert!(
+        has(
+            &e,
+            "upstream.app.tls.sni: \"not a name\" is not a host name or an IP address"
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        has(&e, "upstream.app.tls.key: a client certificate needs its key"),
+        "{e:#?}"
+    );
+}

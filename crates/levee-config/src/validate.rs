@@ -834,6 +834,7 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
     let adaptive_concurrency = raw
         .adaptive_concurrency
         .map(|a| adaptive(e, &format!("{path}.adaptive_concurrency"), a));
+    let tls = raw.tls.map(|t| upstream_tls(e, &format!("{path}.tls"), t));
     if raw.region.is_empty() {
         e.push(
             format!("{path}.region"),
@@ -861,8 +862,41 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
         limits,
         retry_budget,
         adaptive_concurrency,
+        tls,
         regions,
     })
+}
+
+fn upstream_tls(e: &mut Errors, path: &str, raw: RawUpstreamTls) -> UpstreamTls {
+    if let Some(sni) = &raw.sni
+        && !is_dns_name(sni)
+        && sni.parse::<std::net::IpAddr>().is_err()
+    {
+        e.push(
+            format!("{path}.sni"),
+            format!("{sni:?} is not a host name or an IP address"),
+        );
+    }
+    let client_certificate = match (raw.cert, raw.key) {
+        (Some(cert), Some(key)) => Some(Certificate {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            e.push(format!("{path}.key"), "a client certificate needs its key");
+            None
+        }
+        (None, Some(_)) => {
+            e.push(format!("{path}.cert"), "a client key needs its certificate");
+            None
+        }
+    };
+    UpstreamTls {
+        sni: raw.sni,
+        ca: raw.ca.map(Into::into),
+        client_certificate,
+    }
 }
 
 fn adaptive(e: &mut Errors, path: &str, raw: RawAdaptive) -> AdaptiveParams {

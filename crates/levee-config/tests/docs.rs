@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 19] = [
+const TABLES: [Table; 20] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -112,6 +112,12 @@ const TABLES: [Table; 19] = [
         probe: "[listener.l]\naddress = \"127.0.0.1:8080\"\n[listener.l.tls]\ncertificates = []\nzz_probe = 1\n",
         path: "listener.l.tls.zz_probe",
         heading: "`[listener.<name>.tls]`",
+    },
+    Table {
+        name: "upstream.tls",
+        probe: "[upstream.u.tls]\nzz_probe = 1\n",
+        path: "upstream.u.tls.zz_probe",
+        heading: "`[upstream.<u>.tls]`",
     },
     Table {
         name: "adaptive_concurrency",
@@ -340,6 +346,7 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
             "adaptive_concurrency",
             union(&sub(&upstreams, "adaptive_concurrency")),
         ),
+        ("upstream.tls", union(&sub(&upstreams, "tls"))),
         ("region", union(&regions)),
         ("endpoint", union(&endpoints)),
     ]

@@ -85,13 +85,17 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// The upstream refused the protocol upgrade the client asked for.
     UpgradeFailed,
+    /// The upstream's TLS certificate was not valid for it.
+    TlsCertificate,
+    /// The TLS handshake with the upstream failed otherwise.
+    TlsProtocol,
     /// A bug or resource failure inside levee.
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics that must list them.
-    pub const ALL: [ErrorKind; 23] = [
+    pub const ALL: [ErrorKind; 25] = [
         ErrorKind::BadRequest,
         ErrorKind::UriTooLong,
         ErrorKind::HeaderTooLarge,
@@ -114,6 +118,8 @@ impl ErrorKind {
         ErrorKind::ResponseTimeout,
         ErrorKind::UpstreamProtocol,
         ErrorKind::UpgradeFailed,
+        ErrorKind::TlsCertificate,
+        ErrorKind::TlsProtocol,
         ErrorKind::Internal,
     ];
 
@@ -142,6 +148,7 @@ impl ErrorKind {
             ErrorKind::ResponseTimeout => 504,
             ErrorKind::UpstreamProtocol => 502,
             ErrorKind::UpgradeFailed => 502,
+            ErrorKind::TlsCertificate | ErrorKind::TlsProtocol => 502,
             ErrorKind::Internal => 500,
         }
     }
@@ -170,6 +177,8 @@ impl ErrorKind {
             ErrorKind::ResponseTimeout => "http_response_timeout",
             ErrorKind::UpstreamProtocol => "http_protocol_error",
             ErrorKind::UpgradeFailed => "http_upgrade_failed",
+            ErrorKind::TlsCertificate => "tls_certificate_error",
+            ErrorKind::TlsProtocol => "tls_protocol_error",
             ErrorKind::Internal => "proxy_internal_error",
         }
     }
@@ -193,7 +202,9 @@ impl ErrorKind {
             | ErrorKind::ConnectionTerminated
             | ErrorKind::ResponseTimeout
             | ErrorKind::UpstreamProtocol
-            | ErrorKind::UpgradeFailed => Blame::Upstream,
+            | ErrorKind::UpgradeFailed
+            | ErrorKind::TlsCertificate
+            | ErrorKind::TlsProtocol => Blame::Upstream,
             ErrorKind::NoRoute
             | ErrorKind::NoEndpoint
             | ErrorKind::ConnectionLimit
@@ -209,7 +220,10 @@ impl ErrorKind {
             ErrorKind::DnsError
             | ErrorKind::ConnectionRefused
             | ErrorKind::DestinationUnreachable
-            | ErrorKind::ConnectionTimeout => Delivery::NotSent,
+            | ErrorKind::ConnectionTimeout
+            // The handshake comes before any byte of the request.
+            | ErrorKind::TlsCertificate
+            | ErrorKind::TlsProtocol => Delivery::NotSent,
             ErrorKind::ConnectionTerminated
             | ErrorKind::ResponseTimeout
             | ErrorKind::UpstreamProtocol
@@ -316,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn only_connect_failures_prove_nothing_was_sent() {
+    fn only_connect_and_handshake_failures_prove_nothing_was_sent() {
         let not_sent: Vec<_> = ErrorKind::ALL
             .into_iter()
             .filter(|k| k.delivery() == Delivery::NotSent)
@@ -327,7 +341,9 @@ mod tests {
                 ErrorKind::DnsError,
                 ErrorKind::ConnectionRefused,
                 ErrorKind::DestinationUnreachable,
-                ErrorKind::ConnectionTimeout
+                ErrorKind::ConnectionTimeout,
+                ErrorKind::TlsCertificate,
+                ErrorKind::TlsProtocol
             ]
         );
         assert_eq!(ErrorKind::ConnectionTerminated.delivery(), Delivery::MaybeSent);

@@ -44,7 +44,10 @@ impl Reason {
             ErrorKind::ConnectionRefused
             | ErrorKind::ConnectionTimeout
             | ErrorKind::DestinationUnreachable
-            | ErrorKind::DnsError => Some(Reason::ConnectFailure),
+            | ErrorKind::DnsError
+            // Another endpoint may well have a valid certificate.
+            | ErrorKind::TlsCertificate
+            | ErrorKind::TlsProtocol => Some(Reason::ConnectFailure),
             ErrorKind::ConnectionTerminated => Some(Reason::Reset),
             ErrorKind::ResponseTimeout => Some(Reason::Timeout),
             _ => None,

@@ -697,7 +697,10 @@ mod tests {
             s.write_all(&response).await.expect("response");
             let _ = s.read(&mut scratch).await;
         });
-        let conn = Conn::new(TcpStream::connect(addr).await.expect("connect"), None);
+        let conn = Conn::new(
+            crate::upstream::stream::Stream::Plain(TcpStream::connect(addr).await.expect("connect")),
+            None,
+        );
         let headers = HeaderMap::new();
         let mut exchange = Exchange::new(
             conn,

@@ -1105,6 +1105,8 @@ fn connect_rejection(kind: ErrorKind) -> Rejection {
         ErrorKind::ConnectionTimeout => "connecting to the upstream timed out",
         ErrorKind::DnsError => "upstream name did not resolve",
         ErrorKind::DestinationUnreachable => "no route to the upstream",
+        ErrorKind::TlsCertificate => "upstream certificate refused",
+        ErrorKind::TlsProtocol => "TLS handshake with the upstream failed",
         ErrorKind::ConnectionTerminated => "upstream closed the connection during the handshake",
         _ => "upstream refused the connection",
     };

@@ -26,7 +26,7 @@ use crate::metrics::{EndpointLabels, Metrics, RouteMetrics};
 use crate::ratelimit::{self, Rule};
 use crate::router::Router;
 use crate::server::{ListenerPolicy, h1};
-use crate::tls::Acceptors;
+use crate::tls::Loaded;
 use crate::upstream::{Counters, Endpoint, EndpointState, Pool, PoolSettings, Upstream};
 
 pub(crate) struct Snapshot {
@@ -66,7 +66,7 @@ impl Snapshot {
         config: Arc<Config>,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
-        mut tls: Acceptors,
+        mut tls: Loaded,
         redis: Option<&ratelimit::redis::Client>,
     ) -> Snapshot {
         let rate_limits = ratelimit::build(
@@ -102,6 +102,19 @@ impl Snapshot {
                     None => Arc::new(Counters::new(budget)),
                 };
                 let changed = Arc::new(Notify::new());
+                // An unchanged TLS table keeps its connector, and with it the
+                // pooled connections (see `Pool::set_tls`).
+                let same_tls = previous
+                    .and_then(|p| p.config.upstream(&u.name))
+                    .is_some_and(|o| o.tls == u.tls);
+                let kept_tls = old
+                    .filter(|_| same_tls)
+                    .and_then(|o| o.endpoints.first())
+                    .and_then(|e| e.state.pool.tls());
+                let connector = match kept_tls {
+                    Some(c) => Some(c),
+                    None => tls.connectors.get(&u.name).cloned(),
+                };
                 let settings = PoolSettings {
                     protocol: u.protocol,
                     max_idle: u.max_idle_per_endpoint,
@@ -130,6 +143,7 @@ impl Snapshot {
                                 ))
                             }
                         };
+                        state.pool.set_tls(connector.clone());
                         // New settings reach a running checker; `None` stops it.
                         state.check.store(u.health.clone().map(Arc::new));
                         state.uneject_on_check.store(
@@ -256,7 +270,7 @@ impl Snapshot {
                     max_connections_per_ip: config.server.max_connections_per_ip,
                     proxy_protocol: l.proxy_protocol,
                     trusted: config.server.trusted_proxies.clone(),
-                    tls: tls.remove(&l.name).map(tokio_rustls::TlsAcceptor::from),
+                    tls: tls.acceptors.remove(&l.name).map(tokio_rustls::TlsAcceptor::from),
                 };
                 (l.name.clone(), Arc::new(policy))
             })

@@ -1,4 +1,6 @@
-//! TLS termination: certificates from PEM files, chosen by SNI.
+//! TLS: termination for listeners (certificates from PEM files, chosen by
+//! SNI) and origination to upstreams (the system's roots or a configured
+//! CA, SNI, an optional client certificate).
 //!
 //! The files are read when a config is applied (at start, on every reload
 //! and by `levee check`), so a reload picks up renewed certificates and a
@@ -9,14 +11,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use levee_config::{Config, Tls, TlsVersion};
-use levee_core::id::ListenerName;
+use levee_config::{Config, EndpointAddress, Protocol, Tls, TlsVersion, UpstreamTls};
+use levee_core::id::{ListenerName, UpstreamName};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, version};
 
 /// A problem with a certificate file, with the config path it came from.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,28 +28,133 @@ pub struct TlsError {
     pub message: String,
 }
 
-/// The TLS settings of every listener that has them.
-pub(crate) type Acceptors = HashMap<ListenerName, Arc<ServerConfig>>;
+/// The TLS settings of a config: listeners that terminate TLS, upstreams
+/// reached over it.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    pub acceptors: HashMap<ListenerName, Arc<ServerConfig>>,
+    pub connectors: HashMap<UpstreamName, Arc<Connector>>,
+}
 
-/// Loads the certificates of every TLS listener of `config`, reporting all
+/// How to open TLS to one upstream's endpoints.
+pub(crate) struct Connector {
+    pub connector: tokio_rustls::TlsConnector,
+    /// The configured name; without one, each endpoint's own.
+    pub sni: Option<ServerName<'static>>,
+}
+
+impl Connector {
+    /// The name to send and verify for an endpoint.
+    pub fn name_for(&self, address: &EndpointAddress) -> Option<ServerName<'static>> {
+        self.sni.clone().or_else(|| match address {
+            EndpointAddress::Ip(addr) => Some(ServerName::IpAddress(addr.ip().into())),
+            EndpointAddress::Dns { host, .. } => ServerName::try_from(host.clone()).ok(),
+        })
+    }
+}
+
+/// Reads every certificate, key and CA file `config` names, reporting all
 /// problems at once.
 pub fn check(config: &Config) -> Result<(), Vec<TlsError>> {
     load(config).map(|_| ())
 }
 
-pub(crate) fn load(config: &Config) -> Result<Acceptors, Vec<TlsError>> {
+pub(crate) fn load(config: &Config) -> Result<Loaded, Vec<TlsError>> {
     let mut errors = Vec::new();
-    let mut out = HashMap::new();
+    let mut out = Loaded::default();
     for l in &config.listeners {
         let Some(tls) = &l.tls else { continue };
         match server_config(&format!("listener.{}.tls", l.name), tls) {
             Ok(c) => {
-                out.insert(l.name.clone(), Arc::new(c));
+                out.acceptors.insert(l.name.clone(), Arc::new(c));
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    for u in &config.upstreams {
+        let Some(tls) = &u.tls else { continue };
+        match client_config(&format!("upstream.{}.tls", u.name), tls, u.protocol) {
+            Ok(c) => {
+                let connector = Connector {
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(c)),
+                    sni: tls
+                        .sni
+                        .as_ref()
+                        .and_then(|n| ServerName::try_from(n.clone()).ok()),
+                };
+                out.connectors.insert(u.name.clone(), Arc::new(connector));
             }
             Err(mut e) => errors.append(&mut e),
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+fn client_config(path: &str, tls: &UpstreamTls, protocol: Protocol) -> Result<ClientConfig, Vec<TlsError>> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    vec![TlsError {
+                        path: format!("{path}.ca"),
+                        message: format!("{}: {}", ca.display(), pem_problem(&e)),
+                    }]
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(vec![TlsError {
+                    path: format!("{path}.ca"),
+                    message: format!("{}: no usable CA certificate in the file", ca.display()),
+                }]);
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(vec![TlsError {
+                    path: format!("{path}.ca"),
+                    message: "no system CA certificates found; name a CA file".to_string(),
+                }]);
+            }
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .map_err(|e| {
+            vec![TlsError {
+                path: path.to_string(),
+                message: e.to_string(),
+            }]
+        })?
+        .with_root_certificates(roots);
+    let mut config = match &tls.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let key = certified_key(path, &c.cert, &c.key, &provider).map_err(|e| vec![e])?;
+            let chain = key.cert.clone();
+            let der = PrivateKeyDer::from_pem_file(&c.key).map_err(|e| {
+                vec![TlsError {
+                    path: format!("{path}.key"),
+                    message: format!("{}: {}", c.key.display(), pem_problem(&e)),
+                }]
+            })?;
+            builder.with_client_auth_cert(chain, der).map_err(|e| {
+                vec![TlsError {
+                    path: format!("{path}.key"),
+                    message: e.to_string(),
+                }]
+            })?
+        }
+    };
+    config.alpn_protocols = vec![match protocol {
+        Protocol::Http1 => b"http/1.1".to_vec(),
+        Protocol::Http2 => b"h2".to_vec(),
+    }];
+    Ok(config)
 }
 
 fn provider() -> Arc<CryptoProvider> {

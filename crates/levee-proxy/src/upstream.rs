@@ -19,6 +19,7 @@
 pub(crate) mod h1;
 pub(crate) mod health;
 pub(crate) mod pool;
+pub(crate) mod stream;
 pub(crate) mod watch;
 
 use std::net::IpAddr;

@@ -20,12 +20,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use super::stream::Stream;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{EndpointState, Slot};
@@ -45,7 +45,7 @@ const MAX_TRAILERS: usize = 64 * 1024;
 
 /// An open HTTP/1.1 connection to an endpoint, idle or in use.
 pub(crate) struct Conn {
-    io: TcpStream,
+    io: Stream,
     rbuf: BytesMut,
     /// Scratch space kept with the connection so that a request on a pooled
     /// connection allocates nothing for its head or its write queue.
@@ -61,7 +61,7 @@ impl Conn {
     /// Boxed: a connection outlives many requests and moves with each of
     /// them (into the exchange, the response body, the pool), so one
     /// allocation per connection saves copying it around per request.
-    pub fn new(io: TcpStream, open: Option<Slot>) -> Box<Conn> {
+    pub fn new(io: Stream, open: Option<Slot>) -> Box<Conn> {
         Box::new(Conn {
             io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -77,11 +77,7 @@ impl Conn {
     /// socket had nothing to read, so in the common case this makes no
     /// system call at all.
     pub fn is_usable(&mut self) -> bool {
-        if !self.rbuf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.rbuf.is_empty() && self.io.is_usable()
     }
 }
 
@@ -99,7 +95,7 @@ pub(crate) enum OutHead<'a> {
 /// The upgraded connection after a `101 Switching Protocols`, with any
 /// bytes the upstream sent after the head.
 pub(crate) struct Upgraded {
-    pub io: TcpStream,
+    pub io: Stream,
     pub leftover: Bytes,
     /// Still counts against the upstream's connection limit.
     pub open: Option<Slot>,
@@ -500,7 +496,7 @@ impl Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -508,7 +504,12 @@ mod tests {
     async fn a_request_whose_body_failed_is_never_retried() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let connect = || async { Conn::new(TcpStream::connect(addr).await.expect("connect"), None) };
+        let connect = || async {
+            Conn::new(
+                Stream::Plain(TcpStream::connect(addr).await.expect("connect")),
+                None,
+            )
+        };
         // The client's body is cut short before levee could send anything.
         let (sender, body) = crate::body::channel(None);
         drop(sender);

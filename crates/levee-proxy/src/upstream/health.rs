@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use levee_config::{CheckKind, EndpointAddress, HealthCheck};
 use levee_core::health::{Health, Thresholds, Transition, jittered};
+use levee_core::outcome::ErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::EndpointState;
-use super::pool::open;
+use super::pool::Pool;
 use crate::codec::parse::parse_response_head;
 
 /// Names for the log lines a checker writes.
@@ -59,14 +60,15 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &Cancella
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
-        let Some(check) = state.upgrade().and_then(|s| current(&s)) else {
+        let Some(s) = state.upgrade() else { break };
+        let Some(check) = current(&s) else {
             break;
         };
+        // Held for one probe at most (bounded by its timeout).
         let outcome = tokio::select! {
             _ = stop.cancelled() => break,
-            outcome = probe(&name.address, &check) => outcome,
+            outcome = probe(&s.pool, &check) => outcome,
         };
-        let Some(s) = state.upgrade() else { break };
         let _ = match &outcome {
             Ok(()) => s.metrics.check_ok.inc(),
             Err(_) => s.metrics.check_failed.inc(),
@@ -123,15 +125,22 @@ fn thresholds(c: &HealthCheck) -> Thresholds {
 }
 
 /// One probe within the check's timeout. The error says why, for the log.
-async fn probe(address: &EndpointAddress, check: &HealthCheck) -> Result<(), &'static str> {
-    match tokio::time::timeout(check.timeout, probe_once(address, &check.kind)).await {
+async fn probe(pool: &Pool, check: &HealthCheck) -> Result<(), &'static str> {
+    match tokio::time::timeout(check.timeout, probe_once(pool, &check.kind)).await {
         Ok(r) => r,
         Err(_) => Err("timed out"),
     }
 }
 
-async fn probe_once(address: &EndpointAddress, kind: &CheckKind) -> Result<(), &'static str> {
-    let mut stream = open(address).await.map_err(|_| "connection failed")?;
+/// Over TLS when the upstream uses it, as requests do, so a check passes
+/// only when a request could.
+async fn probe_once(pool: &Pool, kind: &CheckKind) -> Result<(), &'static str> {
+    let address = &pool.address;
+    let mut stream = pool.open_stream().await.map_err(|e| match e {
+        ErrorKind::TlsCertificate => "TLS certificate refused",
+        ErrorKind::TlsProtocol => "TLS handshake failed",
+        _ => "connection failed",
+    })?;
     let CheckKind::Http { path, host, expect } = kind else {
         return Ok(());
     };

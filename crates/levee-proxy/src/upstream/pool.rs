@@ -16,6 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use levee_config::{EndpointAddress, Limits, Protocol};
 use levee_core::outcome::ErrorKind;
 use tokio::net::TcpStream;
+
+use super::stream::Stream;
+use crate::tls::Connector;
 use tokio::time::Instant;
 
 use super::h1::Conn;
@@ -52,6 +55,8 @@ pub(crate) struct Pool {
     /// Held while an HTTP/2 connection is being opened, so that a burst of
     /// requests opens one connection rather than one each.
     connecting: tokio::sync::Mutex<()>,
+    /// TLS to the endpoint, as the upstream's config says.
+    tls: arc_swap::ArcSwapOption<Connector>,
 }
 
 struct IdleSet {
@@ -76,6 +81,49 @@ impl Pool {
             }),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            tls: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+
+    /// TLS to the endpoint from now on (`None`: plain TCP). Connections in
+    /// use finish with what they were opened with; pooled ones are dropped
+    /// so that the next request uses the new settings.
+    pub fn set_tls(&self, tls: Option<Arc<Connector>>) {
+        // A reload keeps the connector of an unchanged `[upstream.<u>.tls]`
+        // (see the snapshot), so this only drops connections on a change.
+        let old = self.tls.swap(tls.clone());
+        let same = match (&old, &tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            lock(&self.idle).conns.clear();
+            *lock(&self.shared) = None;
+        }
+    }
+
+    /// Connects, then does the TLS handshake if the upstream asks for it.
+    pub fn tls(&self) -> Option<Arc<Connector>> {
+        self.tls.load_full()
+    }
+
+    pub(crate) async fn open_stream(&self) -> Result<Stream, ErrorKind> {
+        let tcp = open(&self.address).await?;
+        let Some(tls) = self.tls.load_full() else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let name = tls.name_for(&self.address).ok_or(ErrorKind::TlsProtocol)?;
+        match tls.connector.connect(name, tcp).await {
+            Ok(s) => Ok(Stream::Tls(Box::new(s))),
+            Err(e) => {
+                let kind = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(rustls::Error::InvalidCertificate(_)) => ErrorKind::TlsCertificate,
+                    _ => ErrorKind::TlsProtocol,
+                };
+                tracing::debug!(endpoint = %self.address, error = %e, "upstream TLS handshake failed");
+                Err(kind)
+            }
         }
     }
 
@@ -155,7 +203,7 @@ impl Pool {
     pub async fn connect_h1(&self, timeout: Duration, limits: &Limits) -> Result<Box<Conn>, OpenError> {
         let (_pending, slot) = self.may_open(limits)?;
         let deadline = Instant::now() + timeout;
-        let stream = tokio::time::timeout_at(deadline, open(&self.address))
+        let stream = tokio::time::timeout_at(deadline, self.open_stream())
             .await
             .map_err(|_| OpenError::Failed(ErrorKind::ConnectionTimeout))?
             .map_err(OpenError::Failed)?;
@@ -178,7 +226,7 @@ impl Pool {
             return Ok((s, false));
         }
         let (_pending, open_slot) = self.may_open(limits)?;
-        let stream = tokio::time::timeout_at(deadline, open(&self.address))
+        let stream = tokio::time::timeout_at(deadline, self.open_stream())
             .await
             .map_err(|_| timed_out)?
             .map_err(OpenError::Failed)?;

@@ -267,7 +267,12 @@ impl Pki {
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_key = rcgen::KeyPair::generate().expect("key");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-        for (name, san) in [("default", "localhost"), ("other", "*.other.test")] {
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write");
+        for (name, san) in [
+            ("default", "localhost"),
+            ("other", "*.other.test"),
+            ("client", "client.test"),
+        ] {
             let key = rcgen::KeyPair::generate().expect("key");
             let params = rcgen::CertificateParams::new(vec![san.to_string()]).expect("params");
             let cert = params.signed_by(&key, &ca).expect("sign");
@@ -489,4 +494,192 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     .await;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Front levee -> (TLS) -> back levee terminating TLS -> backend: levee's
+/// TLS origination tested against levee's TLS termination.
+fn front_and_back(pki: &Pki, back: SocketAddr, protocol: &str, tls_keys: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[listener.main]\naddress = \"127.0.0.1:0\"\n\n\
+         [[route]]\nname = \"all\"\nupstream = \"app\"\n[route.retry]\nattempts = 1\n\n\
+         [upstream.app]\nprotocol = \"{protocol}\"\n[upstream.app.tls]\n{tls_keys}\n\
+         [upstream.app.region.local]\nendpoints = [\"{back}\"]\n",
+    )
+    .replace("{ca}", &pki.path("ca.crt"))
+}
+
+#[tokio::test]
+async fn upstreams_are_reached_over_tls_with_a_configured_ca_over_http1_and_h2() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let back = Harness::start(&tls_gateway(&pki, backend.addr())).await;
+    for protocol in ["http1", "http2"] {
+        let front = Harness::start(&front_and_back(
+            &pki,
+            back.addr,
+            protocol,
+            "ca = \"{ca}\"\nsni = \"localhost\"",
+        ))
+        .await;
+        let res = front
+            .client()
+            .get(&format!("/{protocol}"))
+            .await
+            .expect("response");
+        assert_eq!(res.status, 200, "{protocol}: {}", res.text());
+    }
+    // The back levee received both over TLS.
+    let seen = backend.ledger().arrivals();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter()
+            .all(|a| a.header("x-forwarded-proto") == Some("https"))
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_levee_cannot_verify_is_a_502_and_fails_its_checks() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let back = Harness::start(&tls_gateway(&pki, backend.addr())).await;
+    // The system's roots do not know the test CA.
+    let front = Harness::start(&front_and_back(&pki, back.addr, "http1", "sni = \"localhost\"")).await;
+    let mut conn = RawConn::connect(front.addr).await.expect("connect");
+    conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    let res = conn.read_response(SETTLE).await.expect("response");
+    assert_generated("untrusted upstream", &res, 502, "tls_certificate_error");
+    // The right CA but a name the certificate does not cover: refused too.
+    let front = Harness::start(&front_and_back(
+        &pki,
+        back.addr,
+        "http1",
+        "ca = \"{ca}\"\nsni = \"wrong.example\"",
+    ))
+    .await;
+    let mut conn = RawConn::connect(front.addr).await.expect("connect");
+    conn.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("send");
+    let res = conn.read_response(SETTLE).await.expect("response");
+    assert_generated("wrong name", &res, 502, "tls_certificate_error");
+    assert!(backend.ledger().is_empty());
+
+    // Active checks go over TLS as requests do: an endpoint whose
+    // certificate levee refuses fails them and leaves rotation, and one
+    // it accepts passes them.
+    let checks = "\n[upstream.app.health]\npath = \"/\"\ninterval = \"100ms\"\nrise = 1\nfall = 1";
+    let healthy = "levee_upstream_endpoint_healthy{upstream=\"app\",region=\"local\",endpoint=";
+    let untrusted = Harness::start(&front_and_back(
+        &pki,
+        back.addr,
+        "http1",
+        &format!("sni = \"localhost\"{checks}"),
+    ))
+    .await;
+    let trusted = Harness::start(&front_and_back(
+        &pki,
+        back.addr,
+        "http1",
+        &format!("ca = \"{{ca}}\"\nsni = \"localhost\"{checks}"),
+    ))
+    .await;
+    let series = format!("{healthy}\"{}\"}}", back.addr);
+    levee_testkit::eventually_async(SETTLE, "the untrusted endpoint fails its checks", || {
+        let (h, series) = (&untrusted, series.clone());
+        async move { h.metrics().await.contains(&format!("{series} 0")) }
+    })
+    .await;
+    let res = untrusted.client().get("/").await.expect("response");
+    assert_eq!(res.status, 503, "out of rotation: {}", res.text());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        trusted.metric(&series).await,
+        1.0,
+        "the trusted endpoint passes its checks"
+    );
+    assert_eq!(trusted.client().get("/").await.expect("response").status, 200);
+}
+
+/// A TLS server that requires a client certificate signed by the test CA
+/// and answers every connection's first request with 200 "ok".
+async fn mutual_tls_origin(pki: &Pki) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).expect("root");
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .expect("verifier");
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(pki.path("default.crt"))
+        .expect("pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path("default.key")).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_to_upstreams_that_require_one() {
+    let pki = Pki::new();
+    let origin = mutual_tls_origin(&pki).await;
+    let with = format!(
+        "ca = \"{{ca}}\"\nsni = \"localhost\"\ncert = \"{}\"\nkey = \"{}\"",
+        pki.path("client.crt"),
+        pki.path("client.key")
+    );
+    let front = Harness::start(&front_and_back(&pki, origin, "http1", &with)).await;
+    let res = front.client().get("/").await.expect("response");
+    assert_eq!(res.status, 200);
+    assert_eq!(res.text(), "ok");
+    // Without one, the origin refuses it. Under TLS 1.3 the server judges
+    // the client's certificate after the client has finished its side of
+    // the handshake, so the refusal arrives as the connection closing.
+    let front = Harness::start(&front_and_back(
+        &pki,
+        origin,
+        "http1",
+        "ca = \"{ca}\"\nsni = \"localhost\"",
+    ))
+    .await;
+    let res = front.client().get("/").await.expect("response");
+    assert_eq!(res.status, 502);
+    let status = res.header("proxy-status").unwrap_or_default();
+    assert!(
+        status.contains("error=tls_") || status.contains("error=connection_terminated"),
+        "{status:?}"
+    );
 }
