@@ -683,3 +683,40 @@ async fn a_client_certificate_is_presented_to_upstreams_that_require_one() {
         "{status:?}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_picks_up_renewed_certificates() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let h = Harness::start_file(&tls_gateway(&pki, backend.addr()), false).await;
+    let served = |h: &Harness| {
+        let connector = pki.connector(&[b"http/1.1"]);
+        let addr = h.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = connector.connect(name, tcp).await.expect("handshake");
+            tls.get_ref().1.peer_certificates().expect("certificate")[0].clone()
+        }
+    };
+    let before = served(&h).await;
+    // Renew: a new key and certificate for the same name, same paths.
+    let renewed = Pki::new();
+    for file in ["default.crt", "default.key"] {
+        std::fs::copy(renewed.path(file), pki.path(file)).expect("copy");
+    }
+    // Signed by the other CA: trust it for the second handshake.
+    let still_old = served(&h).await;
+    assert_eq!(still_old, before, "nothing changes before the reload");
+    let reply = api_reload(h.admin).await.expect("reload");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let connector = renewed.connector(&[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("handshake with the renewed certificate");
+    let after = tls.get_ref().1.peer_certificates().expect("certificate")[0].clone();
+    assert_ne!(after, before);
+}
