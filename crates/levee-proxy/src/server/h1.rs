@@ -59,6 +59,8 @@ pub(crate) struct Settings {
     pub max_body: Option<u64>,
     /// Requests before the connection closes; 0 for no limit.
     pub max_requests: u64,
+    /// HTTP/2 connections only.
+    pub h2: super::h2::Limits,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             tunnel_idle_timeout: s.tunnel_idle_timeout,
             max_body: s.max_body_bytes,
             max_requests: s.max_requests_per_connection,
+            h2: super::h2::Limits::from_config(s),
         }
     }
 }
