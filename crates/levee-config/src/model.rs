@@ -122,6 +122,19 @@ pub struct Server {
     /// The slowest request body accepted, in bytes a second, after a grace
     /// of `header_timeout`; 0 turns it off.
     pub body_min_rate: u64,
+    /// HTTP/2 streams a client may have open at once on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset on one connection within 10 s
+    /// before the connection is closed for rapid reset.
+    pub h2_max_reset_streams: u32,
+    /// HTTP/2 PING frames a client may send on one connection within 10 s
+    /// while levee sends it nothing, and SETTINGS frames (counted apart),
+    /// before the connection is closed for a flood.
+    pub h2_max_control_frames: u32,
+    /// HTTP/2 frames without payload or effect a client may send on one
+    /// connection within 10 s before it is closed for a flood.
+    pub h2_max_empty_frames: u32,
     /// Peers believed when they say who the client is; empty trusts none.
     pub trusted_proxies: CidrSet,
     /// Where a trusted peer says who the client is.
@@ -151,6 +164,10 @@ impl Default for Server {
             max_connections_per_ip: 256,
             max_requests_per_connection: 1000,
             body_min_rate: 500,
+            h2_max_concurrent_streams: 100,
+            h2_max_reset_streams: 200,
+            h2_max_control_frames: 100,
+            h2_max_empty_frames: 50,
             trusted_proxies: CidrSet::default(),
             client_ip_header: ClientIpHeader::XForwardedFor,
         }

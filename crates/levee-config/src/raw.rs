@@ -58,6 +58,10 @@ pub struct RawServer {
     pub max_connections_per_ip: Option<i64>,
     pub max_requests_per_connection: Option<i64>,
     pub body_min_rate: Option<i64>,
+    pub h2_max_concurrent_streams: Option<i64>,
+    pub h2_max_reset_streams: Option<i64>,
+    pub h2_max_control_frames: Option<i64>,
+    pub h2_max_empty_frames: Option<i64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub client_ip_header: Option<String>,
 }

@@ -650,3 +650,44 @@ fn upstream_tls_parses_and_explains_errors() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn http2_guards_default_on_and_refuse_zero() {
+    let c = parse(MINIMAL).expect("valid");
+    assert_eq!(c.server.h2_max_concurrent_streams, 100);
+    assert_eq!(c.server.h2_max_reset_streams, 200);
+    assert_eq!(c.server.h2_max_control_frames, 100);
+    assert_eq!(c.server.h2_max_empty_frames, 50);
+
+    let text = format!(
+        "[server]\nh2_max_concurrent_streams = 8\nh2_max_reset_streams = 1\nh2_max_control_frames = 1000000\n\
+         h2_max_empty_frames = 3\n{MINIMAL}"
+    );
+    let c = parse(&text).expect("valid");
+    assert_eq!(c.server.h2_max_concurrent_streams, 8);
+    assert_eq!(c.server.h2_max_reset_streams, 1);
+    assert_eq!(c.server.h2_max_control_frames, 1_000_000);
+    assert_eq!(c.server.h2_max_empty_frames, 3);
+
+    let text = format!(
+        "[server]\nh2_max_concurrent_streams = 0\nh2_max_reset_streams = 0\nh2_max_control_frames = -1\n\
+         h2_max_empty_frames = 1000001\n{MINIMAL}"
+    );
+    let e = errors(&text);
+    for expected in [
+        "server.h2_max_concurrent_streams: must be between 1 and 10000, got 0",
+        "server.h2_max_reset_streams: must be between 1 and 1000000, got 0",
+        "server.h2_max_control_frames: must be between 1 and 1000000, got -1",
+        "server.h2_max_empty_frames: must be between 1 and 1000000, got 1000001",
+    ] {
+        assert!(has(&e, expected), "missing {expected:?} in {e:#?}");
+    }
+    let e = errors(&format!("[server]\nh2_max_concurrent_streams = 20000\n{MINIMAL}"));
+    assert!(
+        has(
+            &e,
+            "server.h2_max_concurrent_streams: must be between 1 and 10000, got 20000"
+        ),
+        "{e:?}"
+    );
+}

@@ -365,6 +365,34 @@ fn server(e: &mut Errors, raw: RawServer) -> Server {
             1 << 30,
         )
         .unwrap_or(d.body_min_rate as usize) as u64,
+        h2_max_concurrent_streams: h2_count(
+            e,
+            "h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams,
+            d.h2_max_concurrent_streams,
+            10_000,
+        ),
+        h2_max_reset_streams: h2_count(
+            e,
+            "h2_max_reset_streams",
+            raw.h2_max_reset_streams,
+            d.h2_max_reset_streams,
+            1_000_000,
+        ),
+        h2_max_control_frames: h2_count(
+            e,
+            "h2_max_control_frames",
+            raw.h2_max_control_frames,
+            d.h2_max_control_frames,
+            1_000_000,
+        ),
+        h2_max_empty_frames: h2_count(
+            e,
+            "h2_max_empty_frames",
+            raw.h2_max_empty_frames,
+            d.h2_max_empty_frames,
+            1_000_000,
+        ),
         trusted_proxies: cidr_set(e, "server.trusted_proxies", raw.trusted_proxies),
         client_ip_header: match raw.client_ip_header.as_deref() {
             None | Some("x-forwarded-for") => ClientIpHeader::XForwardedFor,
@@ -394,6 +422,21 @@ fn server(e: &mut Errors, raw: RawServer) -> Server {
         );
     }
     s
+}
+
+/// One of the `server.h2_*` caps: at least 1, as turning a guard off is
+/// never safe at the edge (a large value is the way to loosen one).
+fn h2_count(e: &mut Errors, key: &str, raw: Option<i64>, default: u32, max: u32) -> u32 {
+    count(
+        e,
+        &format!("server.{key}"),
+        raw,
+        default as usize,
+        1,
+        max as usize,
+    )
+    .and_then(|n| u32::try_from(n).ok())
+    .unwrap_or(default)
 }
 
 fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<SocketAddr>) -> Vec<Listener> {

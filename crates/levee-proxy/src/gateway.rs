@@ -286,6 +286,7 @@ impl Gateway {
                 active: self.metrics.connections_active.get_or_create_owned(&labels),
                 accepted: self.metrics.connections_total.get_or_create_owned(&labels),
                 refused: self.metrics.connections_refused.clone(),
+                h2_abuse: Arc::new(self.metrics.h2_abuse(&labels.listener)),
                 gate: self.gate.clone(),
             });
             tracing::info!(listener = %name, address = %local, "listening");

@@ -13,6 +13,9 @@ use std::sync::Arc;
 use levee_core::concurrency::Priority;
 use levee_core::outcome::{ErrorKind, StatusClass};
 use levee_core::outlier::Detector;
+
+use crate::server::h2::AbuseCounters;
+use crate::server::h2::guard::Abuse;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,6 +70,13 @@ pub struct ShedLabels {
     pub upstream: String,
     /// A route's `priority`.
     pub priority: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbuseLabels {
+    pub listener: String,
+    /// An [`Abuse`] reason.
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -149,6 +159,7 @@ pub struct Metrics {
     pub(crate) connections_total: Family<ListenerLabels, Counter>,
     pub(crate) connections_refused: Family<RefusedLabels, Counter>,
     slow_clients: Family<SlowLabels, Counter>,
+    h2_abuse: Family<AbuseLabels, Counter>,
     rate_limit_decisions: Family<RuleDecisionLabels, Counter>,
     concurrency_limit: Family<UpstreamLabels, Gauge>,
     shed: Family<ShedLabels, Counter>,
@@ -247,6 +258,12 @@ impl Metrics {
             "upstream_shed",
             "Requests answered 503 at once because the upstream's adaptive concurrency limit was reached for their priority",
             shed.clone(),
+        );
+        let h2_abuse = Family::<AbuseLabels, Counter>::default();
+        registry.register(
+            "http2_abuse",
+            "HTTP/2 client connections ended in GOAWAY ENHANCE_YOUR_CALM, by the limit the client broke",
+            h2_abuse.clone(),
         );
         let rate_limit_decisions = Family::<RuleDecisionLabels, Counter>::default();
         registry.register(
@@ -375,6 +392,7 @@ impl Metrics {
             connections_total,
             connections_refused,
             slow_clients,
+            h2_abuse,
             rate_limit_decisions,
             concurrency_limit,
             shed,
@@ -409,6 +427,17 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// A listener's `levee_http2_abuse_total` series, every reason visible
+    /// from the start at 0.
+    pub(crate) fn h2_abuse(&self, listener: &str) -> AbuseCounters {
+        Abuse::ALL.map(|abuse| {
+            self.h2_abuse.get_or_create_owned(&AbuseLabels {
+                listener: listener.to_string(),
+                reason: abuse.as_str(),
+            })
+        })
     }
 
     /// Handles for one endpoint's health series.
@@ -627,6 +656,8 @@ mod tests {
         route.record(204, 0.003);
         route.generated(ErrorKind::NoRoute);
         m.reload(true);
+        let abuse = m.h2_abuse("main");
+        abuse[Abuse::PingFlood.index()].inc();
         let text = m.encode();
         for needle in [
             "levee_http_requests_total{route=\"api\",upstream=\"app\",status_class=\"2xx\"} 1",
@@ -634,6 +665,8 @@ mod tests {
             "levee_http_generated_responses_total{cause=\"destination_not_found\"} 1",
             "levee_http_generated_responses_total{cause=\"connection_refused\"} 0",
             "levee_config_reloads_total{result=\"success\"} 1",
+            "levee_http2_abuse_total{listener=\"main\",reason=\"ping_flood\"} 1",
+            "levee_http2_abuse_total{listener=\"main\",reason=\"rapid_reset\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -118,6 +118,7 @@ pub(crate) struct ListenerContext<H> {
     pub active: Gauge,
     pub accepted: Counter,
     pub refused: Family<RefusedLabels, Counter>,
+    pub h2_abuse: Arc<h2::AbuseCounters>,
     pub gate: Arc<Gate>,
 }
 
@@ -245,6 +246,7 @@ async fn connection<H: Handler>(
                     settings,
                     &ctx.draining,
                     &ctx.tracker,
+                    &ctx.h2_abuse,
                 )
                 .await;
             } else {
@@ -301,6 +303,7 @@ async fn plain<H: Handler>(
             settings,
             &ctx.draining,
             &ctx.tracker,
+            &ctx.h2_abuse,
         )
         .await;
     } else {

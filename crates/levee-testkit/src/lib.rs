@@ -14,6 +14,8 @@
 //! - [`ledger`]: the arrival ledger the backends write to.
 //! - [`wire`]: a raw-bytes client ([`RawConn`]) for framing and smuggling
 //!   tests, which reports exactly what came back, broken or not.
+//! - [`h2wire`]: a raw HTTP/2 client ([`H2Conn`]) that writes exactly the
+//!   frames it is given, for the HTTP/2 abuse tests, with just enough HPACK.
 //! - [`client`]: a small real HTTP/1.1 and h2c client ([`Client`]) and a
 //!   bounded load driver ([`load`]).
 //! - [`eventually`](mod@eventually): deadline-bounded polling for conditions
@@ -32,6 +34,7 @@ pub mod backend;
 pub mod client;
 pub mod eventually;
 mod framing;
+pub mod h2wire;
 pub mod ledger;
 pub mod redis;
 pub mod wire;
@@ -39,6 +42,7 @@ pub mod wire;
 pub use backend::{Backend, BackendBuilder, Behaviour, pattern_bytes, pattern_sha256};
 pub use client::{Client, LoadReport, Reply, Sample, Timeline, load, open_loop};
 pub use eventually::{eventually, eventually_async};
+pub use h2wire::H2Conn;
 pub use ledger::{Arrival, Ledger, sha256_hex};
 pub use redis::RedisServer;
 pub use wire::{RawConn, RawResponse};

@@ -64,6 +64,8 @@ pub(crate) struct Settings {
     /// of `header_timeout`; 0 for none.
     pub body_min_rate: u64,
     pub slow: SlowClients,
+    /// HTTP/2 connections only.
+    pub h2: super::h2::Limits,
 }
 
 /// Counts of clients dropped for being too slow, by phase.
@@ -93,6 +95,7 @@ impl Settings {
             max_requests: s.max_requests_per_connection,
             body_min_rate: s.body_min_rate,
             slow: SlowClients::default(),
+            h2: super::h2::Limits::from_config(s),
         }
     }
 }

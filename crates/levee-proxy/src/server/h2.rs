@@ -1,10 +1,18 @@
-//! HTTP/2 with prior knowledge (h2c) from clients, served by hyper.
+//! HTTP/2 from clients (h2c with prior knowledge, or h2 by ALPN), served
+//! by hyper.
 //!
 //! HTTP/2's binary framing leaves no room for the HTTP/1 smuggling games,
 //! and the h2 crate already refuses malformed pseudo-headers, uppercase and
 //! connection-specific fields, and bodies that disagree with their
 //! content-length. levee adds its own limits on top and hands each stream
 //! to the same [`Handler`] as HTTP/1.
+//!
+//! Abuse of the protocol itself is held off in two layers: the limits h2
+//! keeps, set explicitly here, and levee's [`guard`] for the floods h2 does
+//! not count. Either way the connection ends in GOAWAY `ENHANCE_YOUR_CALM`,
+//! counted in `levee_http2_abuse_total` by reason.
+
+pub(crate) mod guard;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,17 +27,49 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use levee_core::outcome::{ErrorKind, Rejection};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use self::guard::{Abuse, Budgets, Guarded};
 use super::h1::Settings;
 use super::{ConnInfo, Handler};
 use crate::body::RequestBody;
 use crate::timer::LazyTimer;
 
-/// Streams a client may open at once on one connection.
-const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams the client may reset while they still wait in h2's accept queue
+/// (not yet handed to hyper, and counted against no other limit) before h2
+/// ends the connection: h2's own bound for CVE-2023-44487, at its default.
+/// Resets of streams already handed over are the guard's to count.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams h2 may reset for the client's errors (malformed requests, streams
+/// over the concurrency cap, flow-control violations) over a connection's
+/// life before it ends the connection; hyper's default, stated here so that
+/// a change of hyper's cannot loosen it.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// How long a connection cut off by the guard gets to send its GOAWAY and
+/// see the client close before it is dropped.
+const ABUSE_LINGER: Duration = Duration::from_secs(2);
+
+/// The `[server]` settings for HTTP/2 connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub max_concurrent_streams: u32,
+    pub budgets: Budgets,
+}
+
+impl Limits {
+    pub(crate) fn from_config(s: &levee_config::Server) -> Limits {
+        Limits {
+            max_concurrent_streams: s.h2_max_concurrent_streams,
+            budgets: Budgets::from_config(s),
+        }
+    }
+}
+
+/// A listener's `levee_http2_abuse_total` series, in [`Abuse::ALL`] order.
+pub(crate) type AbuseCounters = [Counter; Abuse::ALL.len()];
 
 /// Spawns hyper's per-stream tasks on the gateway's tracker, so shutdown
 /// waits for them like for connections, each under a [`StallWatch`].
@@ -187,6 +227,7 @@ pub(crate) async fn serve<H, IO>(
     settings: &Settings,
     draining: &Drain,
     tracker: &TaskTracker,
+    abuse: &AbuseCounters,
 ) where
     H: Handler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -242,12 +283,18 @@ pub(crate) async fn serve<H, IO>(
     });
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(settings.h2.max_concurrent_streams)
+        // Checked against the decoded size, so an HPACK bomb (one table
+        // entry referenced over and over) is a 431 and, past four times
+        // this, the connection's end: h2 stops decoding there.
         .max_header_list_size(u32::try_from(limits.max_head).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
         // PINGs find dead peers under long streams; idleness is judged by
         // open streams, not by whether the peer answers PINGs.
         .keep_alive_interval(Some(settings.keepalive_timeout / 2))
         .keep_alive_timeout(settings.header_timeout);
+    let (io, verdict) = Guarded::new(io, settings.h2.budgets);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let idle = settings.keepalive_timeout;
@@ -261,13 +308,37 @@ pub(crate) async fn serve<H, IO>(
             }
         }
     };
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = draining.watch() => {}
-        _ = idle_watch => {}
-        _ = streams.exhausted.notified() => {}
+    enum Next {
+        Ended,
+        CutOff,
+        GoAway,
     }
-    // GOAWAY: streams already open finish, new ones are refused.
-    connection.as_mut().graceful_shutdown();
-    let _ = connection.await;
+    let next = tokio::select! {
+        _ = connection.as_mut() => Next::Ended,
+        _ = verdict.tripped() => Next::CutOff,
+        _ = draining.watch() => Next::GoAway,
+        _ = idle_watch => Next::GoAway,
+        _ = streams.exhausted.notified() => Next::GoAway,
+    };
+    let cut_off = match next {
+        Next::Ended => false,
+        Next::CutOff => true,
+        Next::GoAway => {
+            // GOAWAY: streams already open finish, new ones are refused.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = connection.as_mut() => false,
+                _ = verdict.tripped() => true,
+            }
+        }
+    };
+    if cut_off {
+        // The guard's GOAWAY goes out and the client may close; then the
+        // connection is dropped, which resets its streams and so cancels
+        // their upstream work.
+        let _ = tokio::time::timeout(ABUSE_LINGER, connection.as_mut()).await;
+    }
+    if let Some(why) = verdict.reason() {
+        abuse[why.index()].inc();
+    }
 }

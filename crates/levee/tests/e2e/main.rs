@@ -8,6 +8,7 @@ mod cli;
 mod demo;
 mod errors;
 mod failover;
+mod h2abuse;
 mod health;
 mod protection;
 mod proxy;
