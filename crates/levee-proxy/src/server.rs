@@ -226,47 +226,63 @@ async fn connection<H: Handler>(
         None => {
             plain(stream, buf, info, &policy, ctx, deadline, accepted).await;
         }
-        Some(acceptor) => {
-            // Bytes read past the PROXY header belong to the handshake.
-            let io = io::Prefixed::new(buf, stream);
-            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(io));
-            let tls = tokio::select! {
-                _ = ctx.draining.watch() => return,
-                r = handshake => match r {
-                    Ok(Ok(tls)) => tls,
-                    _ => return,
-                },
-            };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            if h2 {
-                h2::serve(
-                    ctx.handler.clone(),
-                    Arc::new(info),
-                    tls,
-                    settings,
-                    &ctx.draining,
-                    &ctx.tracker,
-                    &ctx.h2_abuse,
-                )
-                .await;
-            } else {
-                let (mut rd, mut wr) = tokio::io::split(tls);
-                let ending = h1::serve(
-                    &*ctx.handler,
-                    &info,
-                    &mut rd,
-                    &mut wr,
-                    BytesMut::with_capacity(4 * 1024),
-                    settings,
-                    &ctx.draining,
-                    accepted,
-                )
-                .await;
-                if ending == h1::Ending::Reset {
-                    let _ = rd.unsplit(wr).get_ref().0.inner().set_zero_linger();
-                }
-            }
-        }
+        // Boxed, like HTTP/2 below: a TLS session and an HTTP/2 connection
+        // are kilobytes each, and inline they would size every plain
+        // HTTP/1 connection's task too.
+        Some(acceptor) => Box::pin(tls(stream, buf, info, acceptor, &policy, ctx, deadline, accepted)).await,
+    }
+}
+
+/// A TLS connection: the handshake, then HTTP/2 or HTTP/1 as ALPN chose.
+#[allow(clippy::too_many_arguments)]
+async fn tls<H: Handler>(
+    stream: TcpStream,
+    buf: BytesMut,
+    info: ConnInfo,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    policy: &ListenerPolicy,
+    ctx: &ListenerContext<H>,
+    deadline: Instant,
+    accepted: Instant,
+) {
+    let settings = &policy.settings;
+    // Bytes read past the PROXY header belong to the handshake.
+    let io = io::Prefixed::new(buf, stream);
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(io));
+    let tls = tokio::select! {
+        _ = ctx.draining.watch() => return,
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            _ => return,
+        },
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        h2::serve(
+            ctx.handler.clone(),
+            Arc::new(info),
+            tls,
+            settings,
+            &ctx.draining,
+            &ctx.tracker,
+            &ctx.h2_abuse,
+        )
+        .await;
+        return;
+    }
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let ending = h1::serve(
+        &*ctx.handler,
+        &info,
+        &mut rd,
+        &mut wr,
+        BytesMut::with_capacity(4 * 1024),
+        settings,
+        &ctx.draining,
+        accepted,
+    )
+    .await;
+    if ending == h1::Ending::Reset {
+        let _ = rd.unsplit(wr).get_ref().0.inner().set_zero_linger();
     }
 }
 
@@ -296,7 +312,7 @@ async fn plain<H: Handler>(
     }
     if buf.starts_with(H2_PREFACE) {
         let io = io::Prefixed::new(buf, stream);
-        h2::serve(
+        Box::pin(h2::serve(
             ctx.handler.clone(),
             Arc::new(info),
             io,
@@ -304,7 +320,7 @@ async fn plain<H: Handler>(
             &ctx.draining,
             &ctx.tracker,
             &ctx.h2_abuse,
-        )
+        ))
         .await;
     } else {
         let (mut rd, mut wr) = stream.split();

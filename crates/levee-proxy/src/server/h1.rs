@@ -47,6 +47,9 @@ const DISCARD_LIMIT: u64 = 256 * 1024;
 /// Read sizes: small for heads (most fit in one), larger for bodies.
 const HEAD_READ: usize = 4 * 1024;
 const BODY_READ: usize = 32 * 1024;
+/// How long a keep-alive connection waits for its next request before it
+/// gives its read buffer back.
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The `[server]` settings as the HTTP/1 connection uses them.
@@ -164,9 +167,13 @@ where
         head_deadline = None;
         served += 1;
         let last = settings.max_requests != 0 && served >= settings.max_requests;
-        match exchange(
+        // Boxed: an exchange's future is kilobytes (the proxy's retry loop,
+        // body pumps), and inline it would size every connection's task
+        // for its busiest moment, idle keep-alive connections included.
+        // One allocation per request buys that back.
+        match Box::pin(exchange(
             handler, conn, head, rd, wr, &mut buf, &mut out, settings, draining, last,
-        )
+        ))
         .await
         {
             Next::KeepAlive => {}
@@ -201,17 +208,32 @@ async fn read_head<R: AsyncRead + Unpin>(
     mut waits: Waits<'_, '_>,
     mut head_deadline: Option<Instant>,
 ) -> Result<Head, Stop> {
-    let idle_deadline = Instant::now() + settings.keepalive_timeout;
+    let now = Instant::now();
+    let idle_deadline = now + settings.keepalive_timeout;
+    // A connection idle this long gives its read buffer back: idle
+    // keep-alive connections are most of a busy server's connections, and
+    // 4 KiB each adds up. A busy one never waits this long, so it keeps
+    // its buffer and pays nothing.
+    let shrink_at = (now + IDLE_SHRINK).min(idle_deadline);
+    let mut shrunk = false;
     loop {
         if !buf.is_empty() {
+            shrunk = false;
             if let Some(head) = parse_head(buf, settings.limits).map_err(Stop::Reject)? {
                 return Ok(head);
             }
             // The first byte of a follow-up request starts its head's clock.
             head_deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
         }
-        let deadline = head_deadline.unwrap_or(idle_deadline);
-        if buf.capacity() - buf.len() < 512 {
+        let idle = buf.is_empty() && head_deadline.is_none();
+        let deadline = match head_deadline {
+            Some(d) => d,
+            None if idle && !shrunk && shrink_at < idle_deadline => shrink_at,
+            None => idle_deadline,
+        };
+        // Once shrunk, the next read takes what its first bytes need (a
+        // small allocation) and the buffer grows back from there.
+        if !shrunk && buf.capacity() - buf.len() < 512 {
             buf.reserve(HEAD_READ);
         }
         tokio::select! {
@@ -222,6 +244,11 @@ async fn read_head<R: AsyncRead + Unpin>(
                 Ok(_) => {}
             },
             _ = waits.timer.until(deadline) => {
+                if idle && !shrunk && deadline == shrink_at {
+                    *buf = BytesMut::new();
+                    shrunk = true;
+                    continue;
+                }
                 // A head that never came, as opposed to a keep-alive
                 // connection that went quiet between requests.
                 if head_deadline.is_some() {

@@ -114,7 +114,9 @@ where
     if tokio::time::timeout_at(deadline, wr.shutdown()).await.is_err() {
         return;
     }
-    let mut scratch = [0u8; 4096];
+    // On the heap: an array here would be part of every connection's task,
+    // idle or not, for a moment few connections reach.
+    let mut scratch = vec![0u8; 4096];
     let mut discarded = 0;
     while discarded < MAX_DISCARD {
         match tokio::time::timeout_at(deadline, rd.read(&mut scratch)).await {

@@ -165,3 +165,27 @@ async fn a_client_that_never_reads_its_response_is_dropped() {
     let got = c.read_to_end_within(SETTLE).await;
     assert!(got.len() < 64 * 1024 * 1024, "the whole body arrived");
 }
+
+#[tokio::test]
+async fn a_connection_idle_past_its_buffer_release_serves_a_large_head_after() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway("", backend.addr())).await;
+    let mut c = RawConn::connect(h.addr).await.expect("connect");
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("send");
+    assert_eq!(c.read_response(SETTLE).await.expect("first").status, 200);
+    // Idle for longer than levee keeps a read buffer for (1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A head of 20 KB, and a pipelined second request behind it.
+    let big = "x".repeat(20_000);
+    c.send(
+        format!("GET /2 HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("send");
+    assert_eq!(c.read_response(SETTLE).await.expect("second").status, 200);
+    assert_eq!(c.read_response(SETTLE).await.expect("third").status, 200);
+    let seen = backend.ledger().arrivals();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1].header("x-big").map(str::len), Some(20_000));
+}
