@@ -25,6 +25,9 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 CONF_DIR="$BENCH_DIR/conf"
 OUT_DIR="$BENCH_DIR/out"
+BENCH_NAME=compare
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$BENCH_DIR/lib.sh"
 
 RUNS="${RUNS:-3}"
 DURATION="${DURATION:-10s}"
@@ -48,21 +51,13 @@ EXPECTED_BODY="hello from backend"
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-log() { printf '[compare] %s\n' "$*" >&2; }
-die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
-
 # ---------------------------------------------------------------- arguments
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got '$RUNS')"
 [[ "$CONNS" =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
 [[ "$DURATION" =~ ^[1-9][0-9]*[smh]?$ ]] || die "DURATION must look like 10s, 1m or 10 (got '$DURATION')"
 [[ "$WARMUP" =~ ^[0-9]+[smh]?$ ]] || die "WARMUP must look like 2s (got '$WARMUP')"
 [[ "$LEVEE_READY_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "LEVEE_READY_TIMEOUT must be a positive integer"
-read -r -a CANDS <<<"$CANDIDATES"
-((${#CANDS[@]} > 0)) || die "CANDIDATES is empty"
-for c in "${CANDS[@]}"; do
-  case "$c" in direct | levee | nginx | haproxy) ;; *) die "unknown candidate '$c' (known: direct levee nginx haproxy)" ;; esac
-done
-has_cand() { [[ " ${CANDS[*]} " == *" $1 "* ]]; }
+parse_candidates direct levee nginx haproxy
 
 # seconds in a wrk duration string
 dur_secs() {
@@ -76,90 +71,13 @@ dur_secs() {
 }
 
 # ---------------------------------------------------------------- processes
-PIDS=()
-TMP=""
-
-is_alive() {
-  local pid=$1 state
-  [[ -r /proc/$pid/stat ]] || return 1
-  state=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$pid/stat" 2>/dev/null || true)
-  [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
-stop_pid() {
-  local pid=$1 i
-  if is_alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      is_alive "$pid" || break
-      sleep 0.1
-    done
-    if is_alive "$pid"; then
-      log "pid $pid did not stop on TERM, sending KILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || true
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  if [[ -n "$TMP" && -d "$TMP" ]]; then rm -rf "$TMP"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start_bg CPU LOGFILE CMD...: start CMD pinned to CPU; sets LAST_PID.
-# taskset (and env, when used in CMD) exec the command, so $! is its PID.
-LAST_PID=""
-start_bg() {
-  local cpu=$1 logf=$2
-  shift 2
-  taskset -c "$cpu" "$@" >"$logf" 2>&1 </dev/null &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_http URL TIMEOUT_S [PID]: 0 ready, 1 timed out, 2 process exited
-wait_http() {
-  local url=$1 timeout=$2 pid=${3:-} deadline
-  deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    if [[ -n "$pid" ]] && ! is_alive "$pid"; then return 2; fi
-    if curl -fsS -m 1 -o /dev/null "$url" 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  return 1
-}
-
-# render TEMPLATE OUT KEY=VALUE...: replace @KEY@ by VALUE
-render() {
-  local tmpl=$1 out=$2
-  shift 2
-  [[ -f "$tmpl" ]] || die "missing template $tmpl"
-  local args=() kv
-  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-  sed "${args[@]}" "$tmpl" >"$out"
-  if grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z][A-Z_]*@'; then die "unfilled placeholder in $out"; fi
-}
-
-tail_log() {
-  if [[ -f "$1" ]]; then tail -n "${2:-15}" "$1" | sed 's/^/    | /' >&2 || true; fi
-}
+# On exit, Ctrl-C and TERM included: every process started here is stopped
+# by PID and TMP is removed (lib.sh).
+trap_cleanup
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
-  local pkgs=() apt=()
+  local pkgs=()
   command -v nginx >/dev/null || pkgs+=(nginx)
   command -v wrk >/dev/null || pkgs+=(wrk)
   if has_cand haproxy; then command -v haproxy >/dev/null || pkgs+=(haproxy); fi
@@ -167,17 +85,7 @@ ensure_tools() {
   command -v taskset >/dev/null || pkgs+=(util-linux)
   command -v flock >/dev/null || pkgs+=(util-linux)
   ((${#pkgs[@]} == 0)) && return 0
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "need to install ${pkgs[*]} but not root and no sudo"
-    apt=(sudo)
-  fi
-  log "installing ${pkgs[*]} (apt-get)"
-  apt+=(env DEBIAN_FRONTEND=noninteractive apt-get)
-  if ! "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}" >&2; then
-    log "install failed, running apt-get update and retrying"
-    "${apt[@]}" update >&2
-    "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}" >&2
-  fi
+  install_pkgs "${pkgs[@]}"
   local b
   for b in nginx wrk curl taskset flock; do command -v "$b" >/dev/null || die "$b still missing after install"; done
   if has_cand haproxy; then command -v haproxy >/dev/null || die "haproxy still missing after install"; fi
@@ -308,32 +216,10 @@ summarize() {
 }
 
 # ---------------------------------------------------------------- candidates
-start_backend() {
-  port_in_use "$BACKEND_PORT" && die "port $BACKEND_PORT is already in use"
-  mkdir -p "$TMP/backend-tmp"
-  render "$CONF_DIR/backend-nginx.conf.tmpl" "$TMP/backend.conf" TMP="$TMP" BACKEND_PORT="$BACKEND_PORT"
-  start_bg "$LOAD_CPU" "$TMP/backend.out" nginx -p "$TMP/backend-tmp" -e "$TMP/backend-error.log" -c "$TMP/backend.conf"
-  BACKEND_PID=$LAST_PID
-  local rc=0
-  wait_http "http://127.0.0.1:$BACKEND_PORT/" 10 "$BACKEND_PID" || rc=$?
-  if ((rc != 0)); then
-    tail_log "$TMP/backend.out"
-    tail_log "$TMP/backend-error.log"
-    die "backend nginx did not come up on 127.0.0.1:$BACKEND_PORT"
-  fi
-  log "backend nginx up on 127.0.0.1:$BACKEND_PORT (pid $BACKEND_PID, CPU $LOAD_CPU)"
-}
-
-# Each start_* sets CAND_PID on success, or calls skip and returns 1.
-CAND_PID=""
-
+# start_levee: sets CAND_PID once levee is ready, or calls skip and returns 1
 start_levee() {
-  local bin=$LEVEE_BIN_RESOLVED rc=0
-  render "$CONF_DIR/levee.toml.tmpl" "$TMP/levee.toml" \
-    PORT="$LEVEE_PORT" ADMIN_PORT="$LEVEE_ADMIN_PORT" BACKEND_PORT="$BACKEND_PORT"
-  start_bg "$PROXY_CPU" "$LEVEE_LOG" env RUST_LOG=warn "$bin" run -c "$TMP/levee.toml"
-  CAND_PID=$LAST_PID
-  wait_http "http://127.0.0.1:$LEVEE_ADMIN_PORT/readyz" "$LEVEE_READY_TIMEOUT" "$CAND_PID" || rc=$?
+  local rc=0
+  launch_levee levee.toml.tmpl || rc=$?
   case $rc in
     0) return 0 ;;
     2)
@@ -352,94 +238,19 @@ start_levee() {
   return 1
 }
 
-start_nginx() {
-  local rc=0
-  mkdir -p "$TMP/nginx-proxy-tmp"
-  render "$CONF_DIR/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf" \
-    TMP="$TMP" PORT="$NGINX_PORT" BACKEND_PORT="$BACKEND_PORT"
-  start_bg "$PROXY_CPU" "$TMP/nginx-proxy.out" nginx -p "$TMP/nginx-proxy-tmp" -e "$TMP/nginx-proxy-error.log" -c "$TMP/nginx-proxy.conf"
-  CAND_PID=$LAST_PID
-  wait_http "http://127.0.0.1:$NGINX_PORT/" 10 "$CAND_PID" || rc=$?
-  ((rc == 0)) && return 0
-  tail_log "$TMP/nginx-proxy.out"
-  tail_log "$TMP/nginx-proxy-error.log"
-  stop_pid "$CAND_PID"
-  skip nginx "nginx proxy did not come up on 127.0.0.1:$NGINX_PORT"
-  return 1
-}
-
-start_haproxy() {
-  local rc=0
-  render "$CONF_DIR/haproxy.cfg.tmpl" "$TMP/haproxy.cfg" PORT="$HAPROXY_PORT" BACKEND_PORT="$BACKEND_PORT"
-  start_bg "$PROXY_CPU" "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy.cfg"
-  CAND_PID=$LAST_PID
-  wait_http "http://127.0.0.1:$HAPROXY_PORT/" 10 "$CAND_PID" || rc=$?
-  ((rc == 0)) && return 0
-  tail_log "$TMP/haproxy.log"
-  stop_pid "$CAND_PID"
-  skip haproxy "haproxy did not come up on 127.0.0.1:$HAPROXY_PORT"
-  return 1
-}
-
-prepare_levee() {
-  if [[ -n "$LEVEE_BIN" ]]; then
-    if [[ -x "$LEVEE_BIN" && -f "$LEVEE_BIN" ]]; then
-      LEVEE_BIN_RESOLVED=$LEVEE_BIN
-      log "using LEVEE_BIN=$LEVEE_BIN (no build)"
-      return 0
-    fi
-    skip levee "LEVEE_BIN=$LEVEE_BIN is not an executable file"
-    return 1
-  fi
-  local target=${CARGO_TARGET_DIR:-$ROOT/target}
-  [[ "$target" == /* ]] || target="$ROOT/$target"
-  local blog="$OUT_PREFIX.levee-build.log"
-  log "building levee: $CARGO build --profile dist -p levee (log: $blog)"
-  if ! (cd "$ROOT" && "$CARGO" build --profile dist -p levee) 2>&1 | tee "$blog" >&2; then
-    skip levee "cargo build --profile dist -p levee failed (see $blog)"
-    return 1
-  fi
-  LEVEE_BIN_RESOLVED="$target/dist/levee"
-  if [[ ! -x "$LEVEE_BIN_RESOLVED" ]]; then
-    skip levee "build succeeded but $LEVEE_BIN_RESOLVED is missing"
-    return 1
-  fi
-}
-
 # ---------------------------------------------------------------- report
-version_of() {
-  command -v "$1" >/dev/null || { echo "not installed"; return; }
-  case $1 in
-    nginx) nginx -v 2>&1 | sed -n 's|.*nginx/||p' ;;
-    haproxy) haproxy -v 2>&1 | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p' ;;
-    wrk) { wrk -v 2>&1 || true; } | sed -n '1s/^wrk \([^ ]*\).*/\1/p' ;;
-  esac
-}
-
-levee_rev() {
-  local rev dirty=""
-  if rev=$(git -C "$ROOT" --no-optional-locks rev-parse --short HEAD 2>/dev/null); then
-    [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]] && dirty="+dirty"
-    echo "$rev$dirty"
-  else
-    echo "unknown (no git commit yet)"
-  fi
-}
-
 ratio() { # ratio A B (req/s)
   if [[ -n "$2" && "$2" != 0 ]]; then awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2fx", a / b}'; else echo "—"; fi
 }
 
 report() {
-  local ts_human=$1 c cpu_model gov=""
-  cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
-  [[ -z "$cpu_model" ]] && cpu_model=$(uname -m)
+  local ts_human=$1 c gov=""
   if [[ -r /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor ]]; then
     gov=", governor $(cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor)"
   fi
   echo "## levee side-by-side benchmark, $ts_human"
   echo
-  echo "- CPU: $cpu_model ($(nproc) CPUs online$gov)"
+  echo "- CPU: $(cpu_model) ($(nproc) CPUs online$gov)"
   echo "- kernel: $(uname -sr)"
   echo "- nginx $(version_of nginx), haproxy $(version_of haproxy), wrk $(version_of wrk)"
   echo "- levee: rev $(levee_rev)${LEVEE_BIN_RESOLVED:+, binary $LEVEE_BIN_RESOLVED}"
@@ -488,9 +299,7 @@ main() {
   [[ $(nproc --all) -ge 2 ]] || die "need at least 2 CPUs (candidates on CPU $PROXY_CPU, load on CPU $LOAD_CPU)"
 
   ensure_tools
-  # one benchmark at a time: they would share ports and CPUs
-  exec 9>"${TMPDIR:-/tmp}/levee-bench-compare.lock"
-  flock -n 9 || die "another bench/compare.sh is already running"
+  take_lock "another bench/compare.sh is already running"
   TMP=$(mktemp -d /tmp/levee-bench.XXXXXX)
   mkdir -p "$OUT_DIR"
   local n=1 base=$ts
@@ -512,19 +321,12 @@ main() {
     [[ "${STATUS[$c]:-}" == skipped ]] && continue
     log "---- $c"
     CAND_PID=""
-    if [[ "$c" != direct ]] && port_in_use "${PORT_OF[$c]}"; then
-      skip "$c" "port ${PORT_OF[$c]} is already in use by another process"
-      continue
-    fi
-    if [[ "$c" == levee ]] && port_in_use "$LEVEE_ADMIN_PORT"; then
-      skip levee "admin port $LEVEE_ADMIN_PORT is already in use by another process"
-      continue
-    fi
+    if [[ "$c" != direct ]] && ! ports_free "$c"; then continue; fi
     case $c in
       direct) ;;
       levee) start_levee || continue ;;
-      nginx) start_nginx || continue ;;
-      haproxy) start_haproxy || continue ;;
+      nginx) start_nginx nginx-proxy.conf.tmpl || continue ;;
+      haproxy) start_haproxy haproxy.cfg.tmpl || continue ;;
     esac
     PID_OF[$c]=$CAND_PID
     if check_answer "$c"; then

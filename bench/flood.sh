@@ -14,6 +14,9 @@
 # 127.0.0.1, ended by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH_NAME=flood
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source bench/lib.sh
 
 SECONDS_EACH=${SECONDS_EACH:-10}
 FLOOD_CONNS=${FLOOD_CONNS:-16}
@@ -24,8 +27,6 @@ LEVEE_PORT=18580
 ADMIN_PORT=18581
 BACKEND_PORT=18582
 
-log() { printf '[flood] %s\n' "$*" >&2; }
-
 command -v nginx >/dev/null || { log "nginx is needed for the backend (apt-get install nginx)"; exit 1; }
 if [ -z "${LEVEE_BIN:-}" ]; then
   log "building levee (dist profile)"
@@ -33,21 +34,16 @@ if [ -z "${LEVEE_BIN:-}" ]; then
   LEVEE_BIN=target/dist/levee
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# On exit, every PID in PIDS is stopped and TMP removed (lib.sh).
+TMP=$(mktemp -d)
+trap_cleanup
 
-mkdir -p "$work/backend-tmp"
-sed -e "s#@TMP@#$work#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" bench/conf/backend-nginx.conf.tmpl > "$work/backend.conf"
-nginx -c "$work/backend.conf" -p "$work" >/dev/null 2>&1 &
-pids+=($!)
+mkdir -p "$TMP/backend-tmp"
+sed -e "s#@TMP@#$TMP#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" bench/conf/backend-nginx.conf.tmpl > "$TMP/backend.conf"
+nginx -c "$TMP/backend.conf" -p "$TMP" >/dev/null 2>&1 &
+PIDS+=("$!")
 
-cat > "$work/levee.toml" <<EOF
+cat > "$TMP/levee.toml" <<EOF
 [runtime]
 workers = 1
 
@@ -70,13 +66,10 @@ rate = $RATE_LIMIT
 per = "1s"
 burst = $BURST
 EOF
-LEVEE_LOG=warn "$LEVEE_BIN" run --no-watch -c "$work/levee.toml" &
-pids+=($!)
-for _ in $(seq 1 100); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null \
-    && curl -fsS -o /dev/null "http://127.0.0.1:$LEVEE_PORT/" 2>/dev/null && break
-  sleep 0.1
-done
+LEVEE_LOG=warn "$LEVEE_BIN" run --no-watch -c "$TMP/levee.toml" &
+PIDS+=("$!")
+wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" 10 || true
+wait_http "http://127.0.0.1:$LEVEE_PORT/" 10 || true
 # The readiness probe used a request of its own from 127.0.0.1; the
 # clients below use their own addresses.
 
@@ -90,13 +83,13 @@ baseline=$(python3 bench/flood.py legit 127.0.0.1 "$LEVEE_PORT" "$SECONDS_EACH" 
 
 log "flood: $FLOOD_CONNS connections from 127.0.0.10, legitimate client alongside, ${SECONDS_EACH}s"
 allowed_before=$(backend_requests)
-python3 bench/flood.py flood 127.0.0.1 "$LEVEE_PORT" "$SECONDS_EACH" "$FLOOD_CONNS" > "$work/flood.json" &
+python3 bench/flood.py flood 127.0.0.1 "$LEVEE_PORT" "$SECONDS_EACH" "$FLOOD_CONNS" > "$TMP/flood.json" &
 flooder=$!
-pids+=($flooder)
+PIDS+=("$flooder")
 during=$(python3 bench/flood.py legit 127.0.0.1 "$LEVEE_PORT" "$SECONDS_EACH" "$LEGIT_RATE")
 wait "$flooder" || true
 allowed_after=$(backend_requests)
-flood=$(cat "$work/flood.json")
+flood=$(cat "$TMP/flood.json")
 
 report=$(python3 - "$baseline" "$during" "$flood" "$allowed_before" "$allowed_after" "$SECONDS_EACH" "$LEGIT_RATE" "$RATE_LIMIT" "$BURST" <<'EOF'
 import json, sys

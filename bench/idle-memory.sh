@@ -32,6 +32,9 @@ ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 CONF_DIR="$BENCH_DIR/conf"
 OUT_DIR="$BENCH_DIR/out"
 CLIENT="$BENCH_DIR/idle-client.py"
+BENCH_NAME=idle-memory
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$BENCH_DIR/lib.sh"
 
 N="${N:-10000}"
 CANDIDATES="${CANDIDATES:-levee nginx haproxy}"
@@ -59,9 +62,6 @@ EXPECTED_BODY="hello from backend"
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-log() { printf '[idle-memory] %s\n' "$*" >&2; }
-die() { printf '[idle-memory] error: %s\n' "$*" >&2; exit 1; }
-
 # ---------------------------------------------------------------- arguments
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 is_pos() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
@@ -72,12 +72,7 @@ is_uint "$WARMUP_CONNS" || die "WARMUP_CONNS must be a non-negative integer"
 is_pos "$OPEN_TIMEOUT" || die "OPEN_TIMEOUT must be a positive integer (seconds)"
 is_pos "$KEEPALIVE_S" || die "KEEPALIVE_S must be a positive integer (seconds)"
 is_pos "$LEVEE_READY_TIMEOUT" || die "LEVEE_READY_TIMEOUT must be a positive integer"
-read -r -a CANDS <<<"$CANDIDATES"
-((${#CANDS[@]} > 0)) || die "CANDIDATES is empty"
-for c in "${CANDS[@]}"; do
-  case "$c" in levee | nginx | haproxy) ;; *) die "unknown candidate '$c' (known: levee nginx haproxy)" ;; esac
-done
-has_cand() { [[ " ${CANDS[*]} " == *" $1 "* ]]; }
+parse_candidates levee nginx haproxy
 # The connections must all still be open when memory is read: opening them,
 # settling and the checks must fit in the keep-alive timeout, with margin.
 ((OPEN_TIMEOUT + 2 * SETTLE + 30 < KEEPALIVE_S)) ||
@@ -104,93 +99,18 @@ MAX_CONNS=$((N + CONCURRENCY + 1024))
   die "need $((MAX_CONNS + 64)) file descriptors per process for N=$N, but the limit is $NOFILE (ulimit -Hn); lower N or raise the hard limit"
 
 # ---------------------------------------------------------------- processes
-PIDS=()
-TMP=""
 CLIENT_PID=""
 CLIENT_TO=""
 CLIENT_FROM=""
 
-is_alive() {
-  local pid=$1 state
-  [[ -r /proc/$pid/stat ]] || return 1
-  state=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$pid/stat" 2>/dev/null || true)
-  [[ -n "$state" && "$state" != Z && "$state" != X ]]
-}
-
-stop_pid() {
-  local pid=$1 i
-  if is_alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-      is_alive "$pid" || break
-      sleep 0.1
-    done
-    if is_alive "$pid"; then
-      log "pid $pid did not stop on TERM, sending KILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$pid" 2>/dev/null || true
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  close_client_fds
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  if [[ -n "$TMP" && -d "$TMP" ]]; then rm -rf "$TMP"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start_bg CPU LOGFILE CMD...: start CMD pinned to CPU; sets LAST_PID.
-LAST_PID=""
-start_bg() {
-  local cpu=$1 logf=$2
-  shift 2
-  taskset -c "$cpu" "$@" >"$logf" 2>&1 </dev/null &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_http URL TIMEOUT_S [PID]: 0 ready, 1 timed out, 2 process exited
-wait_http() {
-  local url=$1 timeout=$2 pid=${3:-} deadline
-  deadline=$((SECONDS + timeout))
-  while ((SECONDS < deadline)); do
-    if [[ -n "$pid" ]] && ! is_alive "$pid"; then return 2; fi
-    if curl -fsS -m 1 -o /dev/null "$url" 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  return 1
-}
-
-# render TEMPLATE OUT KEY=VALUE...: replace @KEY@ by VALUE
-render() {
-  local tmpl=$1 out=$2
-  shift 2
-  [[ -f "$tmpl" ]] || die "missing template $tmpl"
-  local args=() kv
-  for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
-  sed "${args[@]}" "$tmpl" >"$out"
-  if grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z][A-Z_]*@'; then die "unfilled placeholder in $out"; fi
-}
-
-tail_log() {
-  if [[ -f "$1" ]]; then tail -n "${2:-15}" "$1" | sed 's/^/    | /' >&2 || true; fi
-}
+# On exit, Ctrl-C and TERM included: the client's FIFOs are closed, every
+# process started here is stopped by PID and TMP is removed (lib.sh).
+on_cleanup() { close_client_fds; }
+trap_cleanup
 
 # ---------------------------------------------------------------- tools
 ensure_tools() {
-  local pkgs=() apt=()
+  local pkgs=()
   command -v nginx >/dev/null || pkgs+=(nginx) # the backend, whatever the candidates
   if has_cand haproxy; then command -v haproxy >/dev/null || pkgs+=(haproxy); fi
   command -v curl >/dev/null || pkgs+=(curl)
@@ -198,18 +118,7 @@ ensure_tools() {
   command -v python3 >/dev/null || pkgs+=(python3)
   command -v taskset >/dev/null || pkgs+=(util-linux)
   command -v flock >/dev/null || pkgs+=(util-linux)
-  ((${#pkgs[@]} == 0)) && return 0
-  if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "need to install ${pkgs[*]} but not root and no sudo"
-    apt=(sudo)
-  fi
-  log "installing ${pkgs[*]} (apt-get)"
-  apt+=(env DEBIAN_FRONTEND=noninteractive apt-get)
-  if ! "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}" >&2; then
-    log "install failed, running apt-get update and retrying"
-    "${apt[@]}" update >&2
-    "${apt[@]}" install -y --no-install-recommends "${pkgs[@]}" >&2
-  fi
+  install_pkgs "${pkgs[@]}"
 }
 
 # ---------------------------------------------------------------- results
@@ -320,32 +229,10 @@ stop_client() {
 }
 
 # ---------------------------------------------------------------- candidates
-start_backend() {
-  port_in_use "$BACKEND_PORT" && die "port $BACKEND_PORT is already in use"
-  mkdir -p "$TMP/backend-tmp"
-  render "$CONF_DIR/backend-nginx.conf.tmpl" "$TMP/backend.conf" TMP="$TMP" BACKEND_PORT="$BACKEND_PORT"
-  start_bg "$LOAD_CPU" "$TMP/backend.out" nginx -p "$TMP/backend-tmp" -e "$TMP/backend-error.log" -c "$TMP/backend.conf"
-  BACKEND_PID=$LAST_PID
-  local rc=0
-  wait_http "http://127.0.0.1:$BACKEND_PORT/" 10 "$BACKEND_PID" || rc=$?
-  if ((rc != 0)); then
-    tail_log "$TMP/backend.out"
-    tail_log "$TMP/backend-error.log"
-    die "backend nginx did not come up on 127.0.0.1:$BACKEND_PORT"
-  fi
-  log "backend nginx up on 127.0.0.1:$BACKEND_PORT (pid $BACKEND_PID, CPU $LOAD_CPU)"
-}
-
-# Each start_* sets CAND_PID on success, or calls skip and returns 1.
-CAND_PID=""
-
+# start_levee: sets CAND_PID once levee is ready, or calls skip and returns 1
 start_levee() {
-  local bin=$LEVEE_BIN_RESOLVED rc=0
-  render "$CONF_DIR/idle-levee.toml.tmpl" "$TMP/levee.toml" PORT="$LEVEE_PORT" ADMIN_PORT="$LEVEE_ADMIN_PORT" \
-    BACKEND_PORT="$BACKEND_PORT" MAX_CONNS="$MAX_CONNS" KEEPALIVE_S="$KEEPALIVE_S" CONNS="$N"
-  start_bg "$PROXY_CPU" "$LEVEE_LOG" env RUST_LOG=warn "$bin" run -c "$TMP/levee.toml"
-  CAND_PID=$LAST_PID
-  wait_http "http://127.0.0.1:$LEVEE_ADMIN_PORT/readyz" "$LEVEE_READY_TIMEOUT" "$CAND_PID" || rc=$?
+  local rc=0
+  launch_levee idle-levee.toml.tmpl MAX_CONNS="$MAX_CONNS" KEEPALIVE_S="$KEEPALIVE_S" CONNS="$N" || rc=$?
   ((rc == 0)) && return 0
   tail_log "$LEVEE_LOG"
   stop_pid "$CAND_PID"
@@ -355,61 +242,6 @@ start_levee() {
     skip levee "no answer from http://127.0.0.1:$LEVEE_ADMIN_PORT/readyz within ${LEVEE_READY_TIMEOUT}s (log: $LEVEE_LOG)"
   fi
   return 1
-}
-
-start_nginx() {
-  local rc=0
-  mkdir -p "$TMP/nginx-proxy-tmp"
-  render "$CONF_DIR/idle-nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf" TMP="$TMP" PORT="$NGINX_PORT" \
-    BACKEND_PORT="$BACKEND_PORT" MAX_CONNS="$MAX_CONNS" NOFILE="$NOFILE" KEEPALIVE_S="$KEEPALIVE_S"
-  start_bg "$PROXY_CPU" "$TMP/nginx-proxy.out" nginx -p "$TMP/nginx-proxy-tmp" -e "$TMP/nginx-proxy-error.log" -c "$TMP/nginx-proxy.conf"
-  CAND_PID=$LAST_PID
-  wait_http "http://127.0.0.1:$NGINX_PORT/" 10 "$CAND_PID" || rc=$?
-  ((rc == 0)) && return 0
-  tail_log "$TMP/nginx-proxy.out"
-  tail_log "$TMP/nginx-proxy-error.log"
-  stop_pid "$CAND_PID"
-  skip nginx "nginx proxy did not come up on 127.0.0.1:$NGINX_PORT"
-  return 1
-}
-
-start_haproxy() {
-  local rc=0
-  render "$CONF_DIR/idle-haproxy.cfg.tmpl" "$TMP/haproxy.cfg" PORT="$HAPROXY_PORT" BACKEND_PORT="$BACKEND_PORT" \
-    MAX_CONNS="$MAX_CONNS" NOFILE="$NOFILE" KEEPALIVE_S="$KEEPALIVE_S"
-  start_bg "$PROXY_CPU" "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy.cfg"
-  CAND_PID=$LAST_PID
-  wait_http "http://127.0.0.1:$HAPROXY_PORT/" 10 "$CAND_PID" || rc=$?
-  ((rc == 0)) && return 0
-  tail_log "$TMP/haproxy.log"
-  stop_pid "$CAND_PID"
-  skip haproxy "haproxy did not come up on 127.0.0.1:$HAPROXY_PORT"
-  return 1
-}
-
-prepare_levee() {
-  if [[ -n "$LEVEE_BIN" ]]; then
-    if [[ -x "$LEVEE_BIN" && -f "$LEVEE_BIN" ]]; then
-      LEVEE_BIN_RESOLVED=$LEVEE_BIN
-      log "using LEVEE_BIN=$LEVEE_BIN (no build)"
-      return 0
-    fi
-    skip levee "LEVEE_BIN=$LEVEE_BIN is not an executable file"
-    return 1
-  fi
-  local target=${CARGO_TARGET_DIR:-$ROOT/target}
-  [[ "$target" == /* ]] || target="$ROOT/$target"
-  local blog="$OUT_PREFIX.levee-build.log"
-  log "building levee: $CARGO build --profile dist -p levee (log: $blog)"
-  if ! (cd "$ROOT" && "$CARGO" build --profile dist -p levee) 2>&1 | tee "$blog" >&2; then
-    skip levee "cargo build --profile dist -p levee failed (see $blog)"
-    return 1
-  fi
-  LEVEE_BIN_RESOLVED="$target/dist/levee"
-  if [[ ! -x "$LEVEE_BIN_RESOLVED" ]]; then
-    skip levee "build succeeded but $LEVEE_BIN_RESOLVED is missing"
-    return 1
-  fi
 }
 
 # check_answer CANDIDATE: one request must return 200 with the backend's body
@@ -500,31 +332,11 @@ measure() {
 }
 
 # ---------------------------------------------------------------- report
-version_of() {
-  command -v "$1" >/dev/null || { echo "not installed"; return; }
-  case $1 in
-    nginx) nginx -v 2>&1 | sed -n 's|.*nginx/||p' ;;
-    haproxy) haproxy -v 2>&1 | sed -n '1s/^HAProxy version \([^ ]*\).*/\1/p' ;;
-  esac
-}
-
-levee_rev() {
-  local rev dirty=""
-  if rev=$(git -C "$ROOT" --no-optional-locks rev-parse --short HEAD 2>/dev/null); then
-    [[ -n "$(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]] && dirty="+dirty"
-    echo "$rev$dirty"
-  else
-    echo "unknown (no git commit yet)"
-  fi
-}
-
 report() {
-  local ts_human=$1 c cpu_model
-  cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
-  [[ -z "$cpu_model" ]] && cpu_model=$(uname -m)
+  local ts_human=$1 c
   echo "## levee memory per idle connection, $ts_human"
   echo
-  echo "- CPU: $cpu_model ($(nproc) CPUs online); memory: $(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "- CPU: $(cpu_model) ($(nproc) CPUs online); memory: $(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
   echo "- kernel: $(uname -sr)"
   echo "- nginx $(version_of nginx), haproxy $(version_of haproxy), $(python3 --version 2>&1)"
   echo "- levee: rev $(levee_rev)${LEVEE_BIN_RESOLVED:+, binary $LEVEE_BIN_RESOLVED}"
@@ -567,10 +379,7 @@ main() {
   [[ -f "$CLIENT" ]] || die "missing $CLIENT"
 
   ensure_tools
-  # One benchmark at a time: compare.sh takes the same lock (both pin to
-  # the same CPUs, and a load run would disturb the readings).
-  exec 9>"${TMPDIR:-/tmp}/levee-bench-compare.lock"
-  flock -n 9 || die "another bench script (compare.sh or idle-memory.sh) is already running"
+  take_lock "another bench script (compare.sh or idle-memory.sh) is already running"
   TMP=$(mktemp -d /tmp/levee-bench-idle.XXXXXX)
   mkdir -p "$OUT_DIR"
   local n=1 base=$ts
@@ -590,18 +399,11 @@ main() {
     [[ "${STATUS[$c]:-}" == skipped ]] && continue
     log "---- $c"
     CAND_PID=""
-    if port_in_use "${PORT_OF[$c]}"; then
-      skip "$c" "port ${PORT_OF[$c]} is already in use by another process"
-      continue
-    fi
-    if [[ "$c" == levee ]] && port_in_use "$LEVEE_ADMIN_PORT"; then
-      skip levee "admin port $LEVEE_ADMIN_PORT is already in use by another process"
-      continue
-    fi
+    ports_free "$c" || continue
     case $c in
       levee) start_levee || continue ;;
-      nginx) start_nginx || continue ;;
-      haproxy) start_haproxy || continue ;;
+      nginx) start_nginx idle-nginx-proxy.conf.tmpl MAX_CONNS="$MAX_CONNS" NOFILE="$NOFILE" KEEPALIVE_S="$KEEPALIVE_S" || continue ;;
+      haproxy) start_haproxy idle-haproxy.cfg.tmpl MAX_CONNS="$MAX_CONNS" NOFILE="$NOFILE" KEEPALIVE_S="$KEEPALIVE_S" || continue ;;
     esac
     PID_OF[$c]=$CAND_PID
     if check_answer "$c"; then measure "$c" || true; fi

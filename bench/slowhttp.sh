@@ -13,6 +13,9 @@
 # by its PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH_NAME=slowhttp
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source bench/lib.sh
 
 DURATION=${DURATION:-20}
 CONNECTIONS=${CONNECTIONS:-1000}
@@ -20,8 +23,6 @@ RATE=${RATE:-200}
 LEVEE_PORT=${LEVEE_PORT:-18480}
 ADMIN_PORT=${ADMIN_PORT:-18481}
 BACKEND_PORT=${BACKEND_PORT:-18482}
-
-log() { printf '[slowhttp] %s\n' "$*" >&2; }
 
 if ! command -v slowhttptest >/dev/null; then
   log "installing slowhttptest"
@@ -35,31 +36,23 @@ if [ -z "${LEVEE_BIN:-}" ]; then
   LEVEE_BIN=target/debug/levee
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# On exit, every PID in PIDS is stopped and TMP removed (lib.sh).
+TMP=$(mktemp -d)
+trap_cleanup
 
 # The backend: Python's static file server, with a 1 MiB file for slow reads.
-mkdir -p "$work/www"
-echo "hello from backend" > "$work/www/index.html"
-head -c 1048576 /dev/zero > "$work/www/big.bin"
-python3 -m http.server "$BACKEND_PORT" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" 2>/dev/null && break
-  sleep 0.1
-done
+mkdir -p "$TMP/www"
+echo "hello from backend" > "$TMP/www/index.html"
+head -c 1048576 /dev/zero > "$TMP/www/big.bin"
+python3 -m http.server "$BACKEND_PORT" --bind 127.0.0.1 --directory "$TMP/www" >/dev/null 2>&1 &
+PIDS+=("$!")
+wait_http "http://127.0.0.1:$BACKEND_PORT/" 10 || true
 
 # levee with its defaults for slow clients (header_timeout 10 s,
 # body_min_rate 500 B/s, body_timeout 60 s) and connection caps raised so
 # that one attacking address is not simply capped at 256 connections: the
 # scenario is about the slow-client guards themselves.
-cat > "$work/levee.toml" <<EOF
+cat > "$TMP/levee.toml" <<EOF
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 
@@ -78,13 +71,10 @@ upstream = "app"
 endpoints = ["127.0.0.1:$BACKEND_PORT"]
 EOF
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-LEVEE_LOG=warn "$LEVEE_BIN" run -c "$work/levee.toml" --no-watch &
-pids+=($!)
+LEVEE_LOG=warn "$LEVEE_BIN" run -c "$TMP/levee.toml" --no-watch &
+PIDS+=("$!")
 
-for _ in $(seq 1 100); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && break
-  sleep 0.1
-done
+wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" 10 || true
 curl -fsS -o /dev/null "http://127.0.0.1:$LEVEE_PORT/" || { log "levee does not answer"; exit 1; }
 
 metric() {
@@ -94,7 +84,7 @@ metric() {
 # One ordinary request every 250 ms for the scenario's length; prints
 # "served/total p50 p99 max" (seconds).
 probe() {
-  local n=$(( DURATION * 4 )) out="$work/probe.txt"
+  local n=$(( DURATION * 4 )) out="$TMP/probe.txt"
   : > "$out"
   for _ in $(seq 1 "$n"); do
     curl -s -o /dev/null -m 5 -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$LEVEE_PORT/" >> "$out" || echo "000 5" >> "$out"
@@ -138,14 +128,14 @@ for mode in slowloris slow_post slow_read; do
   url="http://127.0.0.1:$LEVEE_PORT/"
   # shellcheck disable=SC2086
   slowhttptest ${args[$mode]} -c "$CONNECTIONS" -r "$RATE" -l "$DURATION" -p 3 -u "$url" \
-    > "$work/$mode.log" 2>&1 &
+    > "$TMP/$mode.log" 2>&1 &
   attack=$!
-  pids+=($attack)
+  PIDS+=("$attack")
   read -r served p50 p99 max < <(probe)
   wait "$attack" || true
   after=$(metric "levee_listener_slow_clients_total{listener=\"main\",phase=\"${phase[$mode]}\"}")
   # Its log is coloured: strip the escapes, then read the last verdict.
-  verdict=$(sed 's/\x1b\[[0-9;]*m//g' "$work/$mode.log" | awk '/service available:/ { v = $NF } END { print v }')
+  verdict=$(sed 's/\x1b\[[0-9;]*m//g' "$TMP/$mode.log" | awk '/service available:/ { v = $NF } END { print v }')
   dropped=$(( ${after%.*} - ${before%.*} ))
   echo "| $mode | $served | $p50 | $p99 | $max | $dropped (${phase[$mode]}) | service available: ${verdict:-?} |" >> "$report"
 done
