@@ -178,7 +178,16 @@ async fn connection<H: Handler>(
     let Some(policy) = ctx.handler.policy(&ctx.name) else {
         return;
     };
-    let _pass = match ctx.gate.admit(peer.ip(), &policy) {
+    // Behind a PROXY protocol balancer the peer is the balancer: the
+    // client's access and per-address cap are decided once its header
+    // names the client.
+    let admitted = if policy.proxy_protocol {
+        ctx.gate.enter(&policy)
+    } else {
+        ctx.gate.admit(peer.ip(), &policy)
+    };
+    // Held for the connection's life: dropping it gives the places back.
+    let mut pass = match admitted {
         Ok(pass) => pass,
         Err(why) => {
             ctx.refuse(why);
@@ -219,6 +228,17 @@ async fn connection<H: Handler>(
             // A LOCAL connection: the balancer itself, as itself.
             Some(None) => {}
             None => return,
+        }
+        let client = info.peer.ip();
+        let allowed = if policy.access.permits(levee_core::access::canonical(client)) {
+            pass.attribute(client, &policy)
+        } else {
+            Err(gate::Refusal::Denied)
+        };
+        if let Err(why) = allowed {
+            ctx.refuse(why);
+            let _ = stream.set_zero_linger();
+            return;
         }
     }
 

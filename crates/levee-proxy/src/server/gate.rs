@@ -53,31 +53,43 @@ impl Default for Gate {
 }
 
 impl Gate {
-    /// Admits a connection from `ip`, or says why not. The pass gives the
-    /// place back when dropped.
+    /// Admits a connection from `ip`, or says why not: its access lists,
+    /// then the caps. The pass gives the places back when dropped.
     pub fn admit(&self, ip: IpAddr, policy: &ListenerPolicy) -> Result<Pass<'_>, Refusal> {
-        let ip = canonical(ip);
-        if !policy.access.permits(ip) {
+        if !policy.access.permits(canonical(ip)) {
             return Err(Refusal::Denied);
         }
+        let mut pass = self.enter(policy)?;
+        pass.attribute(ip, policy)?;
+        Ok(pass)
+    }
+
+    /// Takes a place under the total cap only, for a connection whose
+    /// client is not known yet (a PROXY protocol header will say): the
+    /// balancer's own address must not be capped as one client.
+    pub fn enter(&self, policy: &ListenerPolicy) -> Result<Pass<'_>, Refusal> {
         // Taken first and given back on refusal: two racing accepts can
         // never both see room for one.
         if self.open.fetch_add(1, Ordering::AcqRel) >= policy.max_connections {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
+        Ok(Pass { gate: self, ip: None })
+    }
+
+    /// Counts the place against its client's address. On refusal the
+    /// place is still held (the caller drops the pass).
+    fn take_ip(&self, ip: IpAddr, policy: &ListenerPolicy) -> Result<(), Refusal> {
         let mut shard = self.shard(ip);
         let n = shard.entry(ip).or_insert(0);
         if *n as usize >= policy.max_connections_per_ip {
             if *n == 0 {
                 shard.remove(&ip);
             }
-            drop(shard);
-            self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::PerIp);
         }
         *n += 1;
-        Ok(Pass { gate: self, ip })
+        Ok(())
     }
 
     /// Connections open now.
@@ -94,15 +106,16 @@ impl Gate {
         self.per_ip[i % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn release(&self, ip: IpAddr) {
-        let mut shard = self.shard(ip);
-        if let Some(n) = shard.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                shard.remove(&ip);
+    fn release(&self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            let mut shard = self.shard(ip);
+            if let Some(n) = shard.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    shard.remove(&ip);
+                }
             }
         }
-        drop(shard);
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -111,7 +124,20 @@ impl Gate {
 #[must_use]
 pub(crate) struct Pass<'a> {
     gate: &'a Gate,
-    ip: IpAddr,
+    /// The address its place is counted against, once known.
+    ip: Option<IpAddr>,
+}
+
+impl Pass<'_> {
+    /// Names the connection's client: the per-address cap applies from now.
+    pub fn attribute(&mut self, ip: IpAddr, policy: &ListenerPolicy) -> Result<(), Refusal> {
+        let ip = canonical(ip);
+        if self.ip.is_none() {
+            self.gate.take_ip(ip, policy)?;
+            self.ip = Some(ip);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Pass<'_> {
@@ -149,6 +175,13 @@ mod tests {
         assert_eq!(gate.admit(ip("127.0.0.1"), &p).err(), Some(Refusal::PerIp));
         let b1 = gate.admit(ip("127.0.0.2"), &p).expect("other address");
         assert_eq!(gate.admit(ip("127.0.0.3"), &p).err(), Some(Refusal::Total));
+        // A connection whose client is not known yet holds a place in all,
+        // and its client's cap applies once it is named.
+        drop(b1);
+        let mut later = gate.enter(&p).expect("room in all");
+        assert_eq!(later.attribute(ip("127.0.0.1"), &p).err(), Some(Refusal::PerIp));
+        drop(later);
+        let b1 = gate.admit(ip("127.0.0.2"), &p).expect("the place came back");
         assert_eq!(gate.open(), 3);
         drop(a1);
         // An IPv4-mapped address is the same client.

@@ -720,3 +720,58 @@ async fn a_reload_picks_up_renewed_certificates() {
     let after = tls.get_ref().1.peer_certificates().expect("certificate")[0].clone();
     assert_ne!(after, before);
 }
+
+#[tokio::test]
+async fn behind_proxy_protocol_access_and_caps_apply_to_the_real_client() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway(
+        "trusted_proxies = [\"127.0.0.1\"]\nmax_connections_per_ip = 2",
+        "proxy_protocol = true\ndeny = [\"198.51.100.66\"]",
+        "",
+        backend.addr(),
+    ))
+    .await;
+    // Opens a keep-alive connection through the "balancer" (127.0.0.1) for
+    // `source`; Some(connection) if it was served.
+    let open = |source: &str| {
+        let header = levee_proxy::proxy_v2_header(source.parse().expect("addr"), h.addr);
+        async move {
+            let mut conn = RawConn::connect_from(ip("127.0.0.1"), h.addr)
+                .await
+                .expect("connect");
+            let mut bytes = header;
+            bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            conn.send(&bytes).await.ok()?;
+            let res = conn.read_response(SETTLE).await.ok()?;
+            (res.status == 200).then_some(conn)
+        }
+    };
+    // Many clients through one balancer: its address is not one client.
+    let mut held = Vec::new();
+    for i in 1..=5 {
+        held.push(open(&format!("198.51.100.{i}:4000")).await.expect("served"));
+    }
+    // One client's own cap still holds.
+    held.push(open("198.51.100.1:4001").await.expect("its second connection"));
+    assert!(
+        open("198.51.100.1:4002").await.is_none(),
+        "a third connection for one client"
+    );
+    // The listener's deny list judges the real client.
+    assert!(
+        open("198.51.100.66:4000").await.is_none(),
+        "a denied client behind the balancer"
+    );
+    assert_eq!(backend.ledger().len(), 6);
+    let refused = h.metrics().await;
+    assert!(
+        refused.contains(
+            "levee_listener_connections_refused_total{listener=\"main\",reason=\"max_connections_per_ip\"} 1"
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("levee_listener_connections_refused_total{listener=\"main\",reason=\"denied\"} 1"),
+        "{refused}"
+    );
+}
