@@ -41,6 +41,9 @@ const MAX_REPLY: usize = 64 * 1024;
 /// asking it (and paying the timeout) for [`SLOW_PAUSE`].
 const SLOW_AFTER: u32 = 8;
 const SLOW_PAUSE: Duration = Duration::from_secs(1);
+/// A connection whose oldest command has had no answer for this long, or
+/// whose writes stall this long, is dropped and replaced.
+const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 /// GCRA, as [`levee_core::ratelimit::gcra`] does it, on Redis's clock so
 /// that every instance agrees on "now". Times are microseconds: Lua numbers
@@ -48,6 +51,7 @@ const SLOW_PAUSE: Duration = Duration::from_secs(1);
 /// do not. Returns `{1, remaining, reset_us}` or `{0, retry_after_us,
 /// reset_us}`. The key expires when its bucket is full again.
 pub(crate) const GCRA_SCRIPT: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -62,6 +66,27 @@ if ahead <= span then
 end
 return {0, ahead - span, tat - now}
 "#;
+
+/// Marks the connection up while it lives.
+struct Up<'a> {
+    flag: &'a AtomicBool,
+    on_change: &'a (dyn Fn(bool) + Send + Sync),
+}
+
+impl<'a> Up<'a> {
+    fn new(flag: &'a AtomicBool, on_change: &'a (dyn Fn(bool) + Send + Sync)) -> Up<'a> {
+        flag.store(true, Ordering::Release);
+        on_change(true);
+        Up { flag, on_change }
+    }
+}
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        self.flag.store(false, Ordering::Release);
+        (self.on_change)(false);
+    }
+}
 
 /// A reply, as far as levee reads them.
 #[derive(Debug, PartialEq, Eq)]
@@ -241,7 +266,9 @@ fn parse_at(buf: &[u8], at: &mut usize, depth: u8) -> Result<Option<Reply>, &'st
     let Some(line) = line(buf, *at) else {
         return Ok(None);
     };
-    let (kind, text) = (buf[*at], &buf[*at + 1..line]);
+    // An empty line (`line == at`) is no reply at all.
+    let kind = *buf.get(*at).filter(|_| line > *at).ok_or("empty line in reply")?;
+    let text = &buf[*at + 1..line];
     let next = line + 2;
     let number = || -> Result<i64, &'static str> {
         std::str::from_utf8(text)
@@ -266,6 +293,9 @@ fn parse_at(buf: &[u8], at: &mut usize, depth: u8) -> Result<Option<Reply>, &'st
             if buf.len() < next + n + 2 {
                 return Ok(None);
             }
+            if &buf[next + n..next + n + 2] != b"\r\n" {
+                return Err("bulk reply longer than its length");
+            }
             *at = next + n + 2;
             return Ok(Some(Reply::Bulk(Some(Bytes::copy_from_slice(
                 &buf[next..next + n],
@@ -277,7 +307,12 @@ fn parse_at(buf: &[u8], at: &mut usize, depth: u8) -> Result<Option<Reply>, &'st
             if n < 0 {
                 return Ok(Some(Reply::Array(Vec::new())));
             }
-            let n = usize::try_from(n).map_err(|_| "bad length")?.min(64);
+            let n = usize::try_from(n).map_err(|_| "bad length")?;
+            // levee asks for nothing longer; pairing what follows with the
+            // next waiter would be worse than dropping the connection.
+            if n > 64 {
+                return Err("array reply too long");
+            }
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 match parse_at(buf, at, depth + 1)? {
@@ -330,12 +365,12 @@ impl Task {
                 Ok(stream) => {
                     backoff = BACKOFF_MIN;
                     warned = false;
-                    self.up.store(true, Ordering::Release);
-                    (self.on_change)(true);
+                    // Down again however serving ends, a panic included,
+                    // so the gauge never claims a connection that is gone.
+                    let up = Up::new(&self.up, &*self.on_change);
                     tracing::info!(address = %self.address, "redis connected: fleet-wide rate limits are shared");
                     let why = self.serve(stream, &mut rx, &stop).await;
-                    self.up.store(false, Ordering::Release);
-                    (self.on_change)(false);
+                    drop(up);
                     match why {
                         None => return,
                         Some(e) => tracing::warn!(
@@ -413,32 +448,48 @@ impl Task {
         stop: &CancellationToken,
     ) -> Option<std::io::Error> {
         let (mut rd, mut wr) = stream.into_split();
-        let mut waiting: VecDeque<Waiter> = VecDeque::new();
+        // Each waiter with when its command was written: a connection whose
+        // oldest answer is overdue is stuck (a frozen Redis, a black hole)
+        // and is replaced rather than trusted until TCP gives up.
+        let mut waiting: VecDeque<(Waiter, tokio::time::Instant)> = VecDeque::new();
         let mut buf = BytesMut::with_capacity(4096);
         let mut out = BytesMut::with_capacity(4096);
-        let fail = |waiting: &mut VecDeque<Waiter>, e: std::io::Error| {
-            for w in waiting.drain(..) {
+        let fail = |waiting: &mut VecDeque<(Waiter, tokio::time::Instant)>, e: std::io::Error| {
+            for (w, _) in waiting.drain(..) {
                 let _ = w.send(Err(Unavailable::Failed));
             }
             Some(e)
         };
         loop {
+            let overdue = waiting.front().map(|(_, sent)| *sent + STUCK_AFTER);
             tokio::select! {
                 _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep_until(overdue.unwrap_or_else(far_future)), if overdue.is_some() => {
+                    return fail(&mut waiting, std::io::Error::other("no answer for a second"));
+                }
                 call = rx.recv() => {
                     // Every client is gone: nothing more will be asked.
                     let call = call?;
+                    let now = tokio::time::Instant::now();
                     out.put_slice(&call.encoded);
-                    waiting.push_back(call.reply);
+                    waiting.push_back((call.reply, now));
                     // Everything else already queued goes in the same write.
                     while let Ok(call) = rx.try_recv() {
                         out.put_slice(&call.encoded);
-                        waiting.push_back(call.reply);
+                        waiting.push_back((call.reply, now));
                     }
-                    if let Err(e) = wr.write_all(&out).await {
-                        return fail(&mut waiting, e);
+                    // A Redis that stopped reading must not hold the task:
+                    // the write is bounded, and levee can still stop.
+                    let write = tokio::time::timeout(STUCK_AFTER, wr.write_all(&out));
+                    let written = tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        w = write => w,
+                    };
+                    match written {
+                        Ok(Ok(())) => out.clear(),
+                        Ok(Err(e)) => return fail(&mut waiting, e),
+                        Err(_) => return fail(&mut waiting, std::io::Error::other("write stalled")),
                     }
-                    out.clear();
                 }
                 read = rd.read_buf(&mut buf) => {
                     match read {
@@ -448,12 +499,20 @@ impl Task {
                     }
                     loop {
                         match parse(&mut buf) {
-                            Ok(Some(reply)) => match waiting.pop_front() {
-                                // A waiter that timed out is gone; its reply
-                                // is read and dropped all the same.
-                                Some(w) => { let _ = w.send(Ok(reply)); }
-                                None => return fail(&mut waiting, std::io::Error::other("unexpected reply")),
-                            },
+                            Ok(Some(reply)) => {
+                                // The script is gone (SCRIPT FLUSH, a failover
+                                // behind a proxy): reconnecting loads it again.
+                                let noscript = matches!(&reply, Reply::Error(e) if e.starts_with(b"NOSCRIPT"));
+                                match waiting.pop_front() {
+                                    // A waiter that timed out is gone; its reply
+                                    // is read and dropped all the same.
+                                    Some((w, _)) => { let _ = w.send(Ok(reply)); }
+                                    None => return fail(&mut waiting, std::io::Error::other("unexpected reply")),
+                                }
+                                if noscript {
+                                    return fail(&mut waiting, std::io::Error::other("the script was flushed"));
+                                }
+                            }
                             Ok(None) => break,
                             Err(e) => return fail(&mut waiting, std::io::Error::other(e)),
                         }
@@ -462,6 +521,11 @@ impl Task {
             }
         }
     }
+}
+
+/// A deadline that never comes, for a disabled `select!` arm.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }
 
 #[cfg(test)]
@@ -513,6 +577,9 @@ mod tests {
             b":abc\r\n",
             b"$99999999\r\n",
             b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+            b"\r\n",
+            b"$3\r\nabcdef\r\n",
+            b"*65\r\n",
         ] {
             let mut buf = BytesMut::from(bad);
             assert!(parse(&mut buf).is_err(), "{:?}", String::from_utf8_lossy(bad));

@@ -280,6 +280,9 @@ async fn a_stalled_redis_costs_a_request_at_most_its_timeout() {
         slowest = slowest.max(start.elapsed());
     }
     let took = began.elapsed();
+    // A connection that stopped answering is not trusted for long: it is
+    // dropped and the instance counts Redis as down until it answers.
+    eventually_metric(&a, "levee_rate_limit_redis_up", 0.0).await;
     redis.resume().expect("SIGCONT");
     println!("stalled redis: slowest request {slowest:?}, statuses {statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
@@ -433,4 +436,47 @@ async fn a_flood_from_one_client_leaves_another_untouched() {
         "legitimate p99 {:?} over {bound:?}",
         p99(&legit)
     );
+}
+
+#[tokio::test]
+async fn a_flushed_script_is_loaded_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start().await.expect("redis-server starts");
+    let backend = Backend::start("b1").await;
+    let a = Harness::start(&fleet_member(redis.addr(), backend.addr())).await;
+    eventually_metric(&a, "levee_rate_limit_redis_up", 1.0).await;
+    assert_eq!(
+        get("127.0.0.10", a.addr, "/app", "X-Client: f\r\n").await.status,
+        200
+    );
+    let fallbacks = "levee_rate_limit_redis_fallbacks_total{rule=\"shared\"}";
+    assert_eq!(a.metric(fallbacks).await, 0.0);
+    // Someone runs SCRIPT FLUSH: the next call gets NOSCRIPT.
+    let mut s = tokio::net::TcpStream::connect(redis.addr())
+        .await
+        .expect("connect");
+    s.write_all(b"SCRIPT FLUSH\r\n").await.expect("write");
+    let mut ok = [0u8; 5];
+    s.read_exact(&mut ok).await.expect("read");
+    assert_eq!(&ok, b"+OK\r\n");
+    assert_eq!(
+        get("127.0.0.10", a.addr, "/app", "X-Client: f\r\n").await.status,
+        200
+    );
+    assert_eq!(a.metric(fallbacks).await, 1.0, "decided locally once");
+    // levee reconnects, loads the script again, and asks Redis as before.
+    eventually_metric(&a, "levee_rate_limit_redis_up", 1.0).await;
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let before = a.metric(fallbacks).await;
+        assert_eq!(
+            get("127.0.0.10", a.addr, "/app", "X-Client: g\r\n").await.status,
+            200
+        );
+        if a.metric(fallbacks).await == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still deciding locally");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
