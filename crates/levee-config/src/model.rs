@@ -200,7 +200,7 @@ pub struct Tls {
 }
 
 /// `[upstream.<u>.tls]`
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
     /// The name sent as SNI and verified; by default the endpoint's host
     /// name (or, for an IP endpoint, its address, checked against the
@@ -212,7 +212,7 @@ pub struct UpstreamTls {
     pub client_certificate: Option<Certificate>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Certificate {
     pub cert: PathBuf,
     pub key: PathBuf,

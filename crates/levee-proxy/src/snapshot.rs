@@ -102,18 +102,15 @@ impl Snapshot {
                     None => Arc::new(Counters::new(budget)),
                 };
                 let changed = Arc::new(Notify::new());
-                // An unchanged TLS table keeps its connector, and with it the
-                // pooled connections (see `Pool::set_tls`).
-                let same_tls = previous
-                    .and_then(|p| p.config.upstream(&u.name))
-                    .is_some_and(|o| o.tls == u.tls);
-                let kept_tls = old
-                    .filter(|_| same_tls)
+                // Unchanged TLS (settings, protocol and files) keeps its
+                // connector, and with it the pooled connections (see
+                // `Pool::set_tls`).
+                let running = old
                     .and_then(|o| o.endpoints.first())
                     .and_then(|e| e.state.pool.tls());
-                let connector = match kept_tls {
-                    Some(c) => Some(c),
-                    None => tls.connectors.get(&u.name).cloned(),
+                let connector = match (running, tls.connectors.get(&u.name)) {
+                    (Some(old), Some(new)) if old.fingerprint == new.fingerprint => Some(old),
+                    (_, new) => new.cloned(),
                 };
                 let settings = PoolSettings {
                     protocol: u.protocol,

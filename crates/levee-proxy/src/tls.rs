@@ -41,6 +41,10 @@ pub(crate) struct Connector {
     pub connector: tokio_rustls::TlsConnector,
     /// The configured name; without one, each endpoint's own.
     pub sni: Option<ServerName<'static>>,
+    /// What it was built from: the settings, the protocol (its ALPN) and
+    /// the files' contents. A reload keeps the running connector, and the
+    /// connections pooled with it, only when this is unchanged.
+    pub fingerprint: u64,
 }
 
 impl Connector {
@@ -81,6 +85,7 @@ pub(crate) fn load(config: &Config) -> Result<Loaded, Vec<TlsError>> {
                         .sni
                         .as_ref()
                         .and_then(|n| ServerName::try_from(n.clone()).ok()),
+                    fingerprint: fingerprint(tls, u.protocol),
                 };
                 out.connectors.insert(u.name.clone(), Arc::new(connector));
             }
@@ -88,6 +93,25 @@ pub(crate) fn load(config: &Config) -> Result<Loaded, Vec<TlsError>> {
         }
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// A hash of what a connector is built from. The files were just read
+/// successfully, so reading them again only fails in a race with their
+/// replacement, which then shows as a change.
+fn fingerprint(tls: &UpstreamTls, protocol: Protocol) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tls.hash(&mut h);
+    (protocol == Protocol::Http2).hash(&mut h);
+    let files = [
+        tls.ca.as_deref(),
+        tls.client_certificate.as_ref().map(|c| c.cert.as_path()),
+        tls.client_certificate.as_ref().map(|c| c.key.as_path()),
+    ];
+    for file in files.into_iter().flatten() {
+        std::fs::read(file).ok().hash(&mut h);
+    }
+    h.finish()
 }
 
 fn client_config(path: &str, tls: &UpstreamTls, protocol: Protocol) -> Result<ClientConfig, Vec<TlsError>> {

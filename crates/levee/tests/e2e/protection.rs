@@ -775,3 +775,24 @@ async fn behind_proxy_protocol_access_and_caps_apply_to_the_real_client() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_protocol_renews_the_tls_connector() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let back = Harness::start(&tls_gateway(&pki, backend.addr())).await;
+    let keys = "ca = \"{ca}\"\nsni = \"localhost\"";
+    let front = Harness::start_file(&front_and_back(&pki, back.addr, "http1", keys), false).await;
+    assert_eq!(front.client().get("/one").await.expect("response").status, 200);
+    // Same TLS table, HTTP/2 now: the connector must offer h2 in ALPN.
+    std::fs::write(
+        front.config_path(),
+        front_and_back(&pki, back.addr, "http2", keys),
+    )
+    .expect("write");
+    let reply = api_reload(front.admin).await.expect("reload");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let res = front.client().get("/two").await.expect("response");
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(backend.ledger().len(), 2);
+}
