@@ -147,20 +147,21 @@ impl Handler for Proxy {
             }
         }
 
-        if let Some(adaptive) = &upstream.adaptive {
-            let in_flight = u32::try_from(upstream.counters.requests()).unwrap_or(u32::MAX);
-            let mut limiter = adaptive.lock().unwrap_or_else(|e| e.into_inner());
-            if !limiter.try_admit(route.priority, in_flight).is_admitted() {
-                let retry_after = limiter.retry_after();
-                drop(limiter);
-                let class = Priority::ALL
-                    .iter()
-                    .position(|p| *p == route.priority)
-                    .unwrap_or(1);
-                upstream.metrics.shed[class].inc();
-                return self.shed(retry_after, &request_id, &route.metrics, start);
-            }
-        }
+        // Held until this returns, with the response head or an error.
+        let _awaiting_head = match &upstream.adaptive {
+            None => None,
+            Some(adaptive) => match upstream.counters.admit_adaptive(adaptive, route.priority) {
+                Ok(awaiting) => Some(awaiting),
+                Err(retry_after) => {
+                    let class = Priority::ALL
+                        .iter()
+                        .position(|p| *p == route.priority)
+                        .unwrap_or(1);
+                    upstream.metrics.shed[class].inc();
+                    return self.shed(retry_after, &request_id, &route.metrics, start);
+                }
+            },
+        };
 
         let hash = upstream.hash_key(view, client_ip);
         // The requests breaker: a full upstream fails fast rather than queue.

@@ -109,6 +109,11 @@ pub(crate) struct Counters {
     connections: AtomicU64,
     /// Requests waiting for a connection to open.
     pending: AtomicU64,
+    /// Requests the adaptive concurrency limit admitted that have no
+    /// response head yet: what the limit is about (its samples are times
+    /// to the head), unlike `requests`, which stay counted while a slow
+    /// client takes its body.
+    awaiting_head: AtomicU64,
     pub budget: Mutex<Budget>,
     /// Serialises ejection decisions, which read the whole upstream.
     pub ejecting: Mutex<()>,
@@ -117,13 +122,41 @@ pub(crate) struct Counters {
     warned_at: AtomicU64,
 }
 
+/// A request counted in `Counters::awaiting_head` until dropped.
+pub(crate) struct AwaitingHead<'a>(&'a AtomicU64);
+
+impl Drop for AwaitingHead<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Counters {
+    /// Admits a request under the adaptive limit, counting it until its
+    /// response head (the guard's drop). Counted under the limiter's lock,
+    /// so racing requests cannot both take the last place.
+    pub fn admit_adaptive(
+        &self,
+        limiter: &Mutex<levee_core::concurrency::Limiter>,
+        priority: levee_core::concurrency::Priority,
+    ) -> Result<AwaitingHead<'_>, Duration> {
+        let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let in_flight = u32::try_from(self.awaiting_head.load(Ordering::Acquire)).unwrap_or(u32::MAX);
+        if limiter.try_admit(priority, in_flight).is_admitted() {
+            self.awaiting_head.fetch_add(1, Ordering::AcqRel);
+            Ok(AwaitingHead(&self.awaiting_head))
+        } else {
+            Err(limiter.retry_after())
+        }
+    }
+
     pub fn new(budget: Budget) -> Counters {
         Counters {
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            awaiting_head: AtomicU64::new(0),
             budget: Mutex::new(budget),
             ejecting: Mutex::new(()),
             warned_at: AtomicU64::new(0),

@@ -165,3 +165,26 @@ async fn a_slow_backend_gets_its_limit_lowered_and_the_excess_is_shed_fast() {
         "metrics agree with the client"
     );
 }
+
+#[tokio::test]
+async fn clients_slow_to_take_their_bodies_do_not_use_up_the_limit() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&config(backend.addr())).await;
+    // 25 downloads (more than the initial limit of 20) whose clients read
+    // nothing: their upstream answered long ago.
+    let mut stuck = Vec::new();
+    for _ in 0..25 {
+        let mut c = levee_testkit::RawConn::connect(h.addr).await.expect("connect");
+        c.send(b"GET /bytes/67108864 HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("send");
+        stuck.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The upstream has nothing in flight: a new request is admitted.
+    for path in ["/critical", "/bulk"] {
+        let res = h.client().with_timeout(SETTLE).get(path).await.expect("response");
+        assert_eq!(res.status, 200, "{path} was shed: {}", res.text());
+    }
+    drop(stuck);
+}
