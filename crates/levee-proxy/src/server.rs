@@ -220,20 +220,23 @@ async fn connection<H: Handler>(
             ctx.refuse(gate::Refusal::Denied);
             return;
         }
-        match read_proxy_header(&mut stream, &mut buf, deadline, &ctx.draining).await {
-            Some(Some(source)) => {
+        let source = match read_proxy_header(&mut stream, &mut buf, deadline, &ctx.draining).await {
+            Some(source) => source,
+            None => return,
+        };
+        let allowed = match source {
+            Some(source) => {
                 info.peer = source;
                 info.client = ClientAddr::new(source.ip());
+                if policy.access.permits(levee_core::access::canonical(source.ip())) {
+                    pass.attribute(source.ip(), &policy)
+                } else {
+                    Err(gate::Refusal::Denied)
+                }
             }
-            // A LOCAL connection: the balancer itself, as itself.
-            Some(None) => {}
-            None => return,
-        }
-        let client = info.peer.ip();
-        let allowed = if policy.access.permits(levee_core::access::canonical(client)) {
-            pass.attribute(client, &policy)
-        } else {
-            Err(gate::Refusal::Denied)
+            // A LOCAL connection: the (trusted) balancer itself, checking
+            // levee's health; the client rules are not about it.
+            None => Ok(()),
         };
         if let Err(why) = allowed {
             ctx.refuse(why);

@@ -60,7 +60,11 @@ impl Gate {
             return Err(Refusal::Denied);
         }
         let mut pass = self.enter(policy)?;
-        pass.attribute(ip, policy)?;
+        // A trusted proxy carries many clients: capping its address as one
+        // client would cap them all together.
+        if !policy.trusted.contains(canonical(ip)) {
+            pass.attribute(ip, policy)?;
+        }
         Ok(pass)
     }
 

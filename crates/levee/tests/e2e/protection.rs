@@ -796,3 +796,22 @@ async fn a_reload_that_changes_the_protocol_renews_the_tls_connector() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(backend.ledger().len(), 2);
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_capped_as_one_client() {
+    let backend = Backend::start("b1").await;
+    let h = Harness::start(&gateway(
+        "trusted_proxies = [\"127.0.0.10\"]\nmax_connections_per_ip = 2",
+        "",
+        "",
+        backend.addr(),
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(held_from("127.0.0.10", h.addr).await);
+    }
+    held.push(held_from("127.0.0.11", h.addr).await);
+    held.push(held_from("127.0.0.11", h.addr).await);
+    assert_refused("127.0.0.11", h.addr).await;
+}
