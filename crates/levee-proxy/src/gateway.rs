@@ -15,9 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::Drain;
 use crate::forward::Proxy;
+use crate::metrics::RefusedLabels;
 use crate::metrics::{ListenerLabels, Metrics, RuleLabels};
 use crate::ratelimit::redis;
-use crate::server::gate::Gate;
+use crate::server::gate::{self, Gate};
 use crate::server::{ListenerContext, accept_loop};
 use crate::snapshot::Snapshot;
 use crate::tls::{self, TlsError};
@@ -285,7 +286,14 @@ impl Gateway {
                 tracker: self.tracker.clone(),
                 active: self.metrics.connections_active.get_or_create_owned(&labels),
                 accepted: self.metrics.connections_total.get_or_create_owned(&labels),
-                refused: self.metrics.connections_refused.clone(),
+                refused: gate::Refusal::ALL.map(|why| {
+                    self.metrics
+                        .connections_refused
+                        .get_or_create_owned(&RefusedLabels {
+                            listener: name.to_string(),
+                            reason: why.as_str(),
+                        })
+                }),
                 h2_abuse: Arc::new(self.metrics.h2_abuse(&labels.listener)),
                 gate: self.gate.clone(),
             });

@@ -27,7 +27,6 @@ use levee_core::access::{Access, CidrSet};
 use levee_core::id::ListenerName;
 use levee_core::outcome::Rejection;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,7 +40,6 @@ use crate::codec::parse::RawRequest;
 use crate::codec::proxy_v2;
 use crate::drain::Drain;
 use crate::forward::ClientAddr;
-use crate::metrics::RefusedLabels;
 
 /// What a connection knows about itself.
 #[derive(Clone, Debug)]
@@ -117,18 +115,16 @@ pub(crate) struct ListenerContext<H> {
     pub tracker: TaskTracker,
     pub active: Gauge,
     pub accepted: Counter,
-    pub refused: Family<RefusedLabels, Counter>,
+    /// Refusals by [`gate::Refusal`], resolved once: a flood of refused
+    /// connections is exactly when counting must cost nothing.
+    pub refused: [Counter; 3],
     pub h2_abuse: Arc<h2::AbuseCounters>,
     pub gate: Arc<Gate>,
 }
 
 impl<H> ListenerContext<H> {
     fn refuse(&self, why: gate::Refusal) {
-        let labels = RefusedLabels {
-            listener: self.name.to_string(),
-            reason: why.as_str(),
-        };
-        self.refused.get_or_create(&labels).inc();
+        self.refused[why as usize].inc();
     }
 }
 

@@ -21,14 +21,16 @@ const SHARDS: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Refusal {
     /// The listener's `deny` list, or not in its `allow` list.
-    Denied,
+    Denied = 0,
     /// `server.max_connections`.
-    Total,
+    Total = 1,
     /// `server.max_connections_per_ip`.
-    PerIp,
+    PerIp = 2,
 }
 
 impl Refusal {
+    pub const ALL: [Refusal; 3] = [Refusal::Denied, Refusal::Total, Refusal::PerIp];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Denied => "denied",
