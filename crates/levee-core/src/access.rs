@@ -33,7 +33,7 @@ pub enum CidrError {
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 client reaching a dual-stack socket appears as ::ffff:a.b.c.d.
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = mask32(self.prefix);
@@ -65,7 +65,9 @@ impl FromStr for Cidr {
             }
             None => (s, None),
         };
-        let network = canonical(IpAddr::from_str(addr).map_err(|_| CidrError::Syntax)?);
+        let network = IpAddr::from_str(addr)
+            .map_err(|_| CidrError::Syntax)?
+            .to_canonical();
         let max = if network.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         if prefix > max {
@@ -95,14 +97,6 @@ fn mask32(prefix: u8) -> u32 {
 
 fn mask128(prefix: u8) -> u128 {
     u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
-}
-
-/// IPv4-mapped IPv6 addresses as the IPv4 address they carry.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// A set of blocks.
@@ -158,7 +152,7 @@ pub fn client_from_chain<'a>(
     chain: impl DoubleEndedIterator<Item = &'a str>,
     trusted: &CidrSet,
 ) -> IpAddr {
-    let mut client = canonical(peer);
+    let mut client = peer.to_canonical();
     if !trusted.contains(client) {
         return client;
     }
@@ -179,11 +173,14 @@ pub fn client_from_chain<'a>(
 fn parse_hop(hop: &str) -> Option<IpAddr> {
     let hop = hop.trim().trim_matches('"');
     if let Ok(ip) = hop.parse::<IpAddr>() {
-        return Some(canonical(ip));
+        return Some(ip.to_canonical());
     }
     if let Some(rest) = hop.strip_prefix('[') {
         let inner = rest.split(']').next()?;
-        return inner.parse::<Ipv6Addr>().ok().map(|ip| canonical(IpAddr::V6(ip)));
+        return inner
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
     }
     // IPv4 with a port.
     let (addr, port) = hop.rsplit_once(':')?;

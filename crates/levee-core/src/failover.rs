@@ -347,6 +347,21 @@ mod tests {
         }
     }
 
+    /// Damping of `failback` seconds then a `ramp` of seconds.
+    fn damped(failback: u64, ramp: u64) -> Params {
+        Params {
+            failback_after: Duration::from_secs(failback),
+            ramp: Duration::from_secs(ramp),
+            ..Params::DEFAULT
+        }
+    }
+
+    /// Seconds from now, as instants.
+    fn clock() -> impl Fn(u64) -> Instant {
+        let t0 = Instant::now();
+        move |secs| t0 + Duration::from_secs(secs)
+    }
+
     const NO_DAMPING: Params = Params {
         failback_after: Duration::ZERO,
         ramp: Duration::ZERO,
@@ -410,13 +425,8 @@ mod tests {
 
     #[test]
     fn failback_waits_then_ramps_linearly() {
-        let p = Params {
-            failback_after: Duration::from_secs(10),
-            ramp: Duration::from_secs(20),
-            ..Params::DEFAULT
-        };
-        let t0 = Instant::now();
-        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let p = damped(10, 20);
+        let s = clock();
         let mut f = Failover::new(p, 2);
         let up = [h(3, 3), h(2, 2)];
         let down = [h(0, 3), h(2, 2)];
@@ -436,13 +446,8 @@ mod tests {
 
     #[test]
     fn a_relapse_during_failback_restarts_the_wait() {
-        let p = Params {
-            failback_after: Duration::from_secs(10),
-            ramp: Duration::from_secs(10),
-            ..Params::DEFAULT
-        };
-        let t0 = Instant::now();
-        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let p = damped(10, 10);
+        let s = clock();
         let mut f = Failover::new(p, 2);
         let up = [h(3, 3), h(2, 2)];
         let down = [h(0, 3), h(2, 2)];
@@ -459,13 +464,8 @@ mod tests {
 
     #[test]
     fn a_partial_relapse_restarts_the_wait_too() {
-        let p = Params {
-            failback_after: Duration::from_secs(10),
-            ramp: Duration::from_secs(10),
-            ..Params::DEFAULT
-        };
-        let t0 = Instant::now();
-        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let p = damped(10, 10);
+        let s = clock();
         let mut f = Failover::new(p, 2);
         let up = [h(3, 3), h(2, 2)];
         let down = [h(0, 3), h(2, 2)];
@@ -487,11 +487,7 @@ mod tests {
 
     #[test]
     fn damping_never_withholds_what_no_other_level_can_take() {
-        let p = Params {
-            failback_after: Duration::from_secs(60),
-            ramp: Duration::from_secs(60),
-            ..Params::DEFAULT
-        };
+        let p = damped(60, 60);
         let t0 = Instant::now();
         let mut f = Failover::new(p, 2);
         f.update(t0, &[h(0, 3), h(0, 2)]);
@@ -503,11 +499,7 @@ mod tests {
 
     #[test]
     fn reloaded_levels_keep_their_damping_by_priority() {
-        let p = Params {
-            failback_after: Duration::from_secs(10),
-            ramp: Duration::ZERO,
-            ..Params::DEFAULT
-        };
+        let p = damped(10, 0);
         let t0 = Instant::now();
         let mut f = Failover::new(p, 2);
         f.update(t0, &[h(3, 3), h(2, 2)]);

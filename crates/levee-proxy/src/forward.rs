@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use levee_config::ClientIpHeader;
 use levee_config::{EndpointAddress, Protocol};
-use levee_core::access::{canonical, client_from_chain, forwarded_for, x_forwarded_for};
+use levee_core::access::{client_from_chain, forwarded_for, x_forwarded_for};
 use levee_core::concurrency::{self, Priority};
 use levee_core::failover::{Loads, undamped};
 use levee_core::id::ListenerName;
@@ -100,7 +100,8 @@ impl Handler for Proxy {
                 fields: view,
             };
             if let Some(limited) = first_limited(rules, &input, start).await {
-                return self.limited(limited, &request_id, &snap.unmatched, start);
+                let rejection = Rejection::new(ErrorKind::RateLimited, "rate limit exceeded");
+                return self.fail_with(rejection, limited.fields(), &request_id, &snap.unmatched, start);
             }
         }
         let host = host_value
@@ -143,7 +144,8 @@ impl Handler for Proxy {
                 fields: view,
             };
             if let Some(limited) = first_limited(&route.rate_limits, &input, start).await {
-                return self.limited(limited, &request_id, &route.metrics, start);
+                let rejection = Rejection::new(ErrorKind::RateLimited, "rate limit exceeded");
+                return self.fail_with(rejection, limited.fields(), &request_id, &route.metrics, start);
             }
         }
 
@@ -158,7 +160,13 @@ impl Handler for Proxy {
                         .position(|p| *p == route.priority)
                         .unwrap_or(1);
                     upstream.metrics.shed[class].inc();
-                    return self.shed(retry_after, &request_id, &route.metrics, start);
+                    let rejection =
+                        Rejection::new(ErrorKind::Overloaded, "the upstream is at its concurrency limit");
+                    let retry_after = (
+                        header::RETRY_AFTER,
+                        HeaderValue::from(retry_after.as_secs().max(1)),
+                    );
+                    return self.fail_with(rejection, [retry_after], &request_id, &route.metrics, start);
                 }
             },
         };
@@ -438,7 +446,7 @@ fn client_ip(conn: &ConnInfo, view: FieldsView<'_>, server: &levee_config::Serve
     let peer = conn.peer.ip();
     let trusted = &server.trusted_proxies;
     if trusted.is_empty() || !trusted.contains(peer) {
-        return canonical(peer);
+        return peer.to_canonical();
     }
     let name = match server.client_ip_header {
         ClientIpHeader::XForwardedFor => &headers::X_FORWARDED_FOR,
@@ -469,46 +477,18 @@ async fn first_limited(rules: &[Arc<Rule>], input: &KeyInput<'_>, start: Instant
 }
 
 impl Proxy {
-    /// The 503 of a request shed by the adaptive concurrency limit.
-    fn shed(
+    /// levee's response for a failed request with fields of its own (a
+    /// 429's `Retry-After` and `RateLimit`, a shed 503's `Retry-After`).
+    fn fail_with(
         &self,
-        retry_after: Duration,
+        rejection: Rejection,
+        fields: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
         request_id: &HeaderValue,
         metrics: &Arc<RouteMetrics>,
         start: Instant,
     ) -> Response<ResponseBody> {
-        let mut res = self.fail(
-            Rejection::new(ErrorKind::Overloaded, "the upstream is at its concurrency limit"),
-            request_id,
-            metrics,
-            start,
-        );
-        res.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after.as_secs().max(1)),
-        );
-        res
-    }
-
-    /// The 429 of a rate limit, with its `Retry-After` and `RateLimit` fields.
-    fn limited(
-        &self,
-        limited: Limited,
-        request_id: &HeaderValue,
-        metrics: &Arc<RouteMetrics>,
-        start: Instant,
-    ) -> Response<ResponseBody> {
-        let mut res = self.fail(
-            Rejection::new(ErrorKind::RateLimited, "rate limit exceeded"),
-            request_id,
-            metrics,
-            start,
-        );
-        for (name, value) in limited.headers() {
-            if let Some(value) = value {
-                res.headers_mut().insert(name, value);
-            }
-        }
+        let mut res = self.fail(rejection, request_id, metrics, start);
+        res.headers_mut().extend(fields);
         res
     }
 

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::header::{self, HeaderName, HeaderValue};
 use levee_config::{KeyPart, RateLimit, RateLimitBackend};
 use levee_core::ratelimit::{KeyedLimiter, Quota, Verdict};
 use prometheus_client::metrics::counter::Counter;
@@ -47,30 +47,23 @@ pub(crate) struct Limited {
 impl Limited {
     /// `Retry-After`, `RateLimit-Policy` and `RateLimit` (the IETF
     /// httpapi draft's structured fields) for the 429.
-    pub fn headers(&self) -> [(&'static str, Option<HeaderValue>); 3] {
+    pub fn fields(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
         let q = self.rule.config.quota;
         let name = &self.rule.config.name;
-        let retry = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
-        let reset = self.reset.as_secs() + u64::from(self.reset.subsec_nanos() > 0);
+        let secs = |d: Duration| (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1);
         [
+            (header::RETRY_AFTER, secs(self.retry_after).to_string()),
             (
-                "retry-after",
-                HeaderValue::from_str(&retry.max(1).to_string()).ok(),
+                HeaderName::from_static("ratelimit-policy"),
+                format!("\"{name}\";q={};w={}", q.rate(), q.per().as_secs().max(1)),
             ),
             (
-                "ratelimit-policy",
-                HeaderValue::from_str(&format!(
-                    "\"{name}\";q={};w={}",
-                    q.rate(),
-                    q.per().as_secs().max(1)
-                ))
-                .ok(),
-            ),
-            (
-                "ratelimit",
-                HeaderValue::from_str(&format!("\"{name}\";r=0;t={}", reset.max(1))).ok(),
+                HeaderName::from_static("ratelimit"),
+                format!("\"{name}\";r=0;t={}", secs(self.reset)),
             ),
         ]
+        .into_iter()
+        .filter_map(|(n, v)| Some((n, HeaderValue::from_str(&v).ok()?)))
     }
 }
 

@@ -224,7 +224,7 @@ async fn connection<H: Handler>(
             Some(source) => {
                 info.peer = source;
                 info.client = ClientAddr::new(source.ip());
-                if policy.access.permits(levee_core::access::canonical(source.ip())) {
+                if policy.access.permits(source.ip()) {
                     pass.attribute(source.ip(), &policy)
                 } else {
                     Err(gate::Refusal::Denied)

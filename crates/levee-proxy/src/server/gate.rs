@@ -11,8 +11,6 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use levee_core::access::canonical;
-
 use super::ListenerPolicy;
 
 const SHARDS: usize = 16;
@@ -58,13 +56,13 @@ impl Gate {
     /// Admits a connection from `ip`, or says why not: its access lists,
     /// then the caps. The pass gives the places back when dropped.
     pub fn admit(&self, ip: IpAddr, policy: &ListenerPolicy) -> Result<Pass<'_>, Refusal> {
-        if !policy.access.permits(canonical(ip)) {
+        if !policy.access.permits(ip) {
             return Err(Refusal::Denied);
         }
         let mut pass = self.enter(policy)?;
         // A trusted proxy carries many clients: capping its address as one
         // client would cap them all together.
-        if !policy.trusted.contains(canonical(ip)) {
+        if !policy.trusted.contains(ip) {
             pass.attribute(ip, policy)?;
         }
         Ok(pass)
@@ -137,7 +135,7 @@ pub(crate) struct Pass<'a> {
 impl Pass<'_> {
     /// Names the connection's client: the per-address cap applies from now.
     pub fn attribute(&mut self, ip: IpAddr, policy: &ListenerPolicy) -> Result<(), Refusal> {
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         if self.ip.is_none() {
             self.gate.take_ip(ip, policy)?;
             self.ip = Some(ip);
