@@ -115,18 +115,12 @@ async fn connections_per_address_are_capped_and_come_back() {
     );
     // Closing one gives its place back (once levee has seen the close).
     drop(first);
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        if let Ok(res) = get_from("127.0.0.10", h.addr, "").await {
-            assert_eq!(res.status, 200);
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the place never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    levee_testkit::eventually_async(SETTLE, "the place comes back", || async {
+        get_from("127.0.0.10", h.addr, "")
+            .await
+            .is_ok_and(|res| res.status == 200)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -593,12 +587,17 @@ async fn an_upstream_certificate_levee_cannot_verify_is_a_502_and_fails_its_chec
     .await;
     let res = untrusted.client().get("/").await.expect("response");
     assert_eq!(res.status, 503, "out of rotation: {}", res.text());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        trusted.metric(&series).await,
-        1.0,
-        "the trusted endpoint passes its checks"
+    // Endpoints start healthy: what shows the trusted one's checks pass is
+    // that they run and succeed, and that it stays in rotation.
+    let passed = format!(
+        "levee_upstream_health_checks_total{{upstream=\"app\",region=\"local\",endpoint=\"{}\",result=\"success\"}}",
+        back.addr
     );
+    levee_testkit::eventually_async(SETTLE, "the trusted endpoint passes checks", || async {
+        trusted.metric(&passed).await >= 2.0
+    })
+    .await;
+    assert_eq!(trusted.metric(&series).await, 1.0);
     assert_eq!(trusted.client().get("/").await.expect("response").status, 200);
 }
 

@@ -75,6 +75,17 @@ impl Harness {
             .text()
     }
 
+    /// Waits (up to [`SETTLE`]) until one metric series has this value.
+    pub async fn eventually_metric(&self, series: &str, value: f64) {
+        let what = format!("{series} to be {value}");
+        levee_testkit::eventually_async(
+            SETTLE,
+            &what,
+            || async move { self.metric(series).await == value },
+        )
+        .await;
+    }
+
     /// The value of one metric series (exact line prefix), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
