@@ -13,6 +13,7 @@
 //! and deterministically.
 
 pub mod access;
+pub mod alert;
 pub mod balance;
 pub mod concurrency;
 pub mod ewma;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::drain::Drain;
+use crate::events::Events;
 use crate::forward::Proxy;
 use crate::metrics::RefusedLabels;
 use crate::metrics::{ListenerLabels, Metrics, RuleLabels};
@@ -71,6 +72,7 @@ pub struct Gateway {
     gate: Arc<Gate>,
     /// The Redis connection of `[redis]`, kept while its settings stay.
     redis: Mutex<Option<RedisConnection>>,
+    events: Arc<Events>,
 }
 
 struct RedisConnection {
@@ -140,6 +142,7 @@ impl Gateway {
             draining,
             gate: Arc::new(Gate::default()),
             redis,
+            events: Arc::new(Events::new()),
         });
         let config = gateway.config();
         let bound = gateway.bind_new(&config)?;
@@ -161,6 +164,11 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The stream of state changes.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
     }
 
     /// The address a listener is bound to (useful when configured with port 0).

@@ -17,6 +17,7 @@
 mod body;
 mod codec;
 mod drain;
+pub mod events;
 mod fields;
 mod forward;
 mod gateway;
