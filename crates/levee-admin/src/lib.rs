@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub mod dashboard;
+
 /// What asked for a reload, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReloadSource {
@@ -70,6 +72,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/reload", post(reload))
         .with_state(state)
+        .merge(dashboard::dashboard())
 }
 
 /// Serves `router` on `listener` until `shutdown` fires.
