@@ -22,6 +22,8 @@
 //!   that settle asynchronously.
 //! - [`redis`](mod@redis): a real `redis-server` process for the fleet-wide
 //!   rate limit tests.
+//! - [`browser`]: a headless Chromium driven over the DevTools protocol,
+//!   for the dashboard's browser test.
 //!
 //! Everything binds or connects to `127.0.0.1` only, and every wait has a
 //! deadline, so a broken test fails instead of hanging.
@@ -31,6 +33,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod backend;
+pub mod browser;
 pub mod client;
 pub mod eventually;
 mod framing;
@@ -40,6 +43,7 @@ pub mod redis;
 pub mod wire;
 
 pub use backend::{Backend, BackendBuilder, Behaviour, pattern_bytes, pattern_sha256};
+pub use browser::Browser;
 pub use client::{Client, LoadReport, Reply, Sample, Timeline, load, open_loop};
 pub use eventually::{eventually, eventually_async};
 pub use h2wire::H2Conn;
