@@ -6,12 +6,18 @@
 //! admin listener on 127.0.0.1:9901 carries control endpoints that fail
 //! and restore a backend or a whole region for real: a failed backend stops
 //! listening (new connections are refused) and resets the ones it had.
+//! `levee demo` also sends a gentle stream of requests through the gateway,
+//! so that the dashboard's charts have something to show.
+//!
+//! Tests start the same demo on free ports ([`Ports::Ephemeral`]), beside
+//! each other and beside a demo someone is running.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -41,6 +47,35 @@ pub const BACKENDS: [(&str, &str, &str); 5] = [
     ("secondary-1", "secondary", "127.0.0.1:9201"),
     ("secondary-2", "secondary", "127.0.0.1:9202"),
 ];
+
+/// Which ports the demo listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ports {
+    /// The reference topology's: gateway 8080, admin 9901, backends
+    /// 9101–9103 and 9201–9202, as the banner and the docs say.
+    Reference,
+    /// Free ports the system picks, for tests.
+    Ephemeral,
+}
+
+/// How the demo starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub ports: Ports,
+    /// Requests per second the demo sends through its own gateway, so
+    /// that the dashboard has traffic to show; `None` sends none.
+    pub traffic: Option<u32>,
+}
+
+impl Options {
+    /// `levee demo`: the reference ports and a little traffic.
+    pub fn cli() -> Options {
+        Options {
+            ports: Ports::Reference,
+            traffic: Some(20),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -100,11 +135,15 @@ impl DemoBackend {
             address: self.address,
             source,
         })?;
+        self.start_serving(&mut running, listener);
+        Ok(())
+    }
+
+    fn start_serving(self: &Arc<Self>, running: &mut Option<CancellationToken>, listener: TcpListener) {
         let token = CancellationToken::new();
         *running = Some(token.clone());
         let me = self.clone();
         self.tracker.spawn(async move { me.serve(listener, token).await });
-        Ok(())
     }
 
     /// Stops listening and resets every open connection. Idempotent.
@@ -179,34 +218,86 @@ pub struct Demo {
     pub app: App,
     pub backends: Arc<Vec<Arc<DemoBackend>>>,
     tracker: TaskTracker,
+    /// Stops the demo's own traffic.
+    stop_traffic: CancellationToken,
 }
 
 impl Demo {
-    /// Starts the backends and the gateway on the reference ports.
+    /// Starts the backends and the gateway on the reference ports, without
+    /// traffic of its own.
     pub async fn start() -> Result<Demo, DemoError> {
-        let config = levee_config::parse(CONFIG).map_err(DemoError::Config)?;
+        Demo::start_with(Options {
+            ports: Ports::Reference,
+            traffic: None,
+        })
+        .await
+    }
+
+    /// Starts the backends and the gateway as `options` say.
+    pub async fn start_with(options: Options) -> Result<Demo, DemoError> {
         let tracker = TaskTracker::new();
-        let backends: Vec<Arc<DemoBackend>> = BACKENDS
-            .iter()
-            .map(|(name, region, addr)| {
-                let address = addr.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-                DemoBackend::new(name, region, address, tracker.clone())
-            })
-            .collect();
-        for b in &backends {
-            b.restore()?;
+        let mut config_text = CONFIG.to_string();
+        let mut backends = Vec::with_capacity(BACKENDS.len());
+        for (name, region, addr) in BACKENDS {
+            let reference: SocketAddr = addr.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+            let backend = match options.ports {
+                Ports::Reference => {
+                    let b = DemoBackend::new(name, region, reference, tracker.clone());
+                    b.restore()?;
+                    b
+                }
+                Ports::Ephemeral => {
+                    // The backend keeps the port the system gave it, so that a
+                    // restored backend comes back where the gateway expects it.
+                    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+                    let failed = |source| DemoError::Backend {
+                        name,
+                        address: any,
+                        source,
+                    };
+                    let listener = bind(any).map_err(failed)?;
+                    let address = listener.local_addr().map_err(failed)?;
+                    config_text = config_text.replace(addr, &address.to_string());
+                    let b = DemoBackend::new(name, region, address, tracker.clone());
+                    b.start_serving(&mut lock(&b.running), listener);
+                    b
+                }
+            };
+            backends.push(backend);
         }
+        if options.ports == Ports::Ephemeral {
+            for fixed in ["127.0.0.1:8080", "127.0.0.1:9901"] {
+                config_text = config_text.replace(fixed, "127.0.0.1:0");
+            }
+        }
+        let config = levee_config::parse(&config_text).map_err(DemoError::Config)?;
         let backends = Arc::new(backends);
-        let app = App::start(
+        let started = App::start(
             config,
             ConfigSource::Fixed,
             Some(control_routes(backends.clone())),
         )
-        .await?;
+        .await;
+        let app = match started {
+            Ok(app) => app,
+            Err(e) => {
+                for b in backends.iter() {
+                    b.fail();
+                }
+                tracker.close();
+                tracker.wait().await;
+                return Err(e.into());
+            }
+        };
+        let stop_traffic = CancellationToken::new();
+        if let (Some(rate), Some(gateway)) = (options.traffic, app.listener_addr("public")) {
+            tracker.spawn(traffic(gateway, rate, stop_traffic.clone(), tracker.clone()));
+        }
         Ok(Demo {
             app,
             backends,
             tracker,
+            stop_traffic,
         })
     }
 
@@ -218,6 +309,7 @@ impl Demo {
 
     /// Drains the gateway, then stops the backends.
     pub async fn shutdown(self) -> bool {
+        self.stop_traffic.cancel();
         let drained = self.app.shutdown().await;
         for b in self.backends.iter() {
             b.fail();
@@ -235,16 +327,26 @@ impl Demo {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let admin = self.app.admin_addr();
+        let in_region = |region: &str| {
+            self.backends
+                .iter()
+                .filter(|b| b.region == region)
+                .map(|b| b.address.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (primary, secondary) = (in_region("primary"), in_region("secondary"));
         format!(
             r#"
 levee demo is running: one gateway in front of five backends in two regions.
 
+  dashboard  http://{admin}/
   gateway    http://{gateway}/
-  admin      http://{admin}/metrics   (also /healthz, /readyz)
-  backends   primary: 127.0.0.1:9101 9102 9103    secondary: 127.0.0.1:9201 9202
+  admin API  http://{admin}/api/v1/upstreams   (also /metrics, /healthz, /readyz)
+  backends   primary: {primary}    secondary: {secondary}
   config     examples/two-regions.toml (embedded)
 
-Try:
+Open the dashboard, then try:
   curl -s http://{gateway}/                        # answered by primary-1, -2, -3 in turn
   curl -s http://{admin}/demo                      # the backends and their state
   curl -s -X POST http://{admin}/demo/backends/primary-2/fail
@@ -258,11 +360,70 @@ traffic ejects it within a few requests, and health checks (GET /healthz
 every second) confirm within about two seconds: clients see no error. Fail
 the whole primary region and the traffic moves to secondary at once;
 restore it and the traffic stays on secondary for 5 s, then ramps back to
-primary over 10 s (damped failback: see docs/failover.md).
+primary over 10 s (damped failback: see docs/failover.md). The dashboard
+shows each step as it happens.
 Press Ctrl-C to stop.
 "#
         )
     }
+}
+
+/// Sends `per_second` GET requests a second through the gateway on one
+/// keep-alive connection, one at a time, until `stop`; a failed connection
+/// is replaced at the next tick. The answers are read and dropped.
+async fn traffic(gateway: SocketAddr, per_second: u32, stop: CancellationToken, tracker: TaskTracker) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            conn = connect(gateway, &stop, &tracker).await;
+        }
+        let Some(sender) = conn.as_mut() else { continue };
+        let request = Request::get("/demo-traffic")
+            .header(http::header::HOST, gateway.to_string())
+            .body(Empty::new());
+        let Ok(request) = request else { return };
+        let exchange = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            response.into_body().collect().await.map(|_| ())
+        };
+        let done = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(15), exchange) => matches!(r, Ok(Ok(()))),
+        };
+        if !done {
+            conn = None;
+        }
+    }
+}
+
+async fn connect(
+    gateway: SocketAddr,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(gateway))
+        .await
+        .ok()?
+        .ok()?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    // The connection ends when its sender is dropped, or at shutdown.
+    let stop = stop.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = conn => {}
+            _ = stop.cancelled() => {}
+        }
+    });
+    Some(sender)
 }
 
 #[derive(Serialize)]

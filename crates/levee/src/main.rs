@@ -156,7 +156,7 @@ fn demo() -> ExitCode {
         }
     };
     rt.block_on(async {
-        match levee::demo::Demo::start().await {
+        match levee::demo::Demo::start_with(levee::demo::Options::cli()).await {
             Ok(demo) => {
                 println!("{}", demo.banner());
                 demo.run_until_signal().await;

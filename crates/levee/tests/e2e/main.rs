@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod dashboard;
 mod demo;
 mod errors;
 mod failover;

@@ -1,0 +1,211 @@
+//! The dashboard: served from the binary with its types and security
+//! headers, and, in a real headless Chromium, live: a region of the demo
+//! fails and the page shows it within seconds, then shows it recover.
+//!
+//! The browser test needs Debian's `chromium` (`.ci/run` installs it); it
+//! fails, not skips, without it. `LEVEE_SCREENSHOT=1` also lets traffic
+//! build up for a while first and saves the screenshot to
+//! docs/images/dashboard.png, the one the docs show.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use levee::demo::{Demo, Options, Ports};
+use levee_admin::dashboard::CONTENT_SECURITY_POLICY;
+use levee_testkit::{Backend, Browser, Client, Reply};
+use serde_json::Value;
+
+use crate::support::*;
+
+/// A bound on how long the page may take to show a change. The page
+/// itself reacts within a second of an event; health checks (every
+/// second, two failures) and failback (5 s dwell, 10 s ramp) set the pace.
+const SHOWN: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_with_its_types_and_policy() {
+    let backend = Backend::start("a").await;
+    let h = Harness::start(&simple(&[backend.addr()])).await;
+    let admin = Client::http1(h.admin);
+
+    let page = admin.get("/").await.expect("page");
+    assert_eq!(page.status, 200);
+    assert_static(&page, "text/html; charset=utf-8");
+    let html = page.text();
+    assert!(html.contains("src=\"assets/app.js\""), "{html}");
+    assert!(html.contains("href=\"assets/app.css\""), "{html}");
+
+    for (path, content_type, marker) in [
+        ("/assets/app.js", "text/javascript; charset=utf-8", "EventSource"),
+        ("/assets/app.css", "text/css; charset=utf-8", "--ok:"),
+        ("/assets/favicon.svg", "image/svg+xml", "<svg"),
+    ] {
+        let r = admin.get(path).await.expect(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert_static(&r, content_type);
+        assert!(r.text().contains(marker), "{path} is the real file");
+    }
+    for missing in ["/assets/nope.js", "/assets/", "/assets/..%2Fsrc%2Flib.rs"] {
+        assert_eq!(admin.get(missing).await.expect(missing).status, 404, "{missing}");
+    }
+}
+
+fn assert_static(r: &Reply, content_type: &str) {
+    assert_eq!(r.header("content-type"), Some(content_type));
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    let csp = r.header("content-security-policy").expect("a CSP");
+    assert_eq!(csp, CONTENT_SECURITY_POLICY);
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_region_fail_and_recover() {
+    let browser = Browser::launch(1440, 1000)
+        .await
+        .expect("headless Chromium starts");
+    let demo = Demo::start_with(Options {
+        ports: Ports::Ephemeral,
+        traffic: Some(20),
+    })
+    .await
+    .expect("demo starts");
+    let admin = demo.app.admin_addr();
+    let control = Client::http1(admin);
+    let primary: Vec<String> = demo
+        .backends
+        .iter()
+        .filter(|b| b.region == "primary")
+        .map(|b| b.address.to_string())
+        .collect();
+    let tiles_in = |state: &str| {
+        let list = serde_json::to_string(&primary).expect("json");
+        format!(
+            "{list}.every(a => document.querySelector(`#upstreams [data-endpoint=\"${{a}}\"]`)?.dataset.state === '{state}')"
+        )
+    };
+    let share = |region: &str| {
+        format!(
+            "Number(document.querySelector('[data-upstream=\"app\"] [data-region=\"{region}\"]')?.dataset.share)"
+        )
+    };
+
+    browser
+        .navigate(&format!("http://{admin}/"))
+        .await
+        .expect("page loads");
+    browser
+        .wait_for("document.getElementById('live').dataset.state === 'live'", SHOWN)
+        .await
+        .expect("the event stream connects");
+    browser
+        .wait_for(&tiles_in("healthy"), SHOWN)
+        .await
+        .expect("the primary endpoints are shown healthy");
+    browser
+        .wait_for(&format!("{} === 1", share("primary")), SHOWN)
+        .await
+        .expect("primary takes all the traffic");
+    let tiles = browser
+        .evaluate("document.querySelectorAll('#upstreams [data-endpoint]').length")
+        .await
+        .expect("count");
+    assert_eq!(tiles, 5, "one tile per demo endpoint");
+    assert_eq!(
+        browser
+            .evaluate("document.querySelector('[data-upstream=\"app\"]').dataset.failover")
+            .await
+            .expect("flag"),
+        "false"
+    );
+    if std::env::var_os("LEVEE_SCREENSHOT").is_some() {
+        // For the docs' picture: let the charts gather a minute of traffic.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+
+    post(&control, "/demo/regions/primary/fail").await;
+    browser
+        .wait_for(&tiles_in("unhealthy"), SHOWN)
+        .await
+        .expect("the primary endpoints are shown unhealthy");
+    browser
+        .wait_for(&format!("{} === 1", share("secondary")), SHOWN)
+        .await
+        .expect("secondary's share rises to all the traffic");
+    browser
+        .wait_for(
+            "document.querySelector('[data-upstream=\"app\"]').dataset.failover === 'true'",
+            SHOWN,
+        )
+        .await
+        .expect("the failover badge");
+    let went_down = format!(
+        "[...document.querySelectorAll('#events .event')].some(e => e.textContent.includes('primary {} went down'))",
+        primary[0]
+    );
+    browser
+        .wait_for(&went_down, SHOWN)
+        .await
+        .expect("the event list says the endpoint went down");
+    browser
+        .wait_for(
+            "document.querySelector('#alerts [data-kind=\"failover_active\"][data-state=\"firing\"]') !== null",
+            SHOWN,
+        )
+        .await
+        .expect("the failover alert fires on the page");
+    // Let the charts draw a few seconds on secondary before the picture.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shot = dir.path().join("dashboard.png");
+    browser.save_screenshot(&shot).await.expect("screenshot");
+    let png = std::fs::read(&shot).expect("read screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "a real picture"
+    );
+    if std::env::var_os("LEVEE_SCREENSHOT").is_some() {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/images/dashboard.png");
+        std::fs::create_dir_all(docs.parent().expect("parent")).expect("docs/images");
+        std::fs::copy(&shot, &docs).expect("copy the screenshot to the docs");
+        eprintln!("screenshot saved to {}", docs.display());
+    }
+
+    post(&control, "/demo/regions/primary/restore").await;
+    browser
+        .wait_for(&tiles_in("healthy"), SHOWN)
+        .await
+        .expect("the primary endpoints are shown healthy again");
+    // Failback waits 5 s, then ramps over 10 s.
+    browser
+        .wait_for(&format!("{} === 1", share("primary")), SHOWN * 3)
+        .await
+        .expect("the traffic is shown back on primary");
+    browser
+        .wait_for(
+            "document.querySelector('#alerts [data-kind=\"failover_active\"]') === null",
+            SHOWN * 2,
+        )
+        .await
+        .expect("the failover alert resolves on the page");
+
+    let problems = browser.problems();
+    assert!(
+        problems.is_empty(),
+        "the page ran without errors or policy violations: {problems:#?}"
+    );
+    drop(browser);
+    assert!(demo.shutdown().await);
+}
+
+async fn post(client: &Client, path: &str) {
+    let req = http::Request::post(path)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let r = client.send(req).await.expect(path);
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    let _: Value = serde_json::from_str(&r.text()).expect("json");
+}
