@@ -239,10 +239,11 @@ impl Browser {
                         Ok(v) => v.to_string(),
                         Err(e) => format!("{e:#}"),
                     };
+                    let problems = self.problems();
+                    let recent = &problems[problems.len().saturating_sub(8)..];
                     bail!(
                         "timed out after {deadline:?} waiting for `{expression}` (last: {last}); \
-                         page problems: {:?}",
-                        self.problems()
+                         the page's last problems: {recent:?}"
                     );
                 }
                 _ => tokio::time::sleep(POLL).await,
