@@ -207,11 +207,14 @@ function setLive(s) {
 
 // ---------------------------------------------------------------- token
 
-function askToken(refused) {
-  const form = document.getElementById('token');
-  const wasOpen = !form.hidden;
-  form.hidden = false;
-  document.getElementById('token-error').hidden = !(refused || (wasOpen && state.token) || state.token);
+function askToken() {
+  document.getElementById('token').hidden = false;
+  // A token we sent was refused: say so, and forget it.
+  document.getElementById('token-error').hidden = !state.token;
+  if (state.token) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = null;
+  }
   if (state.stream) {
     state.stream.close();
     state.stream = null;
@@ -492,8 +495,9 @@ function regionRow(up, r, levels) {
     h('span', { class: `swatch level-${levels.get(r.priority) % 5}`, 'aria-hidden': 'true' }),
     h('strong', { class: 'region-name', text: r.name }),
     h('span', { class: 'muted', text: `priority ${r.priority}` }),
-    h('span', { class: `avail ${down ? (r.available ? 'some' : 'none') : ''}`, text: `${r.available ?? '?'}/${r.endpoints ?? endpoints.length} available` }),
+    h('span', { class: `avail ${r.available === 0 ? 'none' : down ? 'some' : ''}`, text: `${r.available ?? '?'}/${r.endpoints ?? endpoints.length} available` }),
     r.panic ? h('span', { class: 'badge panic', title: 'Too few healthy endpoints: levee spreads traffic over all of them' }, 'panic') : null,
+    !r.share && r.available ? h('span', { class: 'badge standby', title: 'Healthy, and waiting: a more preferred region takes the traffic' }, 'standby') : null,
     h('span', { class: 'share', text: fmt.share(r.share) }, h('span', { class: 'muted', text: ' of traffic' }))),
   h('div', { class: 'tiles' }, endpoints.map((e) => tile(e))));
 }
@@ -521,10 +525,19 @@ function tile(e) {
 
 // ---------------------------------------------------------------- charts
 
+// The charts span the history there is, in whole minutes from one to ten:
+// a levee that started a minute ago shows that minute, not a flat line.
+function chartSpan(points) {
+  if (points.length < 2) return 60 * 1000;
+  const have = points[points.length - 1].time_ms - points[0].time_ms + state.historyInterval;
+  return Math.min(HISTORY_MS, Math.max(1, Math.ceil(have / 60000)) * 60000);
+}
+
 function charts(up, levels) {
   const points = state.history.get(up.name) || [];
   const end = points.length ? points[points.length - 1].time_ms : Date.now();
-  const start = end - HISTORY_MS;
+  const span = chartSpan(points);
+  const start = end - span;
   const shown = points.filter((p) => p.time_ms > start);
   const series = (f) => shown.map((p) => [p.time_ms, f(p)]);
   const last = (f) => {
@@ -536,16 +549,64 @@ function charts(up, levels) {
   };
   const priorities = [...levels.keys()];
   const levelNames = priorities.map((p) => (up.regions || []).filter((r) => r.priority === p).map((r) => r.name).join(' + '));
-  const frame = { start, end };
-  return h('div', { class: 'charts' },
+  const frame = { start, end, span, points: shown };
+  const box = h('div', { class: 'charts', onmousemove: hover, onmouseleave: unhover },
     chart('Requests/s', fmt.rps(last((p) => p.requests_per_second)), frame, fmt.rps,
-      [{ data: series((p) => p.requests_per_second), cls: 'c-rps', area: true }]),
+      [{ data: series((p) => p.requests_per_second), cls: 'c-rps', area: true }],
+      { readout: (p) => `${fmt.rps(p.requests_per_second)}/s` }),
     chart('Errors', fmt.pct(last((p) => p.error_ratio)), frame, fmt.pct,
-      [{ data: series((p) => p.error_ratio), cls: 'c-err', area: true }], { minMax: 0.01 }),
+      [{ data: series((p) => p.error_ratio), cls: 'c-err', area: true }],
+      { minMax: 0.01, readout: (p) => fmt.pct(p.error_ratio) }),
     chart('Latency', `${fmt.ms(last((p) => p.p50_ms))} · ${fmt.ms(last((p) => p.p99_ms))}`, frame, fmt.ms,
       [{ data: series((p) => p.p99_ms), cls: 'c-p99', name: 'p99' }, { data: series((p) => p.p50_ms), cls: 'c-p50', name: 'p50' }],
-      { legend: [['c-p50', 'p50'], ['c-p99', 'p99']] }),
+      { legend: [['c-p50', 'p50'], ['c-p99', 'p99']], readout: (p) => `p50 ${fmt.ms(p.p50_ms)} · p99 ${fmt.ms(p.p99_ms)}` }),
     shareChart(shown, frame, priorities, levelNames));
+  box.frame = frame;
+  if (state.hover?.upstream === up.name) queueMicrotask(() => showCursor(box));
+  return box;
+}
+
+// A cursor across the charts of one upstream, with each chart's values at
+// that second. It survives the redraw every two seconds.
+function hover(ev) {
+  const plot = ev.target.closest?.('.plot');
+  const box = ev.currentTarget;
+  if (!plot) return;
+  const rect = plot.getBoundingClientRect();
+  const frac = Math.min(1, Math.max(0, (ev.clientX - rect.left) / rect.width));
+  state.hover = { upstream: box.closest('[data-upstream]')?.dataset.upstream, frac };
+  showCursor(box);
+}
+
+function unhover(ev) {
+  state.hover = null;
+  showCursor(ev.currentTarget);
+}
+
+function showCursor(box) {
+  const frame = box.frame;
+  for (const fig of box.querySelectorAll('.chart')) {
+    const cursor = fig.querySelector('.cursor');
+    const tip = fig.querySelector('.tip');
+    if (!state.hover || !frame?.points.length) {
+      cursor.hidden = true;
+      tip.hidden = true;
+      continue;
+    }
+    const t = frame.start + state.hover.frac * frame.span;
+    let best = frame.points[0];
+    for (const p of frame.points) if (Math.abs(p.time_ms - t) < Math.abs(best.time_ms - t)) best = p;
+    const frac = (best.time_ms - frame.start) / frame.span;
+    cursor.hidden = false;
+    cursor.style.left = `${(frac * 100).toFixed(2)}%`;
+    tip.hidden = false;
+    tip.textContent = `${fmt.clock(best.time_ms)}  ${fig.readout(best)}`;
+    // Beside the cursor, kept inside the chart.
+    const width = cursor.parentElement.clientWidth;
+    const x = frac * width;
+    const left = x + 8 + tip.offsetWidth <= width ? x + 8 : Math.max(0, x - 8 - tip.offsetWidth);
+    tip.style.left = `${left.toFixed(0)}px`;
+  }
 }
 
 function niceMax(v) {
@@ -558,18 +619,26 @@ function niceMax(v) {
 const W = 600;
 const H = 100;
 
-function chartFrame(title, value, frame, maxLabel, body, legend) {
-  return h('figure', { class: 'chart' },
+function chartFrame(title, value, frame, maxLabel, body, opts) {
+  const minutes = Math.round(frame.span / 60000);
+  const fig = h('figure', { class: 'chart' },
     h('figcaption', {},
       h('span', { class: 'chart-title', text: title }),
-      legend ? h('span', { class: 'legend' }, legend.map(([cls, name]) => h('span', { class: `key ${cls}` }, h('i'), name))) : null,
-      h('span', { class: 'chart-value', text: value })),
+      opts.legend ? h('span', { class: 'legend' }, opts.legend.map(([cls, name]) => h('span', { class: `key ${cls}` }, h('i'), name))) : null,
+      value ? h('span', { class: 'chart-value', text: value }) : null),
     h('div', { class: 'plot' },
       h('span', { class: 'ymax', text: maxLabel }),
-      s('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `${title} over the last 10 minutes` },
+      s('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `${title} over the last ${minutes} min` },
         [0, 0.5, 1].map((f) => s('line', { class: 'grid', x1: 0, x2: W, y1: (H - f * (H - 2)).toFixed(1), y2: (H - f * (H - 2)).toFixed(1) })),
-        body)),
-    h('div', { class: 'xaxis' }, h('span', { text: '10 min ago' }), h('span', { text: '5 min' }), h('span', { text: 'now' })));
+        body),
+      h('div', { class: 'cursor', hidden: true }),
+      h('div', { class: 'tip', hidden: true })),
+    h('div', { class: 'xaxis' },
+      h('span', { text: `${minutes} min ago` }),
+      h('span', { text: `${minutes / 2} min` }),
+      h('span', { text: 'now' })));
+  fig.readout = opts.readout || (() => '');
+  return fig;
 }
 
 function chart(title, value, frame, format, series, opts = {}) {
@@ -600,7 +669,7 @@ function chart(title, value, frame, format, series, opts = {}) {
       else body.push(s('path', { class: `line ${sr.cls}`, d: line }));
     }
   }
-  return chartFrame(title, value, frame, format(max), body, opts.legend);
+  return chartFrame(title, value, frame, format(max), body, opts);
 }
 
 function shareChart(points, frame, priorities, names) {
@@ -617,10 +686,10 @@ function shareChart(points, frame, priorities, names) {
       lower = upper;
     });
   }
-  const now = points.length ? points[points.length - 1].shares || [] : [];
-  const value = priorities.length > 1 ? names.map((n, i) => `${n} ${fmt.share(now[i] || 0)}`).slice(0, 2).join(' · ') : '';
-  return chartFrame('Traffic share', value, frame, '100%', body,
-    priorities.length > 1 ? names.map((n, i) => [`level-${i % 5}`, n]) : null);
+  return chartFrame('Traffic', '', frame, '100%', body, {
+    legend: names.map((n, i) => [`level-${i % 5}`, n]),
+    readout: (p) => names.map((n, i) => `${n} ${fmt.share((p.shares || [])[i] || 0)}`).join(' · '),
+  });
 }
 
 // ---------------------------------------------------------------- events
