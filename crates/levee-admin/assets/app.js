@@ -553,13 +553,16 @@ function charts(up, levels) {
   const box = h('div', { class: 'charts', onmousemove: hover, onmouseleave: unhover },
     chart('Requests/s', fmt.rps(last((p) => p.requests_per_second)), frame, fmt.rps,
       [{ data: series((p) => p.requests_per_second), cls: 'c-rps', area: true }],
-      { readout: (p) => `${fmt.rps(p.requests_per_second)}/s` }),
+      { readout: (p) => `${fmt.rps(p.requests_per_second)}/s`, summary: (max) => `peak ${fmt.rps(max)}/s` }),
     chart('Errors', fmt.pct(last((p) => p.error_ratio)), frame, fmt.pct,
       [{ data: series((p) => p.error_ratio), cls: 'c-err', area: true }],
-      { minMax: 0.01, readout: (p) => fmt.pct(p.error_ratio) }),
-    chart('Latency', `${fmt.ms(last((p) => p.p50_ms))} · ${fmt.ms(last((p) => p.p99_ms))}`, frame, fmt.ms,
-      [{ data: series((p) => p.p99_ms), cls: 'c-p99', name: 'p99' }, { data: series((p) => p.p50_ms), cls: 'c-p50', name: 'p50' }],
-      { legend: [['c-p50', 'p50'], ['c-p99', 'p99']], readout: (p) => `p50 ${fmt.ms(p.p50_ms)} · p99 ${fmt.ms(p.p99_ms)}` }),
+      { minMax: 0.01, readout: (p) => fmt.pct(p.error_ratio), summary: (max) => `peak ${fmt.pct(max)}` }),
+    chart('Latency', '', frame, fmt.ms,
+      [{ data: series((p) => p.p99_ms), cls: 'c-p99' }, { data: series((p) => p.p50_ms), cls: 'c-p50' }],
+      {
+        legend: [['c-p50', 'p50', fmt.ms(last((p) => p.p50_ms))], ['c-p99', 'p99', fmt.ms(last((p) => p.p99_ms))]],
+        readout: (p) => `p50 ${fmt.ms(p.p50_ms)} · p99 ${fmt.ms(p.p99_ms)}`,
+      }),
     shareChart(shown, frame, priorities, levelNames));
   box.frame = frame;
   if (state.hover?.upstream === up.name) queueMicrotask(() => showCursor(box));
@@ -623,9 +626,12 @@ function chartFrame(title, value, frame, maxLabel, body, opts) {
   const minutes = Math.round(frame.span / 60000);
   const fig = h('figure', { class: 'chart' },
     h('figcaption', {},
-      h('span', { class: 'chart-title', text: title }),
-      opts.legend ? h('span', { class: 'legend' }, opts.legend.map(([cls, name]) => h('span', { class: `key ${cls}` }, h('i'), name))) : null,
-      value ? h('span', { class: 'chart-value', text: value }) : null),
+      h('div', { class: 'chart-head' },
+        h('span', { class: 'chart-title', text: title }),
+        value ? h('span', { class: 'chart-value', text: value }) : null),
+      h('div', { class: 'legend' },
+        opts.legend ? opts.legend.map(([cls, name, now]) =>
+          h('span', { class: `key ${cls}` }, h('i'), name, now ? h('b', { text: now }) : null)) : opts.subtitle || '\u00a0')),
     h('div', { class: 'plot' },
       h('span', { class: 'ymax', text: maxLabel }),
       s('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `${title} over the last ${minutes} min` },
@@ -635,16 +641,17 @@ function chartFrame(title, value, frame, maxLabel, body, opts) {
       h('div', { class: 'tip', hidden: true })),
     h('div', { class: 'xaxis' },
       h('span', { text: `${minutes} min ago` }),
-      h('span', { text: `${minutes / 2} min` }),
+      h('span', { text: minutes === 1 ? '30 s' : `${minutes / 2} min` }),
       h('span', { text: 'now' })));
   fig.readout = opts.readout || (() => '');
   return fig;
 }
 
 function chart(title, value, frame, format, series, opts = {}) {
-  let max = 0;
-  for (const sr of series) for (const [, v] of sr.data) if (v !== null && v !== undefined && v > max) max = v;
-  max = Math.max(niceMax(max), opts.minMax || 0);
+  let peak = 0;
+  for (const sr of series) for (const [, v] of sr.data) if (v !== null && v !== undefined && v > peak) peak = v;
+  const max = Math.max(niceMax(peak), opts.minMax || 0);
+  if (opts.summary) opts.subtitle = opts.summary(peak);
   const x = (t) => ((t - frame.start) / (frame.end - frame.start)) * W;
   const y = (v) => H - (v / max) * (H - 2);
   const body = [];
@@ -686,8 +693,9 @@ function shareChart(points, frame, priorities, names) {
       lower = upper;
     });
   }
+  const now = points.length ? points[points.length - 1].shares || [] : [];
   return chartFrame('Traffic', '', frame, '100%', body, {
-    legend: names.map((n, i) => [`level-${i % 5}`, n]),
+    legend: names.map((n, i) => [`level-${i % 5}`, n, fmt.share(now[i] || 0)]),
     readout: (p) => names.map((n, i) => `${n} ${fmt.share((p.shares || [])[i] || 0)}`).join(' · '),
   });
 }

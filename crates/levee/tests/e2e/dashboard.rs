@@ -3,9 +3,11 @@
 //! fails and the page shows it within seconds, then shows it recover.
 //!
 //! The browser test needs Debian's `chromium` (`.ci/run` installs it); it
-//! fails, not skips, without it. `LEVEE_SCREENSHOT=1` also lets traffic
-//! build up for a while first and saves the screenshot to
-//! docs/images/dashboard.png, the one the docs show.
+//! fails, not skips, without it. It saves a screenshot of the failed-over
+//! page (and of the page when a check fails) in the target's test temp
+//! dir. `LEVEE_SCREENSHOT=1` also lets traffic build up for a minute first
+//! and copies the screenshot to docs/images/dashboard.png, the one the
+//! docs show.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -97,18 +99,27 @@ async fn the_dashboard_shows_a_region_fail_and_recover() {
         .navigate(&format!("http://{admin}/"))
         .await
         .expect("page loads");
-    browser
-        .wait_for("document.getElementById('live').dataset.state === 'live'", SHOWN)
-        .await
-        .expect("the event stream connects");
-    browser
-        .wait_for(&tiles_in("healthy"), SHOWN)
-        .await
-        .expect("the primary endpoints are shown healthy");
-    browser
-        .wait_for(&format!("{} === 1", share("primary")), SHOWN)
-        .await
-        .expect("primary takes all the traffic");
+    shown(
+        &browser,
+        "document.getElementById('live').dataset.state === 'live'",
+        SHOWN,
+        "the event stream connects",
+    )
+    .await;
+    shown(
+        &browser,
+        &tiles_in("healthy"),
+        SHOWN,
+        "the primary endpoints are shown healthy",
+    )
+    .await;
+    shown(
+        &browser,
+        &format!("{} === 1", share("primary")),
+        SHOWN,
+        "primary takes all the traffic",
+    )
+    .await;
     let tiles = browser
         .evaluate("document.querySelectorAll('#upstreams [data-endpoint]').length")
         .await
@@ -127,40 +138,48 @@ async fn the_dashboard_shows_a_region_fail_and_recover() {
     }
 
     post(&control, "/demo/regions/primary/fail").await;
-    browser
-        .wait_for(&tiles_in("unhealthy"), SHOWN)
-        .await
-        .expect("the primary endpoints are shown unhealthy");
-    browser
-        .wait_for(&format!("{} === 1", share("secondary")), SHOWN)
-        .await
-        .expect("secondary's share rises to all the traffic");
-    browser
-        .wait_for(
-            "document.querySelector('[data-upstream=\"app\"]').dataset.failover === 'true'",
-            SHOWN,
-        )
-        .await
-        .expect("the failover badge");
+    shown(
+        &browser,
+        &tiles_in("unhealthy"),
+        SHOWN,
+        "the primary endpoints are shown unhealthy",
+    )
+    .await;
+    shown(
+        &browser,
+        &format!("{} === 1", share("secondary")),
+        SHOWN,
+        "secondary's share rises to all the traffic",
+    )
+    .await;
+    shown(
+        &browser,
+        "document.querySelector('[data-upstream=\"app\"]').dataset.failover === 'true'",
+        SHOWN,
+        "the failover badge",
+    )
+    .await;
     let went_down = format!(
         "[...document.querySelectorAll('#events .event')].some(e => e.textContent.includes('primary {} went down'))",
         primary[0]
     );
-    browser
-        .wait_for(&went_down, SHOWN)
-        .await
-        .expect("the event list says the endpoint went down");
-    browser
-        .wait_for(
-            "document.querySelector('#alerts [data-kind=\"failover_active\"][data-state=\"firing\"]') !== null",
-            SHOWN,
-        )
-        .await
-        .expect("the failover alert fires on the page");
+    shown(
+        &browser,
+        &went_down,
+        SHOWN,
+        "the event list says the endpoint went down",
+    )
+    .await;
+    shown(
+        &browser,
+        "document.querySelector('#alerts [data-kind=\"failover_active\"][data-state=\"firing\"]') !== null",
+        SHOWN,
+        "the failover alert fires on the page",
+    )
+    .await;
     // Let the charts draw a few seconds on secondary before the picture.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let shot = dir.path().join("dashboard.png");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.save_screenshot(&shot).await.expect("screenshot");
     let png = std::fs::read(&shot).expect("read screenshot");
     assert!(
@@ -175,22 +194,28 @@ async fn the_dashboard_shows_a_region_fail_and_recover() {
     }
 
     post(&control, "/demo/regions/primary/restore").await;
-    browser
-        .wait_for(&tiles_in("healthy"), SHOWN)
-        .await
-        .expect("the primary endpoints are shown healthy again");
+    shown(
+        &browser,
+        &tiles_in("healthy"),
+        SHOWN,
+        "the primary endpoints are shown healthy again",
+    )
+    .await;
     // Failback waits 5 s, then ramps over 10 s.
-    browser
-        .wait_for(&format!("{} === 1", share("primary")), SHOWN * 3)
-        .await
-        .expect("the traffic is shown back on primary");
-    browser
-        .wait_for(
-            "document.querySelector('#alerts [data-kind=\"failover_active\"]') === null",
-            SHOWN * 2,
-        )
-        .await
-        .expect("the failover alert resolves on the page");
+    shown(
+        &browser,
+        &format!("{} === 1", share("primary")),
+        SHOWN * 3,
+        "the traffic is shown back on primary",
+    )
+    .await;
+    shown(
+        &browser,
+        "document.querySelector('#alerts [data-kind=\"failover_active\"]') === null",
+        SHOWN * 2,
+        "the failover alert resolves on the page",
+    )
+    .await;
 
     let problems = browser.problems();
     assert!(
@@ -199,6 +224,19 @@ async fn the_dashboard_shows_a_region_fail_and_recover() {
     );
     drop(browser);
     assert!(demo.shutdown().await);
+}
+
+/// Waits until `expression` holds in the page; if it never does, saves
+/// what the page looked like beside the test's other files and fails.
+async fn shown(browser: &Browser, expression: &str, deadline: Duration, what: &str) {
+    if let Err(e) = browser.wait_for(expression, deadline).await {
+        let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-failure.png");
+        let saved = match browser.save_screenshot(&shot).await {
+            Ok(()) => format!("the page is in {}", shot.display()),
+            Err(e) => format!("no screenshot: {e:#}"),
+        };
+        panic!("{what}: {e:#}\n{saved}");
+    }
 }
 
 async fn post(client: &Client, path: &str) {
