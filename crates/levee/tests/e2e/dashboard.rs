@@ -239,6 +239,90 @@ async fn shown(browser: &Browser, expression: &str, deadline: Duration, what: &s
     }
 }
 
+/// With `[admin] token`, the API answers 401 until the page has the
+/// token: the page asks for it, says when one is refused, keeps the good
+/// one for the tab, and sends it on every call and on the event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_the_admin_token() {
+    const TOKEN: &str = "dashboard-test-token-0123456789";
+    let browser = Browser::launch(1200, 800)
+        .await
+        .expect("headless Chromium starts");
+    let backend = Backend::start("a").await;
+    let toml = simple(&[backend.addr()]).replacen(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
+        1,
+    );
+    let h = Harness::start(&toml).await;
+    browser
+        .navigate(&format!("http://{}/", h.admin))
+        .await
+        .expect("page loads");
+
+    let form_shown = "!document.getElementById('token').hidden";
+    let refused = "!document.getElementById('token-error').hidden";
+    let submit = |token: &str| {
+        format!(
+            "document.getElementById('token-input').value = {token:?}; \
+             document.getElementById('token').requestSubmit(); true"
+        )
+    };
+    shown(&browser, form_shown, SHOWN, "the page asks for the token").await;
+    assert_eq!(
+        browser.evaluate(refused).await.expect("eval"),
+        false,
+        "nothing refused yet"
+    );
+    browser
+        .evaluate(&submit("not-the-token-at-all"))
+        .await
+        .expect("submit");
+    shown(
+        &browser,
+        &format!("{form_shown} && {refused}"),
+        SHOWN,
+        "a wrong token is refused",
+    )
+    .await;
+
+    browser.evaluate(&submit(TOKEN)).await.expect("submit");
+    let endpoint = format!(
+        "document.querySelector('[data-endpoint=\"{}\"]') !== null",
+        backend.addr()
+    );
+    shown(
+        &browser,
+        &endpoint,
+        SHOWN,
+        "with the token, the page shows the upstream",
+    )
+    .await;
+    shown(
+        &browser,
+        "document.getElementById('live').dataset.state === 'live'",
+        SHOWN,
+        "the event stream takes the token too",
+    )
+    .await;
+    assert_eq!(browser.evaluate(form_shown).await.expect("eval"), false);
+    assert_eq!(
+        browser
+            .evaluate("sessionStorage.getItem('levee.admin.token')")
+            .await
+            .expect("eval"),
+        TOKEN,
+        "kept for the tab"
+    );
+    // Only the refusals before the token were errors.
+    let problems: Vec<String> = browser
+        .problems()
+        .into_iter()
+        .filter(|p| !p.contains("401"))
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 async fn post(client: &Client, path: &str) {
     let req = http::Request::post(path)
         .body(http_body_util::Full::new(bytes::Bytes::new()))
