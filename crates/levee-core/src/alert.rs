@@ -83,7 +83,11 @@ impl Kind {
     pub fn uses_window(self) -> bool {
         matches!(
             self,
-            Kind::ErrorRatio | Kind::LatencyP99 | Kind::Shedding | Kind::RateLimited | Kind::RetryBudgetExhausted
+            Kind::ErrorRatio
+                | Kind::LatencyP99
+                | Kind::Shedding
+                | Kind::RateLimited
+                | Kind::RetryBudgetExhausted
         )
     }
 }
@@ -99,7 +103,10 @@ pub struct Fact {
 
 impl Fact {
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.labels
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

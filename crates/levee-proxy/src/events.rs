@@ -9,9 +9,9 @@
 //! is uncontended and held for a push only.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -76,11 +76,17 @@ pub enum EventKind {
         weight: u32,
     },
     /// Traffic started to leave the upstream's most preferred level.
-    FailoverStarted { upstream: String, shares: Vec<LevelShare> },
+    FailoverStarted {
+        upstream: String,
+        shares: Vec<LevelShare>,
+    },
     /// All traffic is back on the most preferred level.
     FailoverEnded { upstream: String },
     /// Which levels take traffic, or which are in panic, changed.
-    LoadsChanged { upstream: String, shares: Vec<LevelShare> },
+    LoadsChanged {
+        upstream: String,
+        shares: Vec<LevelShare>,
+    },
     /// An alert changed state: `pending`, `firing` or `resolved`.
     Alert {
         rule: String,
