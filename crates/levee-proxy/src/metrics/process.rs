@@ -27,41 +27,43 @@ impl CollectorTrait for Collector {
             let metric = ConstCounter::new(seconds);
             let e = encoder.encode_descriptor(
                 "process_cpu",
-                "User and system CPU time the process has used",
+                "User and system CPU time the process has used.",
                 Some(&Unit::Seconds),
                 metric.metric_type(),
             )?;
             metric.encode(e)?;
         }
+        // Help ends with a period, as prometheus-client's registry adds one
+        // to the help of every metric registered with it.
         let gauges: [(&str, &str, Option<Unit>, Option<f64>); 6] = [
             (
                 "process_resident_memory",
-                "Resident memory size of the process",
+                "Resident memory size of the process.",
                 Some(Unit::Bytes),
                 sample.resident_bytes,
             ),
             (
                 "process_virtual_memory",
-                "Virtual memory size of the process",
+                "Virtual memory size of the process.",
                 Some(Unit::Bytes),
                 sample.virtual_bytes,
             ),
             (
                 "process_open_fds",
-                "File descriptors the process has open",
+                "File descriptors the process has open.",
                 None,
                 sample.open_fds,
             ),
             (
                 "process_max_fds",
-                "The process's limit on open file descriptors (the soft RLIMIT_NOFILE)",
+                "The process's limit on open file descriptors (the soft RLIMIT_NOFILE).",
                 None,
                 sample.max_fds,
             ),
-            ("process_threads", "Threads in the process", None, sample.threads),
+            ("process_threads", "Threads in the process.", None, sample.threads),
             (
                 "process_start_time",
-                "When the process started, in seconds since the Unix epoch",
+                "When the process started, in seconds since the Unix epoch.",
                 Some(Unit::Seconds),
                 sample.start_time,
             ),

@@ -45,6 +45,60 @@ pub(crate) fn from_openmetrics(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `^levee_[a-z0-9]+_[a-z0-9_]+$`
+    fn well_named(name: &str) -> bool {
+        let lower = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        name.strip_prefix("levee_")
+            .and_then(|rest| rest.split_once('_'))
+            .is_some_and(|(subsystem, what)| {
+                !subsystem.is_empty()
+                    && subsystem.chars().all(lower)
+                    && !what.is_empty()
+                    && what.chars().all(|c| lower(c) || c == '_')
+            })
+    }
+
+    #[test]
+    fn every_family_is_well_named_and_has_help() {
+        // A family shows once it has a series: give most of them one. The
+        // end-to-end test checks every family after real traffic.
+        let m = crate::metrics::Metrics::new();
+        m.route("r", "u").record(200, 0.01);
+        let _upstream = m.upstream("u", &[0, 1]);
+        let _rule = m.rate_limit("rule");
+        let _slow = m.slow_clients("main");
+        let _abuse = m.h2_abuse("main");
+        let labels = crate::metrics::EndpointLabels {
+            upstream: "u".into(),
+            region: "r".into(),
+            endpoint: "127.0.0.1:1".into(),
+        };
+        let _endpoint = m.endpoint(&labels);
+        let text = m.encode_prometheus();
+        let mut helped = std::collections::HashSet::new();
+        let mut families = 0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+                assert!(!help.trim().is_empty(), "{name} has no help");
+                assert!(!help.contains('\\'), "{name}: help needs no escaping");
+                helped.insert(name.to_string());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+                families += 1;
+                assert!(well_named(name), "{name} is not levee_<subsystem>_<what>");
+                assert!(helped.contains(name), "{name} has no HELP before its TYPE");
+                assert!(
+                    ["counter", "gauge", "histogram"].contains(&kind),
+                    "{name}: {kind}"
+                );
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{name}: {kind}");
+            }
+        }
+        assert!(families > 25, "{families} families:\n{text}");
+        assert!(!well_named("levee_http") && !well_named("process_cpu_seconds_total"));
+    }
+
     #[test]
     fn families_are_named_as_their_samples() {
         let om = "# HELP levee_http_requests Requests.\n\

@@ -11,6 +11,7 @@ mod errors;
 mod failover;
 mod h2abuse;
 mod health;
+mod metrics;
 mod protection;
 mod proxy;
 mod ratelimit;
