@@ -129,6 +129,8 @@ pub(crate) struct Head<'a> {
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub version: Version,
+    /// The `Host` field, or the authority of the target.
+    pub host: Option<&'a HeaderValue>,
     pub fields: FieldsView<'a>,
     pub request_id: &'a HeaderValue,
 }
@@ -168,13 +170,10 @@ impl Sink {
                     uri: h.uri.clone(),
                     version: h.version,
                 }),
-            host: field(LogField::Host, &header::HOST).or_else(|| {
-                // HTTP/2 carries the host in the target.
-                head.as_ref()
-                    .filter(|_| wants.has(LogField::Host))
-                    .and_then(|h| h.uri.authority())
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            }),
+            host: head
+                .as_ref()
+                .filter(|_| wants.has(LogField::Host))
+                .and_then(|h| h.host.cloned()),
             request_id: head
                 .as_ref()
                 .filter(|h| wants.has(LogField::RequestId) && !h.request_id.is_empty())
@@ -461,7 +460,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut buf = Vec::with_capacity(BATCH_BYTES + 4096);
+        let mut buf = String::with_capacity(BATCH_BYTES + 4096);
         loop {
             if self.reopen.swap(false, Ordering::AcqRel)
                 && let Output::File { file, .. } = &mut self.output
@@ -484,7 +483,7 @@ impl Writer {
                 self.format.line(&entry, &mut buf);
                 records += 1;
             }
-            self.write(&buf, records);
+            self.write(buf.as_bytes(), records);
             buf.clear();
         }
     }

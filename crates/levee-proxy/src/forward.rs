@@ -101,6 +101,7 @@ impl Handler for Proxy {
                 method: req.method(),
                 uri: req.uri(),
                 version: req.version(),
+                host: host_value.as_ref(),
                 fields: view,
                 request_id: &request_id,
             };

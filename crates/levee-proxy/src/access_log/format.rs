@@ -17,23 +17,21 @@ pub(crate) struct Format {
 }
 
 impl Format {
-    /// Appends `entry` as one line, newline included.
-    pub fn line(&self, entry: &Entry, out: &mut Vec<u8>) {
-        // Formatting into a String cannot fail; it is then moved as bytes.
-        let mut line = String::with_capacity(256);
+    /// Appends `entry` as one line, newline included. (Writing into a
+    /// `String` cannot fail: the `fmt::Result`s below are always `Ok`.)
+    pub fn line(&self, entry: &Entry, out: &mut String) {
         match self.format {
-            LogFormat::Json => self.json(entry, &mut line),
-            LogFormat::Common => common(entry, &mut line),
+            LogFormat::Json => self.json(entry, out),
+            LogFormat::Common => common(entry, out),
             LogFormat::Combined => {
-                common(entry, &mut line);
-                line.push(' ');
-                clf_quoted(&mut line, entry.referer.as_ref().map(|v| v.as_bytes()));
-                line.push(' ');
-                clf_quoted(&mut line, entry.user_agent.as_ref().map(|v| v.as_bytes()));
+                common(entry, out);
+                out.push(' ');
+                clf_quoted(out, entry.referer.as_ref().map(|v| v.as_bytes()));
+                out.push(' ');
+                clf_quoted(out, entry.user_agent.as_ref().map(|v| v.as_bytes()));
             }
         }
-        line.push('\n');
-        out.extend_from_slice(line.as_bytes());
+        out.push('\n');
     }
 
     fn json(&self, e: &Entry, out: &mut String) {
