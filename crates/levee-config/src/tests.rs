@@ -745,3 +745,39 @@ fn access_log_errors_name_their_key() {
     let e = errors(&format!("{MINIMAL}\n[access_log]\nenable = true\n"));
     assert!(has(&e, "access_log.enable: unknown field `enable`"), "{e:?}");
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let open = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{MINIMAL}");
+    assert!(has(
+        &errors(&open),
+        "admin.token: required when admin.listen (0.0.0.0:9901)"
+    ));
+    let short = format!("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"abc\"\n{MINIMAL}");
+    assert!(has(&errors(&short), "admin.token: must be at least 16"));
+    let good = format!("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef\"\n{MINIMAL}");
+    let c = parse(&good).expect("valid");
+    assert_eq!(c.admin.token, Some(Secret("0123456789abcdef".into())));
+    assert!(!format!("{:?}", c.admin).contains("0123456789abcdef"));
+    // On loopback a token is optional.
+    assert_eq!(parse(MINIMAL).expect("valid").admin.token, None);
+}
+
+#[test]
+fn the_shown_document_hides_secrets() {
+    let text = format!(
+        "[admin]\ntoken = \"0123456789abcdef\"\n[redis]\naddress = \"127.0.0.1:6379\"\npassword = \"hunter2\"\n{MINIMAL}"
+    );
+    let c = parse(&text).expect("valid");
+    let shown = c.document.to_string();
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("0123456789abcdef"),
+        "{shown}"
+    );
+    assert!(shown.contains(REDACTED), "{shown}");
+    assert!(
+        shown.contains("127.0.0.1:6379"),
+        "what is not secret stays: {shown}"
+    );
+    assert!(shown.contains("127.0.0.1:9101"), "{shown}");
+}

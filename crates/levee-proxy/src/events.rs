@@ -104,6 +104,24 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The `kind` field's value (the SSE event name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::EndpointHealth { .. } => "endpoint_health",
+            EventKind::EndpointEjected { .. } => "endpoint_ejected",
+            EventKind::EndpointReturned { .. } => "endpoint_returned",
+            EventKind::EndpointDrained { .. } => "endpoint_drained",
+            EventKind::WeightChanged { .. } => "weight_changed",
+            EventKind::FailoverStarted { .. } => "failover_started",
+            EventKind::FailoverEnded { .. } => "failover_ended",
+            EventKind::LoadsChanged { .. } => "loads_changed",
+            EventKind::Alert { .. } => "alert",
+            EventKind::Reload { .. } => "reload",
+        }
+    }
+}
+
 /// The share of an upstream's traffic one priority level takes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LevelShare {
@@ -111,6 +129,13 @@ pub struct LevelShare {
     /// 0 to 1.
     pub share: f64,
     pub panic: bool,
+}
+
+/// Milliseconds since the Unix epoch, as events and the history stamp them.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct Events {
@@ -137,9 +162,7 @@ impl Events {
 
     /// Publishes an event to every reader and the recent ring.
     pub fn publish(&self, kind: EventKind) {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let time_ms = unix_millis();
         // Ids are taken under the ring's lock so that the ring and the
         // channel see events in id order.
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,6 +244,7 @@ mod tests {
         let json = serde_json::to_string(&*events.recent(1)[0]).unwrap_or_default();
         assert!(json.contains(r#""id":1"#), "{json}");
         assert!(json.contains(r#""kind":"reload""#), "{json}");
+        assert_eq!(events.recent(1)[0].kind.name(), "reload");
         assert!(json.contains(r#""result":"success""#), "{json}");
     }
 }

@@ -63,8 +63,8 @@ mod tests {
         // A family shows once it has a series: give most of them one. The
         // end-to-end test checks every family after real traffic.
         let m = crate::metrics::Metrics::new();
-        m.route("r", "u").record(200, 0.01);
-        let _upstream = m.upstream("u", &[0, 1]);
+        m.route("r", "u", None).record(200, 0.01);
+        let _upstream = m.upstream("u", &[0, 1], &["r"]);
         let _rule = m.rate_limit("rule");
         let _slow = m.slow_clients("main");
         let _abuse = m.h2_abuse("main");
