@@ -311,6 +311,82 @@ fn the_grafana_dashboard_uses_only_documented_metrics() {
     );
 }
 
+/// The PromQL of the ```promql blocks of a Markdown file: one query per
+/// line, continued on lines that start with a space.
+fn promql_blocks(md: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut inside = false;
+    for line in md.lines() {
+        if line.starts_with("```") {
+            inside = line == "```promql";
+            continue;
+        }
+        if !inside || line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if line.starts_with(' ') => {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    out
+}
+
+/// `promtool check rules` on the queries, as recording rules: it parses
+/// each one. Grafana's variables are replaced by what they stand for.
+fn assert_promql_parses(what: &str, queries: &[String]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("rules.yml");
+    let mut yaml = String::from("groups:\n  - name: check\n    rules:\n");
+    for (i, q) in queries.iter().enumerate() {
+        let q = q
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*")
+            .replace("$upstream", ".*")
+            .replace("$route", ".*");
+        // A JSON string is a YAML string.
+        let quoted = serde_json::to_string(&q).expect("quote");
+        yaml.push_str(&format!(
+            "      - record: check:query{i}\n        expr: {quoted}\n"
+        ));
+    }
+    std::fs::write(&path, yaml).expect("write rules");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): install it (Debian: apt-get install prometheus)")
+        });
+    assert!(
+        out.status.success(),
+        "{what}: promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_promql_of_the_docs_and_the_dashboard_parses() {
+    let docs = promql_blocks(&repo_file("docs/metrics.md"));
+    assert!(docs.len() >= 10, "{docs:#?}");
+    assert_promql_parses("docs/metrics.md", &docs);
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file("contrib/grafana/levee.json")).expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        exprs(panel, &mut queries);
+    }
+    assert_promql_parses("contrib/grafana/levee.json", &queries);
+    // And the check can fail.
+    let bad = ["sum by (le) (rate(levee_http_requests_total[5m])".to_string()];
+    let caught = std::panic::catch_unwind(|| assert_promql_parses("a broken query", &bad));
+    assert!(caught.is_err(), "promtool refuses a broken query");
+}
+
 #[test]
 fn metric_names_are_found_in_promql() {
     assert_eq!(
