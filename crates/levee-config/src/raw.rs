@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub upstream: Vec<(String, RawUpstream)>,
     pub rate_limit: Vec<(String, RawRateLimit)>,
     pub redis: Option<RawRedis>,
+    pub access_log: Option<RawAccessLog>,
     /// Named items whose shape was wrong: declared, so references to them
     /// are not reported again as references to nothing.
     pub broken_listeners: Vec<String>,
@@ -131,6 +132,16 @@ pub struct RawRedis {
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub fields: Option<Vec<String>>,
+    pub buffer: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +330,9 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
             "redis" => {
                 raw.redis = section(&mut errors, "redis", value);
             }
+            "access_log" => {
+                raw.access_log = section(&mut errors, "access_log", value);
+            }
             "route" => match value {
                 toml::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
@@ -334,7 +348,7 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
             },
             other => errors.push(
                 other,
-                "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis",
+                "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis, access_log",
             ),
         }
     }

@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 20] = [
+const TABLES: [Table; 21] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -136,6 +136,12 @@ const TABLES: [Table; 20] = [
         probe: "[redis]\nzz_probe = 1\n",
         path: "redis.zz_probe",
         heading: "`[redis]`",
+    },
+    Table {
+        name: "access_log",
+        probe: "[access_log]\nzz_probe = 1\n",
+        path: "access_log.zz_probe",
+        heading: "`[access_log]`",
     },
     Table {
         name: "route",
@@ -333,6 +339,7 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         ("listener.tls", union(&sub(&listeners, "tls"))),
         ("rate_limit", union(&tables(root.get("rate_limit")))),
         ("redis", single("redis")),
+        ("access_log", single("access_log")),
         ("route", union(&routes)),
         ("route.match", union(&matches)),
         ("route.retry", union(&sub(&routes, "retry"))),
