@@ -355,7 +355,6 @@ function problem(text) {
   const el = document.getElementById('problem');
   el.hidden = !text;
   el.textContent = text ? `${text}. Retrying…` : '';
-  if (text) setLive('offline');
 }
 
 // ---------------------------------------------------------------- alerts
