@@ -1,6 +1,10 @@
 //! The validated configuration. Every value here has been checked; code that
 //! receives a [`Config`] never validates again.
 
+mod alerting;
+
+pub use alerting::*;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +29,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub rate_limits: Vec<RateLimit>,
     pub redis: Option<Redis>,
+    /// `[alerting]`, its notifiers, and the alert rules in force.
+    pub alerting: Alerting,
 }
 
 /// `[rate_limit.<name>]`: a rate limit rule, applied where listeners and

@@ -88,6 +88,44 @@ impl Kind {
         matches!(self, Kind::RegionDegraded)
     }
 
+    /// The labels of its facts, in order: what names one instance.
+    pub fn labels(self) -> &'static [&'static str] {
+        match self {
+            Kind::EndpointDown => &["upstream", "region", "endpoint"],
+            Kind::RegionDegraded => &["upstream", "region"],
+            Kind::FailoverActive
+            | Kind::ErrorRatio
+            | Kind::LatencyP99
+            | Kind::Shedding
+            | Kind::RetryBudgetExhausted => &["upstream"],
+            Kind::RateLimited => &["rate_limit"],
+            Kind::RedisDegraded | Kind::ReloadFailed => &[],
+        }
+    }
+
+    /// Whether a fact's value is 1 or 0 (down or not): such kinds have no
+    /// threshold to set.
+    pub fn is_boolean(self) -> bool {
+        matches!(self, Kind::EndpointDown | Kind::RedisDegraded | Kind::ReloadFailed)
+    }
+
+    /// A value (or threshold) of this kind as people read it: shares as
+    /// percentages, latencies in ms or s, rates per second.
+    pub fn format_value(self, value: f64) -> String {
+        if value.is_nan() {
+            return "n/a".to_string();
+        }
+        match self {
+            Kind::RegionDegraded | Kind::FailoverActive | Kind::ErrorRatio => {
+                format!("{}%", trim(value * 100.0))
+            }
+            Kind::LatencyP99 if value < 1.0 => format!("{}ms", trim(value * 1000.0)),
+            Kind::LatencyP99 => format!("{}s", trim(value)),
+            Kind::Shedding | Kind::RateLimited | Kind::RetryBudgetExhausted => format!("{}/s", trim(value)),
+            Kind::EndpointDown | Kind::RedisDegraded | Kind::ReloadFailed => trim(value),
+        }
+    }
+
     /// Whether the kind reads a window of history (the rule's `window`).
     pub fn uses_window(self) -> bool {
         matches!(
@@ -99,6 +137,22 @@ impl Kind {
                 | Kind::RetryBudgetExhausted
         )
     }
+}
+
+/// A number with at most one decimal (more below 1), without a trailing
+/// `.0`: `12.5`, `3`, `0.25`.
+fn trim(v: f64) -> String {
+    let text = if v.abs() >= 1.0 || v == 0.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    };
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    text.to_string()
 }
 
 /// One observed value of a kind, for one instance: an endpoint, a region,
@@ -495,6 +549,19 @@ mod tests {
         r.step(&c, &[fact("a", 0.2)], t0, 0);
         r.step(&c, &[fact("a", 0.4)], t0 + S, 1_000);
         assert_eq!(r.instances().next().map(|i| i.value), Some(0.4));
+    }
+
+    #[test]
+    fn values_read_as_people_read_them() {
+        assert_eq!(Kind::ErrorRatio.format_value(0.125), "12.5%");
+        assert_eq!(Kind::FailoverActive.format_value(1.0), "100%");
+        assert_eq!(Kind::RegionDegraded.format_value(1.0 / 3.0), "33.3%");
+        assert_eq!(Kind::LatencyP99.format_value(0.25), "250ms");
+        assert_eq!(Kind::LatencyP99.format_value(1.5), "1.5s");
+        assert_eq!(Kind::Shedding.format_value(0.25), "0.25/s");
+        assert_eq!(Kind::RateLimited.format_value(12.0), "12/s");
+        assert_eq!(Kind::EndpointDown.format_value(1.0), "1");
+        assert_eq!(Kind::ErrorRatio.format_value(f64::NAN), "n/a");
     }
 
     #[test]
