@@ -26,7 +26,46 @@ use std::path::Path;
 /// Parses and validates a config from TOML text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let (raw, shape_errors) = raw::parse(text)?;
-    validate::validate(raw, shape_errors)
+    let mut config = validate::validate(raw, shape_errors)?;
+    // The text parsed once already; it cannot fail now.
+    let mut document: toml::Table = toml::from_str(text).unwrap_or_default();
+    redact(&mut document);
+    config.document = std::sync::Arc::new(document);
+    Ok(config)
+}
+
+/// What replaces a secret in [`Config::document`].
+pub const REDACTED: &str = "<redacted>";
+
+/// Replaces the values that are credentials: the Redis password, the admin
+/// token, and every notifier's URL (a Slack webhook URL is its own
+/// credential) and headers.
+fn redact(document: &mut toml::Table) {
+    fn hide(table: Option<&mut toml::Value>, key: &str) {
+        if let Some(toml::Value::Table(t)) = table
+            && let Some(v) = t.get_mut(key)
+        {
+            *v = match v {
+                toml::Value::Table(inner) => toml::Value::Table(
+                    inner
+                        .keys()
+                        .map(|k| (k.clone(), toml::Value::String(REDACTED.into())))
+                        .collect(),
+                ),
+                _ => toml::Value::String(REDACTED.into()),
+            };
+        }
+    }
+    hide(document.get_mut("redis"), "password");
+    hide(document.get_mut("admin"), "token");
+    if let Some(toml::Value::Table(alerting)) = document.get_mut("alerting")
+        && let Some(toml::Value::Table(notifiers)) = alerting.get_mut("notifier")
+    {
+        for (_, notifier) in notifiers.iter_mut() {
+            hide(Some(&mut *notifier), "url");
+            hide(Some(notifier), "headers");
+        }
+    }
 }
 
 /// Reads, parses and validates a config file.

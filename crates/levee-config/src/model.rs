@@ -31,6 +31,9 @@ pub struct Config {
     pub redis: Option<Redis>,
     /// `[alerting]`, its notifiers, and the alert rules in force.
     pub alerting: Alerting,
+    /// The file as written, secrets replaced by `"<redacted>"`: what the
+    /// admin API shows as the running config.
+    pub document: std::sync::Arc<toml::Table>,
 }
 
 /// `[rate_limit.<name>]`: a rate limit rule, applied where listeners and
@@ -104,6 +107,19 @@ pub struct Runtime {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// The bearer token the admin API requires, if any. Required when
+    /// `listen` is not a loopback address. Debug shows it redacted.
+    pub token: Option<Secret>,
+}
+
+/// A credential: compared and used as is, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 /// `[server]`: how levee treats clients, on every listener.

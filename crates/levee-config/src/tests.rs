@@ -927,3 +927,39 @@ fn a_broken_alert_rule_does_not_shift_the_paths_of_the_next() {
     assert!(has(&e, "alert[0].threshhold: unknown field"), "{e:?}");
     assert!(has(&e, "alert[1].threshold: must be"), "{e:?}");
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let open = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{MINIMAL}");
+    assert!(has(
+        &errors(&open),
+        "admin.token: required when admin.listen (0.0.0.0:9901)"
+    ));
+    let short = format!("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"abc\"\n{MINIMAL}");
+    assert!(has(&errors(&short), "admin.token: must be at least 16"));
+    let good = format!("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef\"\n{MINIMAL}");
+    let c = parse(&good).expect("valid");
+    assert_eq!(c.admin.token, Some(Secret("0123456789abcdef".into())));
+    assert!(!format!("{:?}", c.admin).contains("0123456789abcdef"));
+    // On loopback a token is optional.
+    assert_eq!(parse(MINIMAL).expect("valid").admin.token, None);
+}
+
+#[test]
+fn the_shown_document_hides_secrets() {
+    let text = format!(
+        "[admin]\ntoken = \"0123456789abcdef\"\n[redis]\naddress = \"127.0.0.1:6379\"\npassword = \"hunter2\"\n{MINIMAL}"
+    );
+    let c = parse(&text).expect("valid");
+    let shown = c.document.to_string();
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("0123456789abcdef"),
+        "{shown}"
+    );
+    assert!(shown.contains(REDACTED), "{shown}");
+    assert!(
+        shown.contains("127.0.0.1:6379"),
+        "what is not secret stays: {shown}"
+    );
+    assert!(shown.contains("127.0.0.1:9101"), "{shown}");
+}

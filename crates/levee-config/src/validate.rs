@@ -125,6 +125,7 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
         rate_limits,
         redis,
         alerting,
+        document: Default::default(),
     })
 }
 
@@ -286,7 +287,29 @@ fn runtime(e: &mut Errors, raw: RawRuntime) -> Option<Runtime> {
 fn admin(e: &mut Errors, raw: RawAdmin) -> Option<Admin> {
     let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN);
     let listen = socket_addr(e, "admin.listen", text)?;
-    Some(Admin { listen })
+    let token = match raw.token {
+        Some(t) if t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()) => {
+            e.push(
+                "admin.token",
+                "must be at least 16 printable characters without spaces",
+            );
+            None
+        }
+        Some(t) => Some(Secret(t)),
+        None => {
+            if !listen.ip().is_loopback() {
+                e.push(
+                    "admin.token",
+                    format!(
+                        "required when admin.listen ({listen}) is not a loopback address: \
+                         the admin API can drain endpoints and reload the config"
+                    ),
+                );
+            }
+            None
+        }
+    };
+    Some(Admin { listen, token })
 }
 
 fn server(e: &mut Errors, raw: RawServer) -> Server {

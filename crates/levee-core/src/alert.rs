@@ -121,8 +121,10 @@ impl Kind {
             }
             Kind::LatencyP99 if value < 1.0 => format!("{}ms", trim(value * 1000.0)),
             Kind::LatencyP99 => format!("{}s", trim(value)),
-            Kind::Shedding | Kind::RateLimited | Kind::RetryBudgetExhausted => format!("{}/s", trim(value)),
-            Kind::EndpointDown | Kind::RedisDegraded | Kind::ReloadFailed => trim(value),
+            Kind::Shedding | Kind::RateLimited => format!("{}/s", trim(value)),
+            Kind::RetryBudgetExhausted | Kind::EndpointDown | Kind::RedisDegraded | Kind::ReloadFailed => {
+                trim(value)
+            }
         }
     }
 

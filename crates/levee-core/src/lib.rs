@@ -26,3 +26,4 @@ pub mod outlier;
 pub mod ratelimit;
 pub mod retry;
 pub mod select;
+pub mod stats;

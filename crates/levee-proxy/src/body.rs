@@ -737,7 +737,7 @@ mod tests {
     }
 
     fn response_body(upstream: UpstreamBody, deadline: Instant) -> ResponseBody {
-        let completion = Completion::new(deadline, 200, Metrics::new().route("r", "u"), None);
+        let completion = Completion::new(deadline, 200, Metrics::new().route("r", "u", None), None);
         ResponseBody::upstream(UpstreamKind::H1(upstream), deadline, completion)
     }
 

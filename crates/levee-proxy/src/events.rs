@@ -9,9 +9,9 @@
 //! is uncontended and held for a push only.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -76,11 +76,17 @@ pub enum EventKind {
         weight: u32,
     },
     /// Traffic started to leave the upstream's most preferred level.
-    FailoverStarted { upstream: String, shares: Vec<LevelShare> },
+    FailoverStarted {
+        upstream: String,
+        shares: Vec<LevelShare>,
+    },
     /// All traffic is back on the most preferred level.
     FailoverEnded { upstream: String },
     /// Which levels take traffic, or which are in panic, changed.
-    LoadsChanged { upstream: String, shares: Vec<LevelShare> },
+    LoadsChanged {
+        upstream: String,
+        shares: Vec<LevelShare>,
+    },
     /// An alert changed state: `pending`, `firing` or `resolved`.
     Alert {
         rule: String,
@@ -107,6 +113,13 @@ pub struct LevelShare {
     pub panic: bool,
 }
 
+/// Milliseconds since the Unix epoch, as events and the history stamp them.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub struct Events {
     next: AtomicU64,
     tx: broadcast::Sender<Arc<Event>>,
@@ -131,9 +144,7 @@ impl Events {
 
     /// Publishes an event to every reader and the recent ring.
     pub fn publish(&self, kind: EventKind) {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let time_ms = unix_millis();
         // Ids are taken under the ring's lock so that the ring and the
         // channel see events in id order.
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::drain::Drain;
 use crate::events::Events;
 use crate::forward::Proxy;
+use crate::history::History;
 use crate::metrics::RefusedLabels;
 use crate::metrics::{ListenerLabels, Metrics, RuleLabels};
 use crate::ratelimit::redis;
@@ -73,6 +74,22 @@ pub struct Gateway {
     /// The Redis connection of `[redis]`, kept while its settings stay.
     redis: Mutex<Option<RedisConnection>>,
     events: Arc<Events>,
+    history: Arc<History>,
+    /// Serialises config changes: a reload and an admin weight change
+    /// must not both build from the same previous snapshot.
+    applying: Mutex<()>,
+    last_reload: Mutex<Option<ReloadRecord>>,
+}
+
+/// The last reload and how it went.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadRecord {
+    pub ok: bool,
+    /// `api`, `signal` or `file-watch`.
+    pub source: &'static str,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub errors: Vec<String>,
 }
 
 struct RedisConnection {
@@ -130,7 +147,8 @@ impl Gateway {
         let draining = CancellationToken::new();
         let redis = Mutex::new(None);
         let client = redis_for(&redis, &config, &metrics, &tracker, &draining);
-        let snapshot = Snapshot::build(Arc::new(config), None, &metrics, tls, client.as_ref());
+        let events = Arc::new(Events::new());
+        let snapshot = Snapshot::build(Arc::new(config), None, &metrics, tls, client.as_ref(), &events);
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let proxy = Arc::new(Proxy { state: state.clone() });
         let gateway = Arc::new(Gateway {
@@ -142,12 +160,16 @@ impl Gateway {
             draining,
             gate: Arc::new(Gate::default()),
             redis,
-            events: Arc::new(Events::new()),
+            events,
+            history: Arc::new(History::default()),
+            applying: Mutex::new(()),
+            last_reload: Mutex::new(None),
         });
         let config = gateway.config();
         let bound = gateway.bind_new(&config)?;
         gateway.switch_listeners(&config, bound);
         gateway.spawn_evictor();
+        gateway.spawn_sampler();
         gateway.start_checkers();
         Ok(gateway)
     }
@@ -164,6 +186,45 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The current config snapshot.
+    pub(crate) fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.state.load()
+    }
+
+    /// The last ten minutes of every upstream.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Records a reload's result: metrics, the event stream, and
+    /// [`Gateway::last_reload`] (which the `reload_failed` alert reads).
+    pub fn record_reload(&self, source: &'static str, errors: Vec<String>) {
+        let ok = errors.is_empty();
+        self.metrics.reload(ok);
+        let record = ReloadRecord {
+            ok,
+            source,
+            time_ms: crate::events::unix_millis(),
+            errors: errors.clone(),
+        };
+        *lock(&self.last_reload) = Some(record);
+        self.events.publish(crate::events::EventKind::Reload {
+            source,
+            result: if ok { "success" } else { "failure" },
+            errors,
+        });
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        lock(&self.last_reload).clone()
+    }
+
+    /// Rebuilds the snapshot from the running config, to take in run-time
+    /// changes that the balancers are built with (weights).
+    pub(crate) fn rebuild(&self) -> Result<(), GatewayError> {
+        self.apply((*self.config()).clone())
     }
 
     /// The stream of state changes.
@@ -184,6 +245,7 @@ impl Gateway {
     /// on the snapshot they started with; endpoints that stay keep their
     /// pools and counters.
     pub fn apply(&self, config: Config) -> Result<(), GatewayError> {
+        let _applying = lock(&self.applying);
         // A reload racing with shutdown must not reopen listeners.
         if self.is_draining() {
             return Err(GatewayError::Draining);
@@ -200,6 +262,7 @@ impl Gateway {
             &self.metrics,
             tls,
             client.as_ref(),
+            &self.events,
         );
         // Published before new listeners accept, so that their first
         // requests already see the routes that name them.
@@ -227,8 +290,12 @@ impl Gateway {
                         address: e.address.clone(),
                     };
                     let state = Arc::downgrade(&e.state);
-                    self.tracker
-                        .spawn(health::run(state, name, self.draining.clone()));
+                    self.tracker.spawn(health::run(
+                        state,
+                        name,
+                        self.events.clone(),
+                        self.draining.clone(),
+                    ));
                 }
             }
         }
@@ -319,6 +386,26 @@ impl Gateway {
 
     /// Closes pooled upstream connections that have been idle too long.
     /// Ends when the gateway drains.
+    /// Samples every upstream into the history once a second.
+    fn spawn_sampler(&self) {
+        let state = self.state.clone();
+        let draining = self.draining.clone();
+        let history = self.history.clone();
+        self.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            // A late tick (a busy machine) is one longer second, not a burst
+            // of short ones.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = draining.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                history.sample(&state.load(), crate::events::unix_millis());
+            }
+        });
+    }
+
     fn spawn_evictor(&self) {
         let state = self.state.clone();
         let draining = self.draining.clone();

@@ -14,6 +14,7 @@ use levee_core::concurrency::Priority;
 use levee_core::outcome::{ErrorKind, StatusClass};
 use levee_core::outlier::Detector;
 
+use crate::history::Recorder;
 use crate::server::h2::AbuseCounters;
 use crate::server::h2::guard::Abuse;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -123,6 +124,12 @@ pub struct PriorityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabels {
+    pub upstream: String,
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub upstream: String,
     pub reason: &'static str,
@@ -174,6 +181,8 @@ pub struct Metrics {
     ejections: Family<EjectionLabels, Counter>,
     priority_share: Family<PriorityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     priority_panic: Family<PriorityLabels, Gauge>,
+    failover_active: Family<UpstreamLabels, Gauge>,
+    region_healthy: Family<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     attempts: Family<UpstreamLabels, Counter>,
     retries: Family<ReasonLabels, Counter>,
     budget_exhausted: Family<UpstreamLabels, Counter>,
@@ -337,6 +346,18 @@ impl Metrics {
             "1 while a priority level is in panic (its traffic goes to all its endpoints)",
             priority_panic.clone(),
         );
+        let failover_active = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_failover_active",
+            "1 while part of an upstream's traffic goes to a less preferred priority level than its first",
+            failover_active.clone(),
+        );
+        let region_healthy = Family::<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "upstream_region_healthy_ratio",
+            "Share of a region's endpoint weight that can take traffic (0 to 1); drained endpoints are left out",
+            region_healthy.clone(),
+        );
         let attempts = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_attempts",
@@ -407,6 +428,8 @@ impl Metrics {
             ejections,
             priority_share,
             priority_panic,
+            failover_active,
+            region_healthy,
             attempts,
             retries,
             budget_exhausted,
@@ -474,7 +497,7 @@ impl Metrics {
 
     /// Handles for one upstream's resilience series; `priorities` are its
     /// levels, most preferred first.
-    pub(crate) fn upstream(&self, upstream: &str, priorities: &[u32]) -> UpstreamMetrics {
+    pub(crate) fn upstream(&self, upstream: &str, priorities: &[u32], regions: &[&str]) -> UpstreamMetrics {
         let u = || UpstreamLabels {
             upstream: upstream.to_string(),
         };
@@ -490,6 +513,16 @@ impl Metrics {
             panic: priorities
                 .iter()
                 .map(|p| self.priority_panic.get_or_create_owned(&level(p)))
+                .collect(),
+            failover_active: self.failover_active.get_or_create_owned(&u()),
+            region_healthy: regions
+                .iter()
+                .map(|r| {
+                    self.region_healthy.get_or_create_owned(&RegionLabels {
+                        upstream: upstream.to_string(),
+                        region: r.to_string(),
+                    })
+                })
                 .collect(),
             attempts: self.attempts.get_or_create_owned(&u()),
             retries: RETRY_REASONS.map(|reason| {
@@ -552,7 +585,13 @@ impl Metrics {
     }
 
     /// Handles for one route's series (or the unmatched pseudo-route).
-    pub(crate) fn route(&self, route: &str, upstream: &str) -> Arc<RouteMetrics> {
+    /// `recorder` is the upstream's, for the history.
+    pub(crate) fn route(
+        &self,
+        route: &str,
+        upstream: &str,
+        recorder: Option<Arc<Recorder>>,
+    ) -> Arc<RouteMetrics> {
         let by_class = [
             StatusClass::Informational,
             StatusClass::Success,
@@ -575,6 +614,7 @@ impl Metrics {
             by_class,
             duration,
             generated: self.generated.clone(),
+            recorder,
         })
     }
 
@@ -589,6 +629,9 @@ pub(crate) struct UpstreamMetrics {
     /// By level, most preferred first.
     pub share: Vec<Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub panic: Vec<Gauge>,
+    pub failover_active: Gauge,
+    /// By region, in [`crate::upstream::Upstream::regions`] order.
+    pub region_healthy: Vec<Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub attempts: Counter,
     /// In [`RETRY_REASONS`] order.
     pub retries: [Counter; 4],
@@ -629,6 +672,7 @@ pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
     generated: Arc<[Counter; ErrorKind::ALL.len()]>,
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl RouteMetrics {
@@ -642,6 +686,9 @@ impl RouteMetrics {
     pub fn record(&self, status: u16, seconds: f64) {
         self.by_class[StatusClass::of(status).index()].inc();
         self.duration.observe(seconds);
+        if let Some(r) = &self.recorder {
+            r.record(status, seconds);
+        }
     }
 }
 
@@ -652,7 +699,7 @@ mod tests {
     #[test]
     fn exposition_has_the_documented_names() {
         let m = Metrics::new();
-        let route = m.route("api", "app");
+        let route = m.route("api", "app", None);
         route.record(204, 0.003);
         route.generated(ErrorKind::NoRoute);
         m.reload(true);

@@ -89,6 +89,11 @@ struct RedisRule {
 }
 
 impl Rule {
+    /// Requests this rule refused since it was created.
+    pub fn limited(&self) -> u64 {
+        self.limited.get()
+    }
+
     pub fn new(
         config: &RateLimit,
         redis: Option<(&redis::Client, &levee_config::Redis)>,

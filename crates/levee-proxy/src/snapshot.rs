@@ -22,6 +22,7 @@ use levee_core::access::Access;
 use levee_core::id::{ListenerName, RegionName, UpstreamName};
 use levee_core::select::{EndpointSpec, Selector};
 
+use crate::events::Events;
 use crate::metrics::{EndpointLabels, Metrics, RouteMetrics};
 use crate::ratelimit::{self, Rule};
 use crate::router::Router;
@@ -68,6 +69,7 @@ impl Snapshot {
         metrics: &Metrics,
         mut tls: Loaded,
         redis: Option<&ratelimit::redis::Client>,
+        events: &Arc<Events>,
     ) -> Snapshot {
         let rate_limits = ratelimit::build(
             &config,
@@ -156,7 +158,8 @@ impl Snapshot {
                             address: e.address.clone(),
                             region: region.name.clone(),
                             priority: region.priority,
-                            weight: e.weight,
+                            weight: state.weight_override().unwrap_or(e.weight),
+                            configured_weight: e.weight,
                             state,
                         }
                     })
@@ -192,7 +195,15 @@ impl Snapshot {
                     });
                     kept.or_else(|| Limiter::new(params).ok().map(|l| Arc::new(Mutex::new(l))))
                 });
-                let upstream_metrics = metrics.upstream(u.name.as_str(), &priorities);
+                let mut regions: Vec<(RegionName, u32, Vec<usize>)> = Vec::new();
+                for (i, e) in endpoints.iter().enumerate() {
+                    match regions.iter_mut().find(|(name, _, _)| *name == e.region) {
+                        Some((_, _, members)) => members.push(i),
+                        None => regions.push((e.region.clone(), e.priority, vec![i])),
+                    }
+                }
+                let region_names: Vec<&str> = regions.iter().map(|(r, _, _)| r.as_str()).collect();
+                let upstream_metrics = metrics.upstream(u.name.as_str(), &priorities, &region_names);
                 let limit = adaptive
                     .as_ref()
                     .map_or(0, |a| a.lock().unwrap_or_else(|e| e.into_inner()).limit());
@@ -216,6 +227,11 @@ impl Snapshot {
                     failover_params: u.failover,
                     loads: ArcSwap::from_pointee(Loads::default()),
                     changed,
+                    events: events.clone(),
+                    failover_active: AtomicBool::new(
+                        old.is_some_and(|o| o.failover_active.load(Ordering::Relaxed)),
+                    ),
+                    regions,
                     retired: AtomicBool::new(false),
                     watched: AtomicBool::new(false),
                 });
@@ -248,7 +264,11 @@ impl Snapshot {
                     access: r.access.clone(),
                     rate_limits: ratelimit::pick(&rate_limits, &r.rate_limits),
                     priority: r.priority,
-                    metrics: metrics.route(r.name.as_str(), r.upstream.as_str()),
+                    metrics: metrics.route(
+                        r.name.as_str(),
+                        r.upstream.as_str(),
+                        Some(upstreams[upstream].counters.recorder.clone()),
+                    ),
                 }
             })
             .collect();
@@ -287,7 +307,7 @@ impl Snapshot {
             router: Router::new(&config.routes),
             routes,
             upstreams,
-            unmatched: metrics.route("", ""),
+            unmatched: metrics.route("", "", None),
             config,
         }
     }

@@ -23,7 +23,7 @@ pub(crate) mod stream;
 pub(crate) mod watch;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -43,7 +43,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::events::Events;
 use crate::fields::FieldsView;
+use crate::history::Recorder;
 use crate::metrics::{Limit, UpstreamMetrics};
 
 pub(crate) use pool::{Pool, PoolSettings};
@@ -81,6 +83,13 @@ pub(crate) struct Upstream {
     pub loads: ArcSwap<Loads>,
     /// Wakes the watch task: an endpoint's health changed.
     pub changed: Arc<Notify>,
+    /// Where state changes are published.
+    pub events: Arc<Events>,
+    /// Whether traffic has left the most preferred level (carried across
+    /// reloads, so a reload neither starts nor ends a failover).
+    pub failover_active: AtomicBool,
+    /// The regions, in config order, with their endpoints' indexes.
+    pub regions: Vec<(RegionName, u32, Vec<usize>)>,
     /// Set when a reload replaced this upstream: its watch task ends.
     pub retired: AtomicBool,
     /// Whether its watch task was started.
@@ -95,7 +104,9 @@ pub(crate) struct Endpoint {
     pub address: EndpointAddress,
     pub region: RegionName,
     pub priority: u32,
+    /// The weight in effect: an operator's, else the configured one.
     pub weight: u32,
+    pub configured_weight: u32,
     pub state: Arc<EndpointState>,
 }
 
@@ -117,6 +128,8 @@ pub(crate) struct Counters {
     pub budget: Mutex<Budget>,
     /// Serialises ejection decisions, which read the whole upstream.
     pub ejecting: Mutex<()>,
+    /// Responses and their latency, for the history and alert rules.
+    pub recorder: Arc<Recorder>,
     /// When a breaker or the budget last logged a warning (a [`millis`]
     /// time): a storm of refusals is one line every 10 s, not one each.
     warned_at: AtomicU64,
@@ -159,6 +172,7 @@ impl Counters {
             awaiting_head: AtomicU64::new(0),
             budget: Mutex::new(budget),
             ejecting: Mutex::new(()),
+            recorder: Arc::new(Recorder::default()),
             warned_at: AtomicU64::new(0),
         }
     }
@@ -241,6 +255,20 @@ pub(crate) struct EndpointState {
     /// Ejections so far: each lasts longer than the one before. Decays
     /// while the endpoint behaves.
     pub ejections: AtomicU32,
+    /// An operator drained the endpoint: it takes no new requests. Kept
+    /// across reloads, like health.
+    drained: AtomicBool,
+    /// A weight an operator set through the admin API (0: none, the
+    /// configured weight applies). Kept across reloads.
+    weight_override: AtomicU32,
+    /// The last active check: when (a [`millis`] time, 0 if none yet) and
+    /// how it went ([`CheckResult`] as u8).
+    last_check_at: AtomicU64,
+    last_check: AtomicU8,
+    /// A moving average of latency to the response head, in nanoseconds
+    /// as `f64` bits, for operators (balancing reads `latency`). Updated
+    /// without a lock: a lost update only makes the estimate a sample late.
+    typical: AtomicU64,
     passive: Mutex<Passive>,
     /// Peak-EWMA latency in nanoseconds, as `f64` bits, as of
     /// `latency_at` (a [`millis`] time).
@@ -259,6 +287,32 @@ pub(crate) struct EndpointState {
 #[derive(Default)]
 struct Passive {
     streaks: Streaks,
+}
+
+/// How an active check went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CheckResult {
+    Ok = 0,
+    Failed = 1,
+    Timeout = 2,
+}
+
+impl CheckResult {
+    fn from_u8(v: u8) -> CheckResult {
+        match v {
+            0 => CheckResult::Ok,
+            2 => CheckResult::Timeout,
+            _ => CheckResult::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::Ok => "ok",
+            CheckResult::Failed => "failed",
+            CheckResult::Timeout => "timeout",
+        }
+    }
 }
 
 /// Per-endpoint series, resolved once.
@@ -291,6 +345,11 @@ impl EndpointState {
             uneject_on_check: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            drained: AtomicBool::new(false),
+            weight_override: AtomicU32::new(0),
+            last_check_at: AtomicU64::new(0),
+            last_check: AtomicU8::new(0),
+            typical: AtomicU64::new(0f64.to_bits()),
             passive: Mutex::new(Passive::default()),
             latency: AtomicU64::new(0f64.to_bits()),
             latency_at: AtomicU64::new(0),
@@ -311,7 +370,47 @@ impl EndpointState {
 
     /// Whether the endpoint may take traffic at `now_ms` ([`millis`]).
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.is_healthy() && !self.is_ejected(now_ms)
+        self.is_healthy() && !self.is_ejected(now_ms) && !self.is_drained()
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// Drains or undrains; returns whether that changed anything.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let changed = self.drained.swap(drained, Ordering::Relaxed) != drained;
+        if changed {
+            self.changed.load().notify_one();
+        }
+        changed
+    }
+
+    /// The weight an operator set, if any.
+    pub fn weight_override(&self) -> Option<u32> {
+        Some(self.weight_override.load(Ordering::Relaxed)).filter(|&w| w != 0)
+    }
+
+    pub fn set_weight_override(&self, weight: Option<u32>) {
+        self.weight_override.store(weight.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Records an active check's result at `now`.
+    pub fn checked(&self, result: CheckResult, now: Instant) {
+        self.last_check.store(result as u8, Ordering::Relaxed);
+        self.last_check_at.store(millis(now), Ordering::Relaxed);
+    }
+
+    /// The last active check: its result and when, as a [`millis`] time.
+    pub fn last_check(&self) -> Option<(CheckResult, u64)> {
+        let at = self.last_check_at.load(Ordering::Relaxed);
+        (at != 0).then(|| (CheckResult::from_u8(self.last_check.load(Ordering::Relaxed)), at))
+    }
+
+    /// The typical latency to the response head lately; zero before any
+    /// response.
+    pub fn typical_latency(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.typical.load(Ordering::Relaxed)) as u64)
     }
 
     pub fn is_ejected(&self, now_ms: u64) -> bool {
@@ -378,6 +477,16 @@ impl EndpointState {
         failed: bool,
         upstream: &Upstream,
     ) -> Option<Detector> {
+        // One part new, four parts history: steady enough to read, quick
+        // enough to show a slowdown within a few requests.
+        let old = f64::from_bits(self.typical.load(Ordering::Relaxed));
+        let sample = latency.as_nanos() as f64;
+        let typical = if old == 0.0 {
+            sample
+        } else {
+            old + (sample - old) / 5.0
+        };
+        self.typical.store(typical.to_bits(), Ordering::Relaxed);
         // Only what the upstream's policies read is kept: most upstreams
         // need none of it, and pay nothing.
         let outlier = upstream.outlier.as_ref();

@@ -84,11 +84,10 @@ struct Started {
 }
 
 fn reload_file(gateway: &Gateway, started: &Started, path: &Path, origin: ReloadSource) -> ReloadOutcome {
-    let metrics = gateway.metrics();
     let config = match levee_config::load(path) {
         Ok(c) => c,
         Err(errors) => {
-            metrics.reload(false);
+            gateway.record_reload(origin.as_str(), errors.lines());
             tracing::error!(
                 source = origin.as_str(),
                 errors = %errors.lines().join("; "),
@@ -100,7 +99,8 @@ fn reload_file(gateway: &Gateway, started: &Started, path: &Path, origin: Reload
         }
     };
     let mut warnings = Vec::new();
-    if config.admin != started.admin {
+    // The token is read per request, so it changes with a reload.
+    if config.admin.listen != started.admin.listen {
         warnings.push(format!(
             "admin.listen: still {} until restart",
             started.admin.listen
@@ -114,7 +114,7 @@ fn reload_file(gateway: &Gateway, started: &Started, path: &Path, origin: Reload
     }
     match gateway.apply(config) {
         Ok(()) => {
-            metrics.reload(true);
+            gateway.record_reload(origin.as_str(), Vec::new());
             tracing::info!(source = origin.as_str(), "config reloaded");
             for w in &warnings {
                 tracing::warn!("{w}");
@@ -122,7 +122,7 @@ fn reload_file(gateway: &Gateway, started: &Started, path: &Path, origin: Reload
             ReloadOutcome::Applied { warnings }
         }
         Err(e) => {
-            metrics.reload(false);
+            gateway.record_reload(origin.as_str(), vec![e.to_string()]);
             tracing::error!(source = origin.as_str(), error = %e, "reload rejected; the running config keeps serving");
             ReloadOutcome::Rejected {
                 errors: vec![e.to_string()],

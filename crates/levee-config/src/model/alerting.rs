@@ -202,7 +202,7 @@ pub fn default_summary(kind: AlertKind) -> &'static str {
         AlertKind::LatencyP99 => "{upstream}: p99 latency is {value}",
         AlertKind::Shedding => "{upstream}: shedding {value} requests",
         AlertKind::RateLimited => "rate limit {rate_limit} refuses {value} requests",
-        AlertKind::RetryBudgetExhausted => "{upstream}: retry budget spent, {value} retries refused",
+        AlertKind::RetryBudgetExhausted => "{upstream}: retry budget spent, {value} retries refused recently",
         AlertKind::RedisDegraded => "Redis is unreachable: rate limits decide locally",
         AlertKind::ReloadFailed => "the last config reload failed: the previous config keeps serving",
     }

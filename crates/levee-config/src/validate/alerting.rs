@@ -370,6 +370,7 @@ fn threshold(e: &mut Errors, path: &str, kind: AlertKind, raw: Option<toml::Valu
         ),
         AlertKind::FailoverActive => (0.0, 0.0, 1.0, "a share of requests, at least 0 and below 1"),
         AlertKind::ErrorRatio => (0.05, 0.0, 1.0, "a share of responses, at least 0 and below 1"),
+        AlertKind::RetryBudgetExhausted => (0.0, 0.0, f64::MAX, "a number of retries refused, at least 0"),
         _ => (0.0, 0.0, f64::MAX, "a number of requests a second, at least 0"),
     };
     let Some(raw) = raw else {

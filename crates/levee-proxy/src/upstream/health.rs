@@ -17,9 +17,10 @@ use levee_core::outcome::ErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::EndpointState;
 use super::pool::Pool;
+use super::{CheckResult, EndpointState};
 use crate::codec::parse::parse_response_head;
+use crate::events::{EventKind, Events};
 
 /// Names for the log lines a checker writes.
 #[derive(Clone, Debug)]
@@ -31,9 +32,14 @@ pub(crate) struct EndpointName {
 
 /// Probes one endpoint until it leaves the config, loses its checks, or
 /// `stop` fires.
-pub(crate) async fn run(state: Weak<EndpointState>, name: EndpointName, stop: CancellationToken) {
+pub(crate) async fn run(
+    state: Weak<EndpointState>,
+    name: EndpointName,
+    events: Arc<Events>,
+    stop: CancellationToken,
+) {
     loop {
-        check(&state, &name, &stop).await;
+        check(&state, &name, &events, &stop).await;
         let Some(s) = state.upgrade() else { return };
         // Without checks, an endpoint takes traffic.
         s.set_healthy(true);
@@ -47,7 +53,7 @@ pub(crate) async fn run(state: Weak<EndpointState>, name: EndpointName, stop: Ca
     }
 }
 
-async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &CancellationToken) {
+async fn check(state: &Weak<EndpointState>, name: &EndpointName, events: &Events, stop: &CancellationToken) {
     let mut health = Health::new();
     // The first probe comes anywhere within the first interval, so a fleet
     // (or many endpoints started at once) does not probe in step.
@@ -73,6 +79,12 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &Cancella
             Ok(()) => s.metrics.check_ok.inc(),
             Err(_) => s.metrics.check_failed.inc(),
         };
+        let result = match outcome {
+            Ok(()) => CheckResult::Ok,
+            Err(TIMED_OUT) => CheckResult::Timeout,
+            Err(_) => CheckResult::Failed,
+        };
+        s.checked(result, tokio::time::Instant::now());
         if outcome.is_ok() && s.uneject_on_check.load(Ordering::Relaxed) && s.uneject() {
             tracing::info!(
                 upstream = %name.upstream,
@@ -81,6 +93,11 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &Cancella
                 "endpoint back from ejection: an active check passed",
             );
             s.changed.load().notify_one();
+            events.publish(EventKind::EndpointReturned {
+                upstream: name.upstream.clone(),
+                region: name.region.clone(),
+                endpoint: name.address.to_string(),
+            });
         }
         let thresholds = thresholds(&check);
         match health.observe(outcome.is_ok(), &thresholds) {
@@ -93,6 +110,7 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &Cancella
                     reason = outcome.err().unwrap_or("failed"),
                     "endpoint is unhealthy",
                 );
+                events.publish(health_event(name, false));
             }
             Some(Transition::BecameHealthy) => {
                 s.set_healthy(true);
@@ -102,10 +120,20 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, stop: &Cancella
                     endpoint = %name.address,
                     "endpoint is healthy",
                 );
+                events.publish(health_event(name, true));
             }
             None => {}
         }
         delay = health.next_delay(&thresholds, fastrand::u64(..));
+    }
+}
+
+fn health_event(name: &EndpointName, healthy: bool) -> EventKind {
+    EventKind::EndpointHealth {
+        upstream: name.upstream.clone(),
+        region: name.region.clone(),
+        endpoint: name.address.to_string(),
+        healthy,
     }
 }
 
@@ -124,11 +152,13 @@ fn thresholds(c: &HealthCheck) -> Thresholds {
     }
 }
 
+const TIMED_OUT: &str = "timed out";
+
 /// One probe within the check's timeout. The error says why, for the log.
 async fn probe(pool: &Pool, check: &HealthCheck) -> Result<(), &'static str> {
     match tokio::time::timeout(check.timeout, probe_once(pool, &check.kind)).await {
         Ok(r) => r,
-        Err(_) => Err("timed out"),
+        Err(_) => Err(TIMED_OUT),
     }
 }
 

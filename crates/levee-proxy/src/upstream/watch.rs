@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Upstream, millis};
+use crate::events::{EventKind, LevelShare};
 
 /// How often the loads are recomputed while a failback ramps.
 const RAMP_STEP: Duration = Duration::from_millis(100);
@@ -75,12 +76,18 @@ impl Upstream {
                         endpoint = %e.address,
                         "endpoint back from ejection",
                     );
+                    self.events.publish(EventKind::EndpointReturned {
+                        upstream: self.name.to_string(),
+                        region: e.region.to_string(),
+                        endpoint: e.address.to_string(),
+                    });
                 }
             } else {
                 wake = wake.min(now + Duration::from_millis(until - now_ms));
             }
         }
         let health = self.level_health(|i| self.endpoints[i].state.is_available(now_ms));
+        self.publish_region_health(now_ms);
         let mut failover = self.failover.lock().unwrap_or_else(|e| e.into_inner());
         let loads = failover.update(now.into_std(), &health);
         if failover.is_recovering() {
@@ -89,13 +96,20 @@ impl Upstream {
         drop(failover);
         let old = self.loads.load();
         if **old != loads {
-            if shape(&old) != shape(&loads) {
+            // A new upstream's first loads are not a change anyone made.
+            let first = old.shares.is_empty();
+            if shape(&old) != shape(&loads) && !first {
                 tracing::info!(
                     upstream = %self.name,
                     shares = %describe(&self.priorities, &loads),
                     "traffic moved between priority levels",
                 );
+                self.events.publish(EventKind::LoadsChanged {
+                    upstream: self.name.to_string(),
+                    shares: self.level_shares(&loads),
+                });
             }
+            self.publish_failover(&loads);
             for (i, &share) in loads.shares.iter().enumerate() {
                 if let Some(g) = self.metrics.share.get(i) {
                     g.set(f64::from(share) / f64::from(levee_core::failover::ALL));
@@ -107,6 +121,76 @@ impl Upstream {
             self.loads.store(std::sync::Arc::new(loads));
         }
         wake
+    }
+
+    /// The share of each level, for events and the API.
+    pub fn level_shares(&self, loads: &Loads) -> Vec<LevelShare> {
+        self.priorities
+            .iter()
+            .zip(&loads.shares)
+            .zip(&loads.panic)
+            .map(|((&priority, &share), &panic)| LevelShare {
+                priority,
+                share: f64::from(share) / f64::from(levee_core::failover::ALL),
+                panic,
+            })
+            .collect()
+    }
+
+    /// Failover is active while the most preferred level takes less than
+    /// all traffic (none at all when no endpoint is available anywhere).
+    fn publish_failover(&self, loads: &Loads) {
+        let active = loads
+            .shares
+            .first()
+            .is_none_or(|&s| s < levee_core::failover::ALL);
+        self.metrics.failover_active.set(i64::from(active));
+        if self.failover_active.swap(active, Ordering::Relaxed) == active {
+            return;
+        }
+        let upstream = self.name.to_string();
+        if active {
+            tracing::warn!(upstream = %self.name, shares = %describe(&self.priorities, loads), "failover started");
+            self.events.publish(EventKind::FailoverStarted {
+                upstream,
+                shares: self.level_shares(loads),
+            });
+        } else {
+            tracing::info!(upstream = %self.name, "failover ended: all traffic is on the first level");
+            self.events.publish(EventKind::FailoverEnded { upstream });
+        }
+    }
+
+    /// Each region's available share of its endpoints' weight, drained
+    /// endpoints left out (a drain is an operator's choice, not a fault).
+    pub fn region_health(&self, now_ms: u64) -> Vec<f64> {
+        self.regions
+            .iter()
+            .map(|(_, _, members)| {
+                let (mut healthy, mut total) = (0u64, 0u64);
+                for &i in members {
+                    let e = &self.endpoints[i];
+                    if e.state.is_drained() {
+                        continue;
+                    }
+                    total += u64::from(e.weight);
+                    if e.state.is_available(now_ms) {
+                        healthy += u64::from(e.weight);
+                    }
+                }
+                if total == 0 {
+                    1.0
+                } else {
+                    healthy as f64 / total as f64
+                }
+            })
+            .collect()
+    }
+
+    fn publish_region_health(&self, now_ms: u64) {
+        for (gauge, ratio) in self.metrics.region_healthy.iter().zip(self.region_health(now_ms)) {
+            gauge.set(ratio);
+        }
     }
 
     /// Each level's weight of endpoints that `available` accepts, and in all.
@@ -174,6 +258,13 @@ impl Upstream {
             Detector::SuccessRate => 2,
         };
         endpoint.state.metrics.ejections[counter].inc();
+        self.events.publish(EventKind::EndpointEjected {
+            upstream: self.name.to_string(),
+            region: endpoint.region.to_string(),
+            endpoint: endpoint.address.to_string(),
+            detector: detector.as_str(),
+            seconds: duration.as_secs_f64(),
+        });
         tracing::warn!(
             upstream = %self.name,
             region = %endpoint.region,
