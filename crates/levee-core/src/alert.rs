@@ -106,7 +106,10 @@ impl Kind {
     /// Whether a fact's value is 1 or 0 (down or not): such kinds have no
     /// threshold to set.
     pub fn is_boolean(self) -> bool {
-        matches!(self, Kind::EndpointDown | Kind::RedisDegraded | Kind::ReloadFailed)
+        matches!(
+            self,
+            Kind::EndpointDown | Kind::RedisDegraded | Kind::ReloadFailed
+        )
     }
 
     /// A value (or threshold) of this kind as people read it: shares as
