@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
 pub use levee_core::alert::group::{GroupBy, Policy as GroupPolicy};
-pub use levee_core::alert::{Condition, Kind as AlertKind, Severity};
+pub use levee_core::alert::{Condition, Fact, Kind as AlertKind, Severity};
 use levee_core::id::UpstreamName;
 use levee_core::retry::Backoff;
 
@@ -49,16 +49,17 @@ pub struct AlertRule {
 }
 
 impl AlertRule {
-    /// Whether a fact with these labels is one the rule watches.
-    pub fn selects(&self, label: impl Fn(&str) -> Option<String>) -> bool {
+    /// Whether the rule watches this fact (its `upstream` and `rate_limit`
+    /// filters).
+    pub fn selects(&self, fact: &Fact) -> bool {
         let upstream_ok = self
             .upstream
             .as_ref()
-            .is_none_or(|u| label("upstream").as_deref() == Some(u.as_str()));
+            .is_none_or(|u| fact.label("upstream") == Some(u.as_str()));
         let rate_limit_ok = self
             .rate_limit
             .as_ref()
-            .is_none_or(|r| label("rate_limit").as_deref() == Some(r.as_str()));
+            .is_none_or(|r| fact.label("rate_limit") == Some(r.as_str()));
         upstream_ok && rate_limit_ok
     }
 }
