@@ -12,12 +12,16 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use levee_proxy::Gateway;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+mod api;
+mod auth;
+mod events;
 
 /// What asked for a reload, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,19 +60,63 @@ pub struct ReloadRequest {
     pub reply: Option<oneshot::Sender<ReloadOutcome>>,
 }
 
+/// Alerts as the alert engine keeps them, for `GET /api/v1/alerts`.
+pub trait AlertView: Send + Sync {
+    /// Alerts pending or firing now (a JSON array).
+    fn alerts(&self) -> serde_json::Value;
+    /// The notifiers and how their deliveries go (a JSON array).
+    fn notifiers(&self) -> serde_json::Value;
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub gateway: Arc<Gateway>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    pub alerts: Option<Arc<dyn AlertView>>,
+    /// Fires when the admin listener stops: event streams end with it, so
+    /// that the graceful shutdown does not wait on them forever.
+    pub shutdown: CancellationToken,
+    /// When the process started.
+    pub started: std::time::SystemTime,
 }
 
-/// The admin API's routes. `extra` routes (the demo's controls) are merged in.
+/// The admin API's routes: the dashboard, liveness, readiness, metrics and
+/// the JSON API. Everything but liveness, readiness and the dashboard's
+/// static files needs the bearer token when one is configured.
 pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(api::status))
+        .route("/api/v1/listeners", get(api::listeners))
+        .route("/api/v1/routes", get(api::routes))
+        .route("/api/v1/upstreams", get(api::upstreams))
+        .route("/api/v1/upstreams/{upstream}", get(api::upstream))
+        .route(
+            "/api/v1/upstreams/{upstream}/endpoints/{endpoint}/drain",
+            post(api::drain),
+        )
+        .route(
+            "/api/v1/upstreams/{upstream}/endpoints/{endpoint}/undrain",
+            post(api::undrain),
+        )
+        .route(
+            "/api/v1/upstreams/{upstream}/endpoints/{endpoint}/weight",
+            put(api::weight),
+        )
+        .route("/api/v1/history", get(api::history))
+        .route("/api/v1/alerts", get(api::alerts))
+        .route("/api/v1/notifiers", get(api::notifiers))
+        .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/events/recent", get(events::recent))
+        .route("/api/v1/config", get(api::config))
+        .route("/api/v1/reload", post(reload))
+        .route("/api/v1/openapi.json", get(api::openapi))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/reload", post(reload))
+        .merge(api)
         .with_state(state)
 }
 
@@ -135,7 +183,7 @@ async fn reload(State(state): State<AdminState>) -> Response {
     }
 }
 
-fn unavailable(reason: &str) -> Response {
+pub(crate) fn unavailable(reason: &str) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         axum::Json(ReloadOutcome::Unavailable {

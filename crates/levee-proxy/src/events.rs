@@ -104,6 +104,24 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The `kind` field's value (the SSE event name).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::EndpointHealth { .. } => "endpoint_health",
+            EventKind::EndpointEjected { .. } => "endpoint_ejected",
+            EventKind::EndpointReturned { .. } => "endpoint_returned",
+            EventKind::EndpointDrained { .. } => "endpoint_drained",
+            EventKind::WeightChanged { .. } => "weight_changed",
+            EventKind::FailoverStarted { .. } => "failover_started",
+            EventKind::FailoverEnded { .. } => "failover_ended",
+            EventKind::LoadsChanged { .. } => "loads_changed",
+            EventKind::Alert { .. } => "alert",
+            EventKind::Reload { .. } => "reload",
+        }
+    }
+}
+
 /// The share of an upstream's traffic one priority level takes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LevelShare {
@@ -226,6 +244,7 @@ mod tests {
         let json = serde_json::to_string(&*events.recent(1)[0]).unwrap_or_default();
         assert!(json.contains(r#""id":1"#), "{json}");
         assert!(json.contains(r#""kind":"reload""#), "{json}");
+        assert_eq!(events.recent(1)[0].kind.name(), "reload");
         assert!(json.contains(r#""result":"success""#), "{json}");
     }
 }

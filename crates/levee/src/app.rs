@@ -99,6 +99,9 @@ impl App {
         let mut router = levee_admin::router(AdminState {
             gateway: gateway.clone(),
             reload: reload_tx.clone(),
+            alerts: None,
+            shutdown: stop_admin.clone(),
+            started: std::time::SystemTime::now(),
         });
         if let Some(extra) = extra_admin {
             router = router.merge(extra);

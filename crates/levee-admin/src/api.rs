@@ -1,0 +1,204 @@
+//! The JSON API under `/api/v1`. Errors are answered here, in one place,
+//! as `{"error": "..."}` with the status that fits.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use levee_proxy::status::ChangeError;
+use serde::{Deserialize, Serialize};
+
+use crate::AdminState;
+
+/// The API's description, kept beside the code and checked against it by
+/// the admin API tests.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    #[derive(Serialize)]
+    struct Body {
+        error: String,
+    }
+    (
+        status,
+        Json(Body {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn change_error(e: ChangeError) -> Response {
+    let status = match e {
+        ChangeError::NoUpstream(_) | ChangeError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
+        ChangeError::Ambiguous { .. } => StatusCode::CONFLICT,
+        ChangeError::Weight => StatusCode::BAD_REQUEST,
+        ChangeError::Gateway(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+pub(crate) async fn not_found(uri: Uri) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no such resource: {}", uri.path()))
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    started_ms: u64,
+    uptime_seconds: f64,
+    draining: bool,
+    last_reload: Option<levee_proxy::ReloadRecord>,
+}
+
+pub(crate) async fn status(State(state): State<AdminState>) -> Response {
+    let started_ms = state
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let uptime = state.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        started_ms,
+        uptime_seconds: uptime,
+        draining: state.gateway.is_draining(),
+        last_reload: state.gateway.last_reload(),
+    })
+    .into_response()
+}
+
+pub(crate) async fn listeners(State(state): State<AdminState>) -> Response {
+    Json(state.gateway.listeners()).into_response()
+}
+
+pub(crate) async fn routes(State(state): State<AdminState>) -> Response {
+    Json(state.gateway.routes()).into_response()
+}
+
+pub(crate) async fn upstreams(State(state): State<AdminState>) -> Response {
+    Json(state.gateway.upstreams()).into_response()
+}
+
+pub(crate) async fn upstream(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    match state.gateway.upstream(&name) {
+        Some(u) => Json(u).into_response(),
+        None => change_error(ChangeError::NoUpstream(name)),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RegionQuery {
+    region: Option<String>,
+}
+
+pub(crate) async fn drain(
+    state: State<AdminState>,
+    path: Path<(String, String)>,
+    query: Query<RegionQuery>,
+) -> Response {
+    set_drained(state, path, query, true)
+}
+
+pub(crate) async fn undrain(
+    state: State<AdminState>,
+    path: Path<(String, String)>,
+    query: Query<RegionQuery>,
+) -> Response {
+    set_drained(state, path, query, false)
+}
+
+fn set_drained(
+    State(state): State<AdminState>,
+    Path((upstream, endpoint)): Path<(String, String)>,
+    Query(q): Query<RegionQuery>,
+    drained: bool,
+) -> Response {
+    match state
+        .gateway
+        .drain(&upstream, &endpoint, q.region.as_deref(), drained)
+    {
+        Ok(e) => Json(e).into_response(),
+        Err(e) => change_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WeightBody {
+    /// `null`: back to the configured weight.
+    weight: Option<u32>,
+}
+
+pub(crate) async fn weight(
+    State(state): State<AdminState>,
+    Path((upstream, endpoint)): Path<(String, String)>,
+    Query(q): Query<RegionQuery>,
+    body: Result<Json<WeightBody>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be {{\"weight\": 1 to 1000 or null}}: {}",
+                    e.body_text()
+                ),
+            );
+        }
+    };
+    // The balancers are rebuilt: off the async workers, like a reload.
+    let gateway = state.gateway.clone();
+    let region = q.region;
+    let changed = tokio::task::spawn_blocking(move || {
+        gateway.set_weight(&upstream, &endpoint, region.as_deref(), body.weight)
+    })
+    .await;
+    match changed {
+        Ok(Ok(e)) => Json(e).into_response(),
+        Ok(Err(e)) => change_error(e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the weight change did not finish",
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct History {
+    interval_ms: u64,
+    upstreams: Vec<levee_proxy::status::UpstreamHistory>,
+}
+
+pub(crate) async fn history(State(state): State<AdminState>) -> Response {
+    Json(History {
+        interval_ms: 1000,
+        upstreams: state.gateway.history_points(),
+    })
+    .into_response()
+}
+
+pub(crate) async fn alerts(State(state): State<AdminState>) -> Response {
+    let alerts = state
+        .alerts
+        .as_ref()
+        .map_or(serde_json::Value::Array(Vec::new()), |a| a.alerts());
+    Json(alerts).into_response()
+}
+
+pub(crate) async fn notifiers(State(state): State<AdminState>) -> Response {
+    let notifiers = state
+        .alerts
+        .as_ref()
+        .map_or(serde_json::Value::Array(Vec::new()), |a| a.notifiers());
+    Json(notifiers).into_response()
+}
+
+pub(crate) async fn config(State(state): State<AdminState>) -> Response {
+    Json(&*state.gateway.config().document).into_response()
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

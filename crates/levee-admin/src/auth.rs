@@ -1,0 +1,66 @@
+//! The admin API's bearer token. Read from the running config on every
+//! request, so a reload changes it at once.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AdminState;
+use crate::api::error;
+
+/// Lets a request through when no token is configured or it carries the
+/// token: `Authorization: Bearer <token>`, or, for the event stream only
+/// (browsers' `EventSource` cannot set headers), `?access_token=<token>`.
+pub(crate) async fn require(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let config = state.gateway.config();
+    let Some(token) = &config.admin.token else {
+        return next.run(request).await;
+    };
+    let expected = token.0.as_bytes();
+    let from_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| same(given, expected));
+    let from_query = request.uri().path() == "/api/v1/events"
+        && request.uri().query().is_some_and(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.strip_prefix("access_token="))
+                .any(|given| same(given.as_bytes(), expected))
+        });
+    if from_header || from_query {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "this admin listener needs its bearer token: Authorization: Bearer <admin.token>",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"levee\""),
+    );
+    response.into_response()
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell an attacker how much of a guess was right.
+fn same(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(same(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same(b"0123456789abcdeg", b"0123456789abcdef"));
+        assert!(!same(b"0123456789abcde", b"0123456789abcdef"));
+        assert!(!same(b"", b"0123456789abcdef"));
+    }
+}
