@@ -22,6 +22,8 @@
 //!   that settle asynchronously.
 //! - [`redis`](mod@redis): a real `redis-server` process for the fleet-wide
 //!   rate limit tests.
+//! - [`receiver`]: webhook receivers for the alerting tests, one that
+//!   records every notification and one that never answers.
 //!
 //! Everything binds or connects to `127.0.0.1` only, and every wait has a
 //! deadline, so a broken test fails instead of hanging.
@@ -36,6 +38,7 @@ pub mod eventually;
 mod framing;
 pub mod h2wire;
 pub mod ledger;
+pub mod receiver;
 pub mod redis;
 pub mod wire;
 
@@ -44,5 +47,6 @@ pub use client::{Client, LoadReport, Reply, Sample, Timeline, load, open_loop};
 pub use eventually::{eventually, eventually_async};
 pub use h2wire::H2Conn;
 pub use ledger::{Arrival, Ledger, sha256_hex};
+pub use receiver::{Blackhole, Received, Receiver};
 pub use redis::RedisServer;
 pub use wire::{RawConn, RawResponse};

@@ -232,11 +232,11 @@ async fn a_refused_notification_is_not_retried() {
 
 #[tokio::test]
 async fn a_receiver_that_never_answers_fills_the_queue_and_nothing_else() {
-    let hole = Blackhole::start().await;
+    let hole = Blackhole::start().await.unwrap();
     // Each alert its own group, sent at once: every change is a notification.
     let alerting = Running::start(&rules(&format!(
         "[alerting.notifier.dead]\nkind = \"webhook\"\nurl = \"http://{}/\"\ngroup_by = [\"...\"]\ngroup_wait = \"0s\"\ntimeout = \"5s\"\nmax_retries = 0\nqueue = 2\n",
-        hole.addr
+        hole.addr()
     )));
     let started = Instant::now();
     let mut facts = Vec::new();

@@ -1,153 +1,79 @@
 //! A recording receiver, a receiver that never answers, a scripted fact
 //! source, and alerting started on them.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
 use levee_alert::{Alert, AlertMetrics, Alerting, Inputs};
 use levee_config::Config;
 use levee_core::alert::{Fact, Kind, Source};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A generous deadline for what settles asynchronously.
 pub const SETTLE: Duration = Duration::from_secs(10);
 
-/// One request a receiver got.
+/// One request a receiver got, its body read as JSON.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub path: String,
-    pub headers: HeaderMap,
+    pub headers: http::HeaderMap,
     pub body: serde_json::Value,
     pub at: Instant,
     /// When it arrived, as RFC 3339 (to compare with a payload's times).
     pub at_rfc3339: String,
 }
 
-#[derive(Default)]
-struct ReceiverState {
-    log: Mutex<Vec<Received>>,
-    /// Statuses to answer, in order; 200 once empty (or `always`).
-    script: Mutex<VecDeque<u16>>,
-    always: Mutex<Option<u16>>,
-}
-
-/// An HTTP server on 127.0.0.1 that records every request and answers as
-/// scripted.
-pub struct Receiver {
-    pub addr: SocketAddr,
-    state: Arc<ReceiverState>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// The testkit's recording receiver, its requests read as JSON.
+pub struct Receiver(levee_testkit::Receiver);
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(ReceiverState::default());
-        let app = axum::Router::new().fallback(record).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver { addr, state, task }
+        Receiver(levee_testkit::Receiver::start().await.unwrap())
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.0.url(path)
     }
 
-    /// Answers the next requests with these statuses, then 200.
     pub fn answer_next(&self, statuses: &[u16]) {
-        self.state.script.lock().unwrap().extend(statuses);
+        self.0.answer_next(statuses);
     }
 
-    /// Answers every request with this status.
     pub fn always(&self, status: u16) {
-        *self.state.always.lock().unwrap() = Some(status);
+        self.0.always(status);
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.state.log.lock().unwrap().clone()
+        self.0
+            .received()
+            .into_iter()
+            .map(|r| Received {
+                path: r.path,
+                headers: r.headers,
+                body: serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+                at: r.at,
+                at_rfc3339: levee_alert::time::rfc3339(
+                    r.at_wall
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as u64,
+                ),
+            })
+            .collect()
     }
 
     /// Waits until at least `n` requests arrived; returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        levee_testkit::eventually(SETTLE, &format!("{n} notifications"), || {
-            self.state.log.lock().unwrap().len() >= n
-        })
-        .await;
+        self.0.wait_for(n, SETTLE).await;
         self.received()
     }
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn record(
-    State(state): State<Arc<ReceiverState>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: String,
-) -> StatusCode {
-    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    state.log.lock().unwrap().push(Received {
-        path: uri.path().to_string(),
-        headers,
-        body,
-        at: Instant::now(),
-        at_rfc3339: levee_alert::time::rfc3339(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64,
-        ),
-    });
-    let scripted = state.script.lock().unwrap().pop_front();
-    let status = scripted.or(*state.always.lock().unwrap()).unwrap_or(200);
-    StatusCode::from_u16(status).unwrap()
-}
-
-/// Accepts connections and never answers, never closes: a hung receiver.
-pub struct Blackhole {
-    pub addr: SocketAddr,
-    accepted: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Blackhole {
-    pub async fn start() -> Blackhole {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let held = accepted.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                held.lock().unwrap().push(s);
-            }
-        });
-        Blackhole { addr, accepted, task }
-    }
-
-    pub fn connections(&self) -> usize {
-        self.accepted.lock().unwrap().len()
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use levee_testkit::Blackhole;
 
 /// Facts set by the test.
 #[derive(Default)]
