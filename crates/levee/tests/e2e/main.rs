@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod alerts;
 mod cli;
 mod demo;
 mod errors;
