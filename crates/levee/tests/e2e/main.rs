@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod alertmanager;
 mod alerts;
 mod cli;
 mod demo;
