@@ -31,6 +31,8 @@ pub struct Config {
     pub redis: Option<Redis>,
     /// `[alerting]`, its notifiers, and the alert rules in force.
     pub alerting: Alerting,
+    /// `None` unless `[access_log]` has `enabled = true`.
+    pub access_log: Option<AccessLog>,
     /// The file as written, secrets replaced by `"<redacted>"`: what the
     /// admin API shows as the running config.
     pub document: std::sync::Arc<toml::Table>,
@@ -87,6 +89,156 @@ impl std::fmt::Debug for Redis {
             .field("connect_timeout", &self.connect_timeout)
             .field("key_prefix", &self.key_prefix)
             .finish()
+    }
+}
+
+/// `[access_log]`: one line per request, written by a task of its own so
+/// that a slow disk never slows a request down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLog {
+    pub output: LogOutput,
+    pub format: LogFormat,
+    /// The fields of each `json` line, in this order (the other formats
+    /// have fixed fields).
+    pub fields: Vec<LogField>,
+    /// Records waiting to be written, at most: past it, records are dropped
+    /// (and counted) rather than let a request wait.
+    pub buffer: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    /// Opened for appending, created if missing, reopened on every reload
+    /// (so `logrotate` can move it away and send SIGHUP).
+    File(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line, with the configured fields.
+    Json,
+    /// The Common Log Format of Apache and nginx.
+    Common,
+    /// Common, then the `Referer` and `User-Agent` in quotes.
+    Combined,
+}
+
+/// What an access log line can say about a request. A closed set: every
+/// field is cheap to capture and none holds a secret unless the operator
+/// asks for it (`uri` and `query` carry the query string, which often does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogField {
+    /// When the request head arrived, RFC 3339 UTC with milliseconds.
+    Time,
+    ClientIp,
+    Listener,
+    Method,
+    /// The path, without the query.
+    Path,
+    /// The query, without the `?` (null when there is none).
+    Query,
+    /// The request target as received: path and query.
+    Uri,
+    Host,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    Protocol,
+    Status,
+    /// Response body bytes passed on to the client.
+    BytesSent,
+    DurationMs,
+    Route,
+    Upstream,
+    /// The region of the endpoint that answered (or was tried last).
+    Region,
+    Endpoint,
+    /// Tries sent upstream: 0 when levee answered without one.
+    Attempts,
+    /// The `Proxy-Status` error type when levee generated the response.
+    ProxyStatus,
+    RequestId,
+    UserAgent,
+    Referer,
+}
+
+impl LogField {
+    pub const ALL: [LogField; 21] = [
+        LogField::Time,
+        LogField::ClientIp,
+        LogField::Listener,
+        LogField::Method,
+        LogField::Path,
+        LogField::Query,
+        LogField::Uri,
+        LogField::Host,
+        LogField::Protocol,
+        LogField::Status,
+        LogField::BytesSent,
+        LogField::DurationMs,
+        LogField::Route,
+        LogField::Upstream,
+        LogField::Region,
+        LogField::Endpoint,
+        LogField::Attempts,
+        LogField::ProxyStatus,
+        LogField::RequestId,
+        LogField::UserAgent,
+        LogField::Referer,
+    ];
+
+    /// The fields of a `json` line when `fields` is not set.
+    pub const DEFAULT: [LogField; 14] = [
+        LogField::Time,
+        LogField::ClientIp,
+        LogField::Method,
+        LogField::Path,
+        LogField::Protocol,
+        LogField::Status,
+        LogField::BytesSent,
+        LogField::DurationMs,
+        LogField::Route,
+        LogField::Upstream,
+        LogField::Endpoint,
+        LogField::Attempts,
+        LogField::ProxyStatus,
+        LogField::RequestId,
+    ];
+
+    /// The name in the config and the JSON key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogField::Time => "time",
+            LogField::ClientIp => "client_ip",
+            LogField::Listener => "listener",
+            LogField::Method => "method",
+            LogField::Path => "path",
+            LogField::Query => "query",
+            LogField::Uri => "uri",
+            LogField::Host => "host",
+            LogField::Protocol => "protocol",
+            LogField::Status => "status",
+            LogField::BytesSent => "bytes_sent",
+            LogField::DurationMs => "duration_ms",
+            LogField::Route => "route",
+            LogField::Upstream => "upstream",
+            LogField::Region => "region",
+            LogField::Endpoint => "endpoint",
+            LogField::Attempts => "attempts",
+            LogField::ProxyStatus => "proxy_status",
+            LogField::RequestId => "request_id",
+            LogField::UserAgent => "user_agent",
+            LogField::Referer => "referer",
+        }
+    }
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Common => "common",
+            LogFormat::Combined => "combined",
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub struct RawConfig {
     /// `[[alert]]` rules that parsed, with their index in the file (for
     /// error paths: a broken rule before them must not shift them).
     pub alert: Vec<(usize, RawAlertRule)>,
+    pub access_log: Option<RawAccessLog>,
     /// Named items whose shape was wrong: declared, so references to them
     /// are not reported again as references to nothing.
     pub broken_listeners: Vec<String>,
@@ -188,6 +189,16 @@ pub struct RawAlertRule {
     pub description: Option<String>,
     pub runbook_url: Option<String>,
     pub notifiers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub fields: Option<Vec<String>>,
+    pub buffer: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -397,6 +408,9 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
                     "must be an array of tables: write each alert rule as [[alert]]",
                 ),
             },
+            "access_log" => {
+                raw.access_log = section(&mut errors, "access_log", value);
+            }
             "route" => match value {
                 toml::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
@@ -412,7 +426,7 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
             },
             other => errors.push(
                 other,
-                "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis, alerting, alert",
+                "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis, access_log, alerting, alert",
             ),
         }
     }

@@ -929,6 +929,60 @@ fn a_broken_alert_rule_does_not_shift_the_paths_of_the_next() {
 }
 
 #[test]
+fn access_log_is_off_unless_enabled_and_has_defaults() {
+    assert_eq!(parse(MINIMAL).expect("valid").access_log, None);
+    let off = format!("{MINIMAL}\n[access_log]\npath = \"/var/log/levee/access.log\"\n");
+    assert_eq!(parse(&off).expect("valid").access_log, None);
+    let on = format!("{MINIMAL}\n[access_log]\nenabled = true\n");
+    let log = parse(&on).expect("valid").access_log.expect("enabled");
+    assert_eq!(log.output, LogOutput::Stdout);
+    assert_eq!(log.format, LogFormat::Json);
+    assert_eq!(log.fields, LogField::DEFAULT);
+    assert_eq!(log.buffer, 8192);
+    let file = format!(
+        "{MINIMAL}\n[access_log]\nenabled = true\npath = \"/tmp/a.log\"\nfields = [\"uri\", \"status\"]\nbuffer = 16\n"
+    );
+    let log = parse(&file).expect("valid").access_log.expect("enabled");
+    assert_eq!(log.output, LogOutput::File("/tmp/a.log".into()));
+    assert_eq!(log.fields, [LogField::Uri, LogField::Status]);
+    assert_eq!(log.buffer, 16);
+    let clf = format!("{MINIMAL}\n[access_log]\nenabled = true\npath = \"-\"\nformat = \"combined\"\n");
+    let log = parse(&clf).expect("valid").access_log.expect("enabled");
+    assert_eq!((log.output, log.format), (LogOutput::Stdout, LogFormat::Combined));
+}
+
+#[test]
+fn access_log_errors_name_their_key() {
+    // Checked even while the log is off.
+    let e = errors(&format!(
+        "{MINIMAL}\n[access_log]\nformat = \"clf\"\nfields = [\"status\", \"cookie\", \"status\"]\nbuffer = 0\n"
+    ));
+    for needle in [
+        "access_log.format: must be \"json\", \"common\" or \"combined\", got \"clf\"",
+        "access_log.fields[1]: \"cookie\" is not a field; expected one of time, client_ip,",
+        "access_log.fields[2]: \"status\" is listed twice",
+        "access_log.buffer: must be between 1 and 1048576, got 0",
+    ] {
+        assert!(has(&e, needle), "missing {needle:?} in {e:#?}");
+    }
+    let e = errors(&format!(
+        "{MINIMAL}\n[access_log]\nenabled = true\nformat = \"common\"\nfields = [\"status\"]\npath = \"\"\n"
+    ));
+    assert!(
+        has(&e, "access_log.fields: applies to format = \"json\" only"),
+        "{e:?}"
+    );
+    assert!(has(&e, "access_log.path: must be a file path"), "{e:?}");
+    let e = errors(&format!("{MINIMAL}\n[access_log]\nenabled = true\nfields = []\n"));
+    assert!(
+        has(&e, "access_log.fields: must name at least one field"),
+        "{e:?}"
+    );
+    let e = errors(&format!("{MINIMAL}\n[access_log]\nenable = true\n"));
+    assert!(has(&e, "access_log.enable: unknown field `enable`"), "{e:?}");
+}
+
+#[test]
 fn an_admin_listener_off_loopback_needs_a_token() {
     let open = format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{MINIMAL}");
     assert!(has(

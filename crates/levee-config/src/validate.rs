@@ -67,6 +67,7 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
         .filter_map(|(name, r)| rate_limit(&mut e, &name, r, redis_declared))
         .collect();
     let redis = raw.redis.and_then(|r| redis(&mut e, r));
+    let access_log = raw.access_log.and_then(|a| access_log(&mut e, a));
     let known_rate_limits: HashSet<&str> = declared_rate_limits
         .iter()
         .chain(&raw.broken_rate_limits)
@@ -125,6 +126,7 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
         rate_limits,
         redis,
         alerting,
+        access_log,
         document: Default::default(),
     })
 }
@@ -277,6 +279,81 @@ fn redis(e: &mut Errors, raw: RawRedis) -> Option<Redis> {
         connect_timeout: connect,
         key_prefix: raw.key_prefix.unwrap_or_else(|| "levee:rl:".to_string()),
     })
+}
+
+/// `None` when the log is off; its other keys are checked all the same, so
+/// that turning it on later does not reveal old mistakes.
+fn access_log(e: &mut Errors, raw: RawAccessLog) -> Option<AccessLog> {
+    let output = match raw.path.as_deref() {
+        None | Some("-") => Some(LogOutput::Stdout),
+        Some("") => {
+            e.push(
+                "access_log.path",
+                "must be a file path, or \"-\" for standard output",
+            );
+            None
+        }
+        Some(path) => Some(LogOutput::File(path.into())),
+    };
+    let format = match raw.format.as_deref() {
+        None | Some("json") => Some(LogFormat::Json),
+        Some("common") => Some(LogFormat::Common),
+        Some("combined") => Some(LogFormat::Combined),
+        Some(other) => {
+            e.push(
+                "access_log.format",
+                format!("must be \"json\", \"common\" or \"combined\", got {other:?}"),
+            );
+            None
+        }
+    };
+    let fields = match raw.fields {
+        None => Some(LogField::DEFAULT.to_vec()),
+        Some(_) if format.is_some_and(|f| f != LogFormat::Json) => {
+            e.push(
+                "access_log.fields",
+                "applies to format = \"json\" only: the common and combined formats have fixed fields",
+            );
+            None
+        }
+        Some(names) if names.is_empty() => {
+            e.push("access_log.fields", "must name at least one field");
+            None
+        }
+        Some(names) => {
+            let mut fields = Vec::with_capacity(names.len());
+            let mut ok = true;
+            for (i, name) in names.iter().enumerate() {
+                match LogField::ALL.iter().find(|f| f.as_str() == name) {
+                    Some(f) if fields.contains(f) => {
+                        e.push(
+                            format!("access_log.fields[{i}]"),
+                            format!("{name:?} is listed twice"),
+                        );
+                        ok = false;
+                    }
+                    Some(f) => fields.push(*f),
+                    None => {
+                        let known: Vec<&str> = LogField::ALL.iter().map(|f| f.as_str()).collect();
+                        e.push(
+                            format!("access_log.fields[{i}]"),
+                            format!("{name:?} is not a field; expected one of {}", known.join(", ")),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            ok.then_some(fields)
+        }
+    };
+    let buffer = count(e, "access_log.buffer", raw.buffer, 8192, 1, 1 << 20);
+    let log = AccessLog {
+        output: output?,
+        format: format?,
+        fields: fields?,
+        buffer: buffer?,
+    };
+    raw.enabled.unwrap_or(false).then_some(log)
 }
 
 fn runtime(e: &mut Errors, raw: RawRuntime) -> Option<Runtime> {

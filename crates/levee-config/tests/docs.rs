@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 23] = [
+const TABLES: [Table; 24] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -154,6 +154,12 @@ const TABLES: [Table; 23] = [
         probe: "[[alert]]\nname = \"a\"\nkind = \"shedding\"\nzz_probe = 1\n",
         path: "alert[0].zz_probe",
         heading: "`[[alert]]`",
+    },
+    Table {
+        name: "access_log",
+        probe: "[access_log]\nzz_probe = 1\n",
+        path: "access_log.zz_probe",
+        heading: "`[access_log]`",
     },
     Table {
         name: "route",
@@ -357,6 +363,7 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
             union(&tables(root.get("alerting").and_then(|a| a.get("notifier")))),
         ),
         ("alert", union(&tables(root.get("alert")))),
+        ("access_log", single("access_log")),
         ("route", union(&routes)),
         ("route.match", union(&matches)),
         ("route.retry", union(&sub(&routes, "retry"))),

@@ -636,7 +636,12 @@ impl Body for ResponseBody {
             stream.polled(matches!(polled, Poll::Ready(Some(Ok(_)))));
         }
         match &polled {
-            Poll::Ready(Some(Ok(_))) => this.finish_if_ended(),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(c)) = (frame.data_ref(), &mut this.completion) {
+                    c.sent(data.len());
+                }
+                this.finish_if_ended();
+            }
             Poll::Ready(None) => {
                 if let Some(c) = this.completion.take() {
                     c.finish();

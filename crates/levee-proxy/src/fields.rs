@@ -2,7 +2,7 @@
 //! the lines as received (HTTP/1) or a map (HTTP/2). Routing and hashing
 //! read requests through it.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::codec::parse::RawRequest;
 
@@ -30,6 +30,22 @@ impl<'a> FieldsView<'a> {
     /// The first value of the fields named `name`.
     pub fn first(&self, name: &HeaderName) -> Option<&'a [u8]> {
         self.find_map(name, Some)
+    }
+
+    /// The first value of the fields named `name`, sharing the request's
+    /// bytes rather than copying them.
+    pub fn first_value(&self, name: &HeaderName) -> Option<HeaderValue> {
+        match *self {
+            FieldsView::Map(map) => map.get(name).cloned(),
+            FieldsView::Raw(raw) => {
+                let wanted = name.as_str().as_bytes();
+                let (_, field) = raw
+                    .kept()
+                    .find(|(_, field)| raw.head.name(field).eq_ignore_ascii_case(wanted))?;
+                let (from, to) = (field.value.0 as usize, field.value.1 as usize);
+                HeaderValue::from_maybe_shared(raw.head.bytes.slice(from..to)).ok()
+            }
+        }
     }
 
     /// Every value of the fields named `name`, in order.

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use levee_config::ClientIpHeader;
@@ -26,6 +26,7 @@ use levee_core::retry::{Reason, honour_retry_after, is_idempotent_method, may_re
 use levee_core::select::Endpoints;
 use tokio::time::Instant;
 
+use crate::access_log::{self, Pending, Sink};
 use crate::body::{Bodies, BodyError, RequestBody, ResponseBody, UpstreamKind};
 use crate::codec::parse::RawRequest;
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawHead, RawOut};
@@ -60,6 +61,8 @@ impl UpstreamUpgrade {
 
 pub(crate) struct Proxy {
     pub state: Arc<ArcSwap<Snapshot>>,
+    /// Where requests hand in their access log entries, when logging.
+    pub access_log: ArcSwapOption<Sink>,
 }
 
 impl Handler for Proxy {
@@ -93,6 +96,17 @@ impl Handler for Proxy {
             None => FieldsView::Map(req.headers()),
         };
         let client_ip = client_ip(conn, view, &snap.config.server);
+        let mut log = self.access_log.load().as_ref().map(|sink| {
+            let head = access_log::Head {
+                method: req.method(),
+                uri: req.uri(),
+                version: req.version(),
+                host: host_value.as_ref(),
+                fields: view,
+                request_id: &request_id,
+            };
+            sink.begin(&snap, conn, client_ip, Some(head))
+        });
         if let Some(rules) = snap.listener_limits(&conn.listener) {
             let input = KeyInput {
                 client: client_ip,
@@ -101,7 +115,14 @@ impl Handler for Proxy {
             };
             if let Some(limited) = first_limited(rules, &input, start).await {
                 let rejection = Rejection::new(ErrorKind::RateLimited, "rate limit exceeded");
-                return self.fail_with(rejection, limited.fields(), &request_id, &snap.unmatched, start);
+                return self.fail_with(
+                    rejection,
+                    limited.fields(),
+                    &request_id,
+                    &snap.unmatched,
+                    start,
+                    log,
+                );
             }
         }
         let host = host_value
@@ -116,12 +137,16 @@ impl Handler for Proxy {
             path: req.uri().path(),
             headers: view,
         });
+        if let (Some(log), Some(i)) = (&mut log, route_index) {
+            log.route(i);
+        }
         let Some(route) = route_index.map(|i| &snap.routes[i]) else {
             return self.fail(
                 Rejection::new(ErrorKind::NoRoute, "no route matches the request"),
                 &request_id,
                 &snap.unmatched,
                 start,
+                log,
             );
         };
         let upstream = &snap.upstreams[route.upstream];
@@ -135,6 +160,7 @@ impl Handler for Proxy {
                 &request_id,
                 &route.metrics,
                 start,
+                log,
             );
         }
         if !route.rate_limits.is_empty() {
@@ -145,7 +171,14 @@ impl Handler for Proxy {
             };
             if let Some(limited) = first_limited(&route.rate_limits, &input, start).await {
                 let rejection = Rejection::new(ErrorKind::RateLimited, "rate limit exceeded");
-                return self.fail_with(rejection, limited.fields(), &request_id, &route.metrics, start);
+                return self.fail_with(
+                    rejection,
+                    limited.fields(),
+                    &request_id,
+                    &route.metrics,
+                    start,
+                    log,
+                );
             }
         }
 
@@ -166,7 +199,7 @@ impl Handler for Proxy {
                         header::RETRY_AFTER,
                         HeaderValue::from(retry_after.as_secs().max(1)),
                     );
-                    return self.fail_with(rejection, [retry_after], &request_id, &route.metrics, start);
+                    return self.fail_with(rejection, [retry_after], &request_id, &route.metrics, start, log);
                 }
             },
         };
@@ -191,6 +224,7 @@ impl Handler for Proxy {
                 &request_id,
                 &route.metrics,
                 start,
+                log,
             );
         };
 
@@ -236,7 +270,7 @@ impl Handler for Proxy {
             let now = Instant::now();
             let (Some(first), Some(body)) = (pick(upstream, &tried, hash, now), bodies.next()) else {
                 count_retried(upstream, &tried, false);
-                return self.fail(last_failure, &request_id, &route.metrics, start);
+                return self.fail(last_failure, &request_id, &route.metrics, start, log);
             };
             tried.push(first);
             if hop.host.is_none()
@@ -260,6 +294,9 @@ impl Handler for Proxy {
                 Some(after) => Box::pin(request.hedged(first, after, &mut tried, hash)).await,
                 None => request.send(first, body, now).await,
             };
+            if let Some(log) = &mut log {
+                log.tried(done.endpoint, tried.len());
+            }
             // A retry's breaker slot lasts until its try has an answer.
             drop(retry_slot.take());
             let answered = Instant::now();
@@ -328,7 +365,7 @@ impl Handler for Proxy {
                     break done;
                 }
                 count_retried(upstream, &tried, false);
-                return self.fail(last_failure, &request_id, &route.metrics, start);
+                return self.fail(last_failure, &request_id, &route.metrics, start, log);
             };
             // The answer set aside closes its connection before the wait.
             drop(done);
@@ -339,7 +376,7 @@ impl Handler for Proxy {
                 Some(slot) => retry_slot = Some(slot),
                 None => {
                     count_retried(upstream, &tried, false);
-                    return self.fail(last_failure, &request_id, &route.metrics, start);
+                    return self.fail(last_failure, &request_id, &route.metrics, start, log);
                 }
             }
         };
@@ -347,7 +384,7 @@ impl Handler for Proxy {
         let in_flight = done.in_flight;
         let (mut parts, fields, body) = match done.sent {
             Ok(sent) => sent,
-            Err(failed) => return self.fail(failed.rejection, &request_id, &route.metrics, start),
+            Err(failed) => return self.fail(failed.rejection, &request_id, &route.metrics, start, log),
         };
         let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if is_upgrade && !upgrade {
@@ -356,6 +393,7 @@ impl Handler for Proxy {
                 &request_id,
                 &route.metrics,
                 start,
+                log,
             );
         }
         let via = via(version_str(parts.version));
@@ -398,7 +436,8 @@ impl Handler for Proxy {
             route.metrics.clone(),
             Some(in_flight),
         )
-        .holding(admitted);
+        .holding(admitted)
+        .logging(log);
         let mut body = match body {
             Received::H1(exchange, _) if is_upgrade => {
                 parts
@@ -420,13 +459,17 @@ impl Handler for Proxy {
         Response::from_parts(parts, body)
     }
 
-    fn reject(&self, rejection: Rejection, _conn: &ConnInfo) -> Response<ResponseBody> {
-        let snap = self.state.load();
+    fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Response<ResponseBody> {
+        let snap = self.state.load_full();
+        // Refused before its head could be read: only the peer is known.
+        let log = (self.access_log.load().as_ref())
+            .map(|sink| sink.begin(&snap, conn, conn.peer.ip().to_canonical(), None));
         self.fail(
             rejection,
             &HeaderValue::from_static(""),
             &snap.unmatched,
             Instant::now(),
+            log,
         )
     }
 
@@ -486,8 +529,9 @@ impl Proxy {
         request_id: &HeaderValue,
         metrics: &Arc<RouteMetrics>,
         start: Instant,
+        log: Option<Pending>,
     ) -> Response<ResponseBody> {
-        let mut res = self.fail(rejection, request_id, metrics, start);
+        let mut res = self.fail(rejection, request_id, metrics, start, log);
         res.headers_mut().extend(fields);
         res
     }
@@ -499,9 +543,10 @@ impl Proxy {
         request_id: &HeaderValue,
         metrics: &Arc<RouteMetrics>,
         start: Instant,
+        log: Option<Pending>,
     ) -> Response<ResponseBody> {
         let id = (!request_id.is_empty()).then_some(request_id);
-        let completion = Completion::new(start, 0, metrics.clone(), None);
+        let completion = Completion::new(start, 0, metrics.clone(), None).logging(log);
         completion.into_error_response(rejection, id)
     }
 }
@@ -1149,6 +1194,9 @@ pub(crate) struct Completion {
     in_flight: Option<InFlight>,
     /// The upstream's requests-breaker slot, released with the response.
     admitted: Option<Slot>,
+    /// Response body bytes passed on to the client.
+    bytes: u64,
+    log: Option<Pending>,
 }
 
 impl Completion {
@@ -1164,7 +1212,20 @@ impl Completion {
             metrics,
             in_flight,
             admitted: None,
+            bytes: 0,
+            log: None,
         }
+    }
+
+    /// Hands the request's access log entry in when the response ends.
+    pub(crate) fn logging(mut self, log: Option<Pending>) -> Completion {
+        self.log = log;
+        self
+    }
+
+    /// Counts body bytes passed on to the client.
+    pub(crate) fn sent(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
     }
 
     /// Keeps the request counted against the upstream's breaker until the
@@ -1182,14 +1243,19 @@ impl Completion {
     ) -> Response<ResponseBody> {
         self.metrics.generated(rejection.kind);
         self.status = rejection.kind.status();
+        if let Some(log) = &mut self.log {
+            log.generated(rejection.kind);
+        }
         error_response(rejection, request_id).map(|b| b.with_completion(self))
     }
 
     /// Records the request, when its response ended or was dropped.
     pub(crate) fn finish(mut self) {
-        let now = Instant::now();
-        self.metrics
-            .record(self.status, now.duration_since(self.start).as_secs_f64());
+        let elapsed = Instant::now().duration_since(self.start);
+        self.metrics.record(self.status, elapsed.as_secs_f64());
+        if let Some(log) = self.log.take() {
+            log.finish(self.status, self.bytes, elapsed);
+        }
         drop(self.in_flight.take());
         drop(self.admitted.take());
     }

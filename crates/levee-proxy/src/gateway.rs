@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::{self, AccessLogError, Logs};
 use crate::drain::Drain;
 use crate::events::Events;
 use crate::forward::Proxy;
@@ -30,6 +31,8 @@ use crate::upstream::watch;
 /// How often idle upstream connections past their idle timeout are closed.
 const EVICT_EVERY: Duration = Duration::from_secs(5);
 const LISTEN_BACKLOG: u32 = 1024;
+/// At shutdown, how long the access log writers get to write what they hold.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -37,6 +40,8 @@ pub enum GatewayError {
     Draining,
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Tls(Vec<TlsError>),
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
     #[error("listener.{listener}: cannot listen on {address}: {source}")]
     Bind {
         listener: ListenerName,
@@ -79,6 +84,8 @@ pub struct Gateway {
     /// must not both build from the same previous snapshot.
     applying: Mutex<()>,
     last_reload: Mutex<Option<ReloadRecord>>,
+    /// The access log writers.
+    access_logs: Mutex<Logs>,
 }
 
 /// The last reload and how it went.
@@ -143,6 +150,8 @@ impl Gateway {
     /// Binds the config's listeners and starts serving.
     pub fn start(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Gateway>, GatewayError> {
         let tls = tls::load(&config).map_err(GatewayError::Tls)?;
+        let access_logs = Logs::default();
+        let log_plan = access_logs.plan(config.access_log.as_ref())?;
         let tracker = TaskTracker::new();
         let draining = CancellationToken::new();
         let redis = Mutex::new(None);
@@ -150,7 +159,10 @@ impl Gateway {
         let events = Arc::new(Events::new());
         let snapshot = Snapshot::build(Arc::new(config), None, &metrics, tls, client.as_ref(), &events);
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
-        let proxy = Arc::new(Proxy { state: state.clone() });
+        let proxy = Arc::new(Proxy {
+            state: state.clone(),
+            access_log: Default::default(),
+        });
         let gateway = Arc::new(Gateway {
             state,
             proxy,
@@ -164,9 +176,11 @@ impl Gateway {
             history: Arc::new(History::default()),
             applying: Mutex::new(()),
             last_reload: Mutex::new(None),
+            access_logs: Mutex::new(access_logs),
         });
         let config = gateway.config();
         let bound = gateway.bind_new(&config)?;
+        gateway.switch_access_log(log_plan);
         gateway.switch_listeners(&config, bound);
         gateway.spawn_evictor();
         gateway.spawn_sampler();
@@ -253,6 +267,7 @@ impl Gateway {
         // Certificates are read before anything changes: a bad file leaves
         // the running config in place.
         let tls = tls::load(&config).map_err(GatewayError::Tls)?;
+        let log_plan = lock(&self.access_logs).plan(config.access_log.as_ref())?;
         let config = Arc::new(config);
         let bound = self.bind_new(&config)?;
         let client = redis_for(&self.redis, &config, &self.metrics, &self.tracker, &self.draining);
@@ -267,9 +282,17 @@ impl Gateway {
         // Published before new listeners accept, so that their first
         // requests already see the routes that name them.
         self.state.store(Arc::new(next));
+        self.switch_access_log(log_plan);
         self.switch_listeners(&config, bound);
         self.start_checkers();
         Ok(())
+    }
+
+    /// Starts, replaces, stops or keeps (reopening its file) the access log
+    /// writer, as planned before anything changed.
+    fn switch_access_log(&self, plan: access_log::Plan) {
+        let sink = lock(&self.access_logs).apply(plan, &self.metrics.access_log);
+        self.proxy.access_log.store(sink);
     }
 
     /// Starts a watch task for every upstream of the current snapshot, and a
@@ -451,7 +474,14 @@ impl Gateway {
             l.draining.start();
         }
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        let drained = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        // Last, so that every request that ended has handed in its entry.
+        self.proxy.access_log.store(None);
+        let writers = lock(&self.access_logs).stop();
+        if !access_log::finished(writers, ACCESS_LOG_FLUSH).await {
+            tracing::warn!("the access log writer did not finish in time; its last lines may be lost");
+        }
+        drained
     }
 }
 

@@ -14,6 +14,7 @@
 //! [`Gateway`] owns the listeners and the current config [`snapshot`], and
 //! swaps it atomically on reload.
 
+mod access_log;
 mod body;
 mod codec;
 mod drain;
@@ -33,6 +34,7 @@ mod timer;
 pub mod tls;
 mod upstream;
 
+pub use access_log::AccessLogError;
 pub use body::{BodyError, RequestBody, ResponseBody};
 pub use codec::proxy_v2::encode as proxy_v2_header;
 pub use gateway::{Gateway, GatewayError, ReloadRecord};

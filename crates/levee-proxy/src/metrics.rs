@@ -24,6 +24,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+mod process;
+mod text;
+
 /// Request latency buckets, in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
@@ -189,6 +192,7 @@ pub struct Metrics {
     overflow: Family<LimitLabels, Counter>,
     retried: Family<RetriedLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    pub(crate) access_log: crate::access_log::AccessLogMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -394,6 +398,8 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let access_log = register_access_log(&mut registry);
+        registry.register_collector(Box::new(process::Collector));
         // Every cause and reload result is visible from the start, at 0, so
         // alerts on rates see a series before the first event.
         let generated = Arc::new(ErrorKind::ALL.map(|kind| {
@@ -436,6 +442,7 @@ impl Metrics {
             overflow,
             retried,
             reloads,
+            access_log,
         }
     }
 
@@ -450,12 +457,19 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// The whole exposition in Prometheus text format.
+    /// The whole exposition in OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The whole exposition in the Prometheus text format (version 0.0.4),
+    /// for scrapers that do not ask for OpenMetrics (`promtool check
+    /// metrics` among them).
+    pub fn encode_prometheus(&self) -> String {
+        text::from_openmetrics(&self.encode())
     }
 
     /// A listener's `levee_http2_abuse_total` series, every reason visible
@@ -628,6 +642,40 @@ impl Metrics {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
+}
+
+/// `levee_access_log_*`; every series visible from the start, at 0.
+fn register_access_log(registry: &mut Registry) -> crate::access_log::AccessLogMetrics {
+    let records = Counter::default();
+    registry.register("access_log_records", "Access log lines written", records.clone());
+    let dropped = Family::<DropLabels, Counter>::default();
+    registry.register(
+        "access_log_dropped",
+        "Access log lines lost: the buffer was full (buffer_full) or their write failed (write_error)",
+        dropped.clone(),
+    );
+    let write_errors = Counter::default();
+    registry.register(
+        "access_log_write_errors",
+        "Access log writes (or opens of its file) that failed",
+        write_errors.clone(),
+    );
+    crate::access_log::AccessLogMetrics {
+        records,
+        dropped_full: dropped.get_or_create_owned(&DropLabels {
+            reason: "buffer_full",
+        }),
+        dropped_write: dropped.get_or_create_owned(&DropLabels {
+            reason: "write_error",
+        }),
+        write_errors,
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `buffer_full` or `write_error`.
+    pub reason: &'static str,
 }
 
 /// One upstream's resilience series, resolved once per snapshot.

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod access_log;
 mod admin;
 mod alertmanager;
 mod alerts;
@@ -13,6 +14,7 @@ mod errors;
 mod failover;
 mod h2abuse;
 mod health;
+mod metrics;
 mod protection;
 mod proxy;
 mod ratelimit;
