@@ -76,7 +76,8 @@ pub struct Notifier {
     /// Sent with every notification. Secrets too (an `Authorization`
     /// header): redacted like `url`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Deadline of one delivery attempt, from connect to the response head.
+    /// Deadline of one delivery attempt, from connect to the end of the
+    /// answer.
     pub timeout: Duration,
     /// When the notifier speaks. For `alertmanager`, no grouping (one
     /// group, no waits) and `repeat_interval` is its `resend_interval`.
