@@ -1,6 +1,10 @@
 //! The validated configuration. Every value here has been checked; code that
 //! receives a [`Config`] never validates again.
 
+mod alerting;
+
+pub use alerting::*;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +29,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub rate_limits: Vec<RateLimit>,
     pub redis: Option<Redis>,
+    /// `[alerting]`, its notifiers, and the alert rules in force.
+    pub alerting: Alerting,
     /// `None` unless `[access_log]` has `enabled = true`.
     pub access_log: Option<AccessLog>,
     /// The file as written, secrets replaced by `"<redacted>"`: what the

@@ -23,12 +23,19 @@ pub struct RawConfig {
     pub upstream: Vec<(String, RawUpstream)>,
     pub rate_limit: Vec<(String, RawRateLimit)>,
     pub redis: Option<RawRedis>,
+    pub alerting: Option<RawAlerting>,
+    /// `[[alert]]` rules that parsed, with their index in the file (for
+    /// error paths: a broken rule before them must not shift them).
+    pub alert: Vec<(usize, RawAlertRule)>,
     pub access_log: Option<RawAccessLog>,
     /// Named items whose shape was wrong: declared, so references to them
     /// are not reported again as references to nothing.
     pub broken_listeners: Vec<String>,
     pub broken_upstreams: Vec<String>,
     pub broken_rate_limits: Vec<String>,
+    pub broken_notifiers: Vec<String>,
+    /// `[alerting.notifier.<name>]` tables that parsed.
+    pub notifier: Vec<(String, RawNotifier)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +139,56 @@ pub struct RawRedis {
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerting {
+    pub evaluation_interval: Option<String>,
+    pub external_url: Option<String>,
+    pub default_rules: Option<bool>,
+    /// `[alerting.notifier.<name>]`, read entry by entry into
+    /// [`RawConfig::notifier`].
+    pub notifier: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifier {
+    pub kind: Option<String>,
+    pub url: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub timeout: Option<String>,
+    pub group_by: Option<Vec<String>>,
+    pub group_wait: Option<String>,
+    pub group_interval: Option<String>,
+    pub repeat_interval: Option<String>,
+    pub resend_interval: Option<String>,
+    pub send_resolved: Option<bool>,
+    pub queue: Option<i64>,
+    pub max_retries: Option<i64>,
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertRule {
+    pub name: String,
+    pub kind: String,
+    /// A number, or a duration string for `latency_p99`: read per kind.
+    pub threshold: Option<toml::Value>,
+    pub window: Option<String>,
+    #[serde(rename = "for")]
+    pub hold: Option<String>,
+    pub severity: Option<String>,
+    pub upstream: Option<String>,
+    pub rate_limit: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub summary: Option<String>,
+    pub description: Option<String>,
+    pub runbook_url: Option<String>,
+    pub notifiers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +387,27 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
             "redis" => {
                 raw.redis = section(&mut errors, "redis", value);
             }
+            "alerting" => {
+                let mut alerting: Option<RawAlerting> = section(&mut errors, "alerting", value);
+                if let Some(notifiers) = alerting.as_mut().and_then(|a| a.notifier.take()) {
+                    (raw.notifier, raw.broken_notifiers) =
+                        named(&mut errors, "alerting.notifier", notifiers);
+                }
+                raw.alerting = alerting;
+            }
+            "alert" => match value {
+                toml::Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        if let Some(r) = section(&mut errors, &format!("alert[{i}]"), item) {
+                            raw.alert.push((i, r));
+                        }
+                    }
+                }
+                _ => errors.push(
+                    "alert",
+                    "must be an array of tables: write each alert rule as [[alert]]",
+                ),
+            },
             "access_log" => {
                 raw.access_log = section(&mut errors, "access_log", value);
             }
@@ -348,7 +426,7 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
             },
             other => errors.push(
                 other,
-                "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis, access_log",
+                "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis, access_log, alerting, alert",
             ),
         }
     }

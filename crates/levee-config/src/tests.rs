@@ -693,6 +693,242 @@ fn http2_guards_default_on_and_refuse_zero() {
 }
 
 #[test]
+fn without_alert_rules_the_default_set_applies() {
+    let c = parse(MINIMAL).expect("valid");
+    let a = &c.alerting;
+    assert_eq!(a.evaluation_interval, Duration::from_secs(1));
+    assert_eq!(a.external_url, "http://127.0.0.1:9901");
+    let names: Vec<&str> = a.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "endpoint-down",
+            "region-degraded",
+            "failover-active",
+            "error-ratio",
+            "latency-p99",
+            "retry-budget-exhausted",
+            "reload-failed"
+        ],
+        "no redis-degraded without [redis]"
+    );
+    let failover = &a.rules[2];
+    assert_eq!(failover.severity, Severity::Critical);
+    assert_eq!(failover.condition.hold, Duration::ZERO);
+    assert!(a.notifiers.is_empty());
+
+    let off = parse(&format!("{MINIMAL}\n[alerting]\ndefault_rules = false\n")).expect("valid");
+    assert!(off.alerting.rules.is_empty());
+
+    let with_redis = parse(&format!("{MINIMAL}\n[redis]\n")).expect("valid");
+    assert!(
+        with_redis
+            .alerting
+            .rules
+            .iter()
+            .any(|r| r.name == "redis-degraded")
+    );
+}
+
+#[test]
+fn alert_rules_and_notifiers_parse() {
+    let text = format!(
+        r#"{MINIMAL}
+[rate_limit.per_client]
+rate = 10
+
+[alerting]
+evaluation_interval = "500ms"
+external_url = "https://levee.example.com/"
+
+[alerting.notifier.hook]
+kind = "webhook"
+url = "https://hooks.example.com/levee?token=s3cret"
+headers = {{ authorization = "Bearer s3cret" }}
+timeout = "2s"
+group_by = ["alertname", "upstream"]
+group_wait = "0s"
+group_interval = "10s"
+repeat_interval = "1h"
+send_resolved = false
+queue = 10
+max_retries = 2
+backoff_base = "100ms"
+backoff_max = "1s"
+
+[alerting.notifier.am]
+kind = "alertmanager"
+url = "http://127.0.0.1:9093"
+resend_interval = "30s"
+
+[[alert]]
+name = "app-failover"
+kind = "failover_active"
+for = "10s"
+severity = "critical"
+upstream = "app"
+labels = {{ team = "edge" }}
+summary = "{{upstream}} failed over: {{value}}"
+description = "threshold {{threshold}}"
+runbook_url = "https://runbooks.example.com/failover"
+notifiers = ["am"]
+
+[[alert]]
+name = "slow"
+kind = "latency_p99"
+threshold = "250ms"
+window = "30s"
+
+[[alert]]
+name = "limited"
+kind = "rate_limited"
+threshold = 5
+rate_limit = "per_client"
+"#
+    );
+    let c = parse(&text).expect("valid");
+    let a = &c.alerting;
+    assert_eq!(a.evaluation_interval, Duration::from_millis(500));
+    assert_eq!(a.external_url, "https://levee.example.com");
+    assert_eq!(a.rules.len(), 3, "written rules replace the default set");
+    let f = &a.rules[0];
+    assert_eq!(f.condition.kind, AlertKind::FailoverActive);
+    assert_eq!(f.condition.threshold, 0.0);
+    assert_eq!(f.condition.hold, Duration::from_secs(10));
+    assert_eq!(f.severity, Severity::Critical);
+    assert_eq!(f.upstream.as_ref().map(|u| u.as_str()), Some("app"));
+    assert_eq!(f.labels.get("team").map(String::as_str), Some("edge"));
+    assert_eq!(f.notifiers, ["am"]);
+    assert_eq!(f.summary.as_str(), "{upstream} failed over: {value}");
+    let slow = &a.rules[1];
+    assert_eq!(slow.condition.threshold, 0.25);
+    assert_eq!(slow.window, Duration::from_secs(30));
+    assert_eq!(slow.severity, Severity::Warning);
+    assert_eq!(slow.notifiers, ["am", "hook"], "every notifier by default");
+    assert_eq!(a.rules[2].condition.threshold, 5.0);
+    assert_eq!(a.rules[2].rate_limit.as_deref(), Some("per_client"));
+
+    let hook = &a.notifiers[1];
+    assert_eq!(hook.kind, NotifierKind::Webhook);
+    assert_eq!(hook.grouping.group_wait, Duration::ZERO);
+    assert_eq!(
+        hook.grouping.group_by,
+        GroupBy::Labels(vec!["alertname".to_string(), "upstream".to_string()])
+    );
+    assert!(!hook.grouping.send_resolved);
+    assert_eq!((hook.queue, hook.max_retries), (10, 2));
+    let am = &a.notifiers[0];
+    assert_eq!(am.grouping.group_by, GroupBy::Labels(vec![]));
+    assert_eq!(am.grouping.group_wait, Duration::ZERO);
+    assert_eq!(am.grouping.repeat_interval, Duration::from_secs(30));
+    assert_eq!(am.timeout, Duration::from_secs(5));
+
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("s3cret"),
+        "a notifier's URL and headers are secrets: {debug}"
+    );
+}
+
+#[test]
+fn alert_errors_name_their_key() {
+    let text = format!(
+        r#"{MINIMAL}
+[alerting]
+evaluation_interval = "0s"
+external_url = "ftp://x"
+
+[alerting.notifier.slack]
+kind = "slack"
+url = "hooks.slack.com/services/T000/B000/s3cret"
+headers = {{ host = "x" }}
+resend_interval = "1m"
+
+[alerting.notifier.am]
+kind = "alertmanager"
+url = "http://127.0.0.1:9093"
+group_wait = "1s"
+
+[alerting.notifier.nokind]
+url = "ftp://127.0.0.1/x"
+
+[[alert]]
+name = "a"
+kind = "endpoint_down"
+threshold = 1
+
+[[alert]]
+name = "a"
+kind = "latency_p99"
+threshold = 0.5
+
+[[alert]]
+name = "c"
+kind = "failover_active"
+threshold = 1.5
+window = "1m"
+upstream = "nope"
+labels = {{ severity = "page", "9x" = "y" }}
+summary = "{{endpoint}} is down"
+notifiers = ["slack", "pager"]
+
+[[alert]]
+name = "d"
+kind = "endpoint_gone"
+
+[[alert]]
+name = "e"
+kind = "redis_degraded"
+severity = "page"
+upstream = "app"
+rate_limit = "x"
+"#
+    );
+    let e = errors(&text);
+    for expected in [
+        "alerting.evaluation_interval: must be greater than 0",
+        "alerting.external_url: \"ftp://x\" is not an http or https URL",
+        "alerting.notifier.slack.url: is not a URL like",
+        "alerting.notifier.nokind.url: must start with http:// or https://",
+        "alerting.notifier.slack.headers.host: is set by levee itself",
+        "alerting.notifier.slack.resend_interval: applies to kind = \"alertmanager\" only",
+        "alerting.notifier.am.group_wait: has no effect with kind = \"alertmanager\"",
+        "alerting.notifier.nokind.kind: is required",
+        "alert[0].threshold: endpoint_down rules have no threshold",
+        "alert[1].name: duplicate alert rule name \"a\"",
+        "alert[1].threshold: must be a duration",
+        "alert[2].threshold: must be a share of requests, at least 0 and below 1, got 1.5",
+        "alert[2].window: has no effect on failover_active rules",
+        "alert[2].upstream: no upstream named \"nope\"",
+        "alert[2].labels.severity: is set by levee itself",
+        "alert[2].labels.9x: is not a label name",
+        "alert[2].summary: {endpoint} is not a placeholder here; failover_active rules have {rule}, {value}, {threshold}, {upstream}",
+        "alert[2].notifiers[1]: no notifier named \"pager\"",
+        "alert[3].kind: \"endpoint_gone\" is not one of endpoint_down, region_degraded",
+        "alert[4].severity: must be \"critical\", \"warning\" or \"info\", got \"page\"",
+        "alert[4].upstream: has no effect on redis_degraded rules",
+        "alert[4].rate_limit: applies to kind = \"rate_limited\" only",
+        "alert[4].kind: \"redis_degraded\" needs a [redis] section",
+    ] {
+        assert!(has(&e, expected), "missing {expected:?} in {e:#?}");
+    }
+    assert!(
+        !e.iter().any(|l| l.contains("s3cret")),
+        "errors must not repeat a secret URL: {e:#?}"
+    );
+}
+
+#[test]
+fn a_broken_alert_rule_does_not_shift_the_paths_of_the_next() {
+    let text = format!(
+        "{MINIMAL}\n[[alert]]\nname = \"a\"\nkind = \"shedding\"\nthreshhold = 1\n\n[[alert]]\nname = \"b\"\nkind = \"shedding\"\nthreshold = -1\n"
+    );
+    let e = errors(&text);
+    assert!(has(&e, "alert[0].threshhold: unknown field"), "{e:?}");
+    assert!(has(&e, "alert[1].threshold: must be"), "{e:?}");
+}
+
+#[test]
 fn access_log_is_off_unless_enabled_and_has_defaults() {
     assert_eq!(parse(MINIMAL).expect("valid").access_log, None);
     let off = format!("{MINIMAL}\n[access_log]\npath = \"/var/log/levee/access.log\"\n");

@@ -1,5 +1,7 @@
 //! Raw shape → validated [`Config`], collecting every error with its path.
 
+mod alerting;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -97,6 +99,19 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
             Some(route)
         })
         .collect();
+    let alerting = alerting::alerting(
+        &mut e,
+        raw.alerting,
+        raw.notifier,
+        &raw.broken_notifiers,
+        raw.alert,
+        admin.as_ref().map(|a| a.listen),
+        &alerting::Known {
+            upstreams: &known_upstreams,
+            rate_limits: &known_rate_limits,
+            redis: redis_declared,
+        },
+    );
     // A missing section value always comes with an error already recorded.
     let (Some(admin), Some(runtime)) = (admin, runtime) else {
         return Err(e.into_errors());
@@ -110,6 +125,7 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
         upstreams,
         rate_limits,
         redis,
+        alerting,
         access_log,
         document: Default::default(),
     })

@@ -82,7 +82,7 @@ struct Table {
     heading: &'static str,
 }
 
-const TABLES: [Table; 21] = [
+const TABLES: [Table; 24] = [
     Table {
         name: "runtime",
         probe: "[runtime]\nzz_probe = 1\n",
@@ -136,6 +136,24 @@ const TABLES: [Table; 21] = [
         probe: "[redis]\nzz_probe = 1\n",
         path: "redis.zz_probe",
         heading: "`[redis]`",
+    },
+    Table {
+        name: "alerting",
+        probe: "[alerting]\nzz_probe = 1\n",
+        path: "alerting.zz_probe",
+        heading: "`[alerting]`",
+    },
+    Table {
+        name: "notifier",
+        probe: "[alerting.notifier.n]\nzz_probe = 1\n",
+        path: "alerting.notifier.n.zz_probe",
+        heading: "`[alerting.notifier.<name>]`",
+    },
+    Table {
+        name: "alert",
+        probe: "[[alert]]\nname = \"a\"\nkind = \"shedding\"\nzz_probe = 1\n",
+        path: "alert[0].zz_probe",
+        heading: "`[[alert]]`",
     },
     Table {
         name: "access_log",
@@ -339,6 +357,12 @@ fn example_keys(example: &str) -> Vec<(&'static str, BTreeSet<String>)> {
         ("listener.tls", union(&sub(&listeners, "tls"))),
         ("rate_limit", union(&tables(root.get("rate_limit")))),
         ("redis", single("redis")),
+        ("alerting", single("alerting")),
+        (
+            "notifier",
+            union(&tables(root.get("alerting").and_then(|a| a.get("notifier")))),
+        ),
+        ("alert", union(&tables(root.get("alert")))),
         ("access_log", single("access_log")),
         ("route", union(&routes)),
         ("route.match", union(&matches)),

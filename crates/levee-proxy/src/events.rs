@@ -87,7 +87,8 @@ pub enum EventKind {
         upstream: String,
         shares: Vec<LevelShare>,
     },
-    /// An alert changed state: `pending`, `firing` or `resolved`.
+    /// An alert changed state: `pending`, `firing`, `resolved`, or
+    /// `inactive` (pending, and its condition ended before its `for`).
     Alert {
         rule: String,
         state: &'static str,

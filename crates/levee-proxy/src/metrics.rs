@@ -451,6 +451,12 @@ impl Metrics {
         &self.registry
     }
 
+    /// The registry, for parts outside the data plane (alerting) to add
+    /// their metrics to the one exposition, before the gateway starts.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The whole exposition in OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);

@@ -22,6 +22,8 @@
 //!   that settle asynchronously.
 //! - [`redis`](mod@redis): a real `redis-server` process for the fleet-wide
 //!   rate limit tests.
+//! - [`receiver`]: webhook receivers for the alerting tests, one that
+//!   records every notification and one that never answers.
 //! - [`browser`]: a headless Chromium driven over the DevTools protocol,
 //!   for the dashboard's browser test.
 //!
@@ -39,6 +41,7 @@ pub mod eventually;
 mod framing;
 pub mod h2wire;
 pub mod ledger;
+pub mod receiver;
 pub mod redis;
 pub mod wire;
 
@@ -48,5 +51,6 @@ pub use client::{Client, LoadReport, Reply, Sample, Timeline, load, open_loop};
 pub use eventually::{eventually, eventually_async};
 pub use h2wire::H2Conn;
 pub use ledger::{Arrival, Ledger, sha256_hex};
+pub use receiver::{Blackhole, Received, Receiver};
 pub use redis::RedisServer;
 pub use wire::{RawConn, RawResponse};

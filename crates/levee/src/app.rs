@@ -1,12 +1,14 @@
-//! `App`: the gateway, the admin listener and the reload loop, started
-//! together and stopped together.
+//! `App`: the gateway, the admin listener, the reload loop and alerting,
+//! started together and stopped together.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use levee_admin::{AdminState, ReloadOutcome, ReloadRequest, ReloadSource};
+use levee_admin::{AdminState, AlertView, ReloadOutcome, ReloadRequest, ReloadSource};
+use levee_alert::{Alert, AlertMetrics, Alerting};
 use levee_config::Config;
+use levee_proxy::events::EventKind;
 use levee_proxy::{Gateway, GatewayError, Metrics};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +50,10 @@ pub struct App {
     /// Stops the admin listener, after the gateway drained (it reports the
     /// drain on /readyz meanwhile).
     stop_admin: CancellationToken,
+    /// Stops alerting: after the drain, so what happened during it can
+    /// still be told.
+    stop_alerting: CancellationToken,
+    alerting: Alerting,
     tasks: TaskTracker,
     /// Kept alive for as long as the app: dropping it stops watching.
     _watcher: Option<notify::RecommendedWatcher>,
@@ -69,12 +75,15 @@ impl App {
                 source,
             })?;
         let admin_addr = admin_listener.local_addr().unwrap_or(admin_address);
-        let metrics = Arc::new(Metrics::new());
-        let gateway = Gateway::start(config, metrics)?;
+        let mut metrics = Metrics::new();
+        let alert_metrics = AlertMetrics::register(metrics.registry_mut());
+        let gateway = Gateway::start(config, Arc::new(metrics))?;
 
         let stop_reloads = CancellationToken::new();
         let stop_admin = CancellationToken::new();
+        let stop_alerting = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let alerting = start_alerting(&gateway, alert_metrics, &tasks, stop_alerting.clone());
         let (reload_tx, reload_rx) = mpsc::channel(16);
         let (watch_tx, watch_rx) = mpsc::channel(1);
         let watcher = match &source {
@@ -99,7 +108,7 @@ impl App {
         let mut router = levee_admin::router(AdminState {
             gateway: gateway.clone(),
             reload: reload_tx.clone(),
-            alerts: None,
+            alerts: Some(Arc::new(AlertsView(alerting.clone()))),
             shutdown: stop_admin.clone(),
             started: std::time::SystemTime::now(),
         });
@@ -120,9 +129,16 @@ impl App {
             reload_tx,
             stop_reloads,
             stop_admin,
+            stop_alerting,
+            alerting,
             tasks,
             _watcher: watcher,
         })
+    }
+
+    /// The alerts and notifiers.
+    pub fn alerting(&self) -> &Alerting {
+        &self.alerting
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -162,6 +178,7 @@ impl App {
         if !drained {
             tracing::warn!("drain deadline passed with requests still in flight");
         }
+        self.stop_alerting.cancel();
         self.stop_admin.cancel();
         self.tasks.wait().await;
         drained
@@ -196,6 +213,47 @@ impl App {
                 _ = int.recv() => return,
             }
         }
+    }
+}
+
+/// Starts the alert evaluator on the gateway's facts: it reads the config
+/// the gateway serves (so a reload reaches it at its next evaluation) and
+/// publishes every alert's state change to the event stream.
+fn start_alerting(
+    gateway: &Arc<Gateway>,
+    metrics: AlertMetrics,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Alerting {
+    let serving = gateway.clone();
+    let events = gateway.events().clone();
+    let inputs = levee_alert::Inputs {
+        config: Arc::new(move || serving.config()),
+        source: gateway.clone(),
+        publish: Arc::new(move |a: &Alert| {
+            events.publish(EventKind::Alert {
+                rule: a.rule.clone(),
+                state: a.state,
+                severity: a.severity.as_str().to_string(),
+                labels: a.labels.clone(),
+                annotations: a.annotations.clone(),
+                value: a.value,
+            });
+        }),
+    };
+    Alerting::start(inputs, metrics, tasks, stop)
+}
+
+/// `GET /api/v1/alerts` and `/api/v1/notifiers`, from alerting's state.
+struct AlertsView(Alerting);
+
+impl AlertView for AlertsView {
+    fn alerts(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.0.alerts()).unwrap_or_else(|_| serde_json::Value::Array(Vec::new()))
+    }
+
+    fn notifiers(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.notifiers()).unwrap_or_else(|_| serde_json::Value::Array(Vec::new()))
     }
 }
 

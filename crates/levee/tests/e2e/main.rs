@@ -6,6 +6,8 @@ mod support;
 
 mod access_log;
 mod admin;
+mod alertmanager;
+mod alerts;
 mod cli;
 mod dashboard;
 mod demo;

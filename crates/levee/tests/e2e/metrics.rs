@@ -109,7 +109,8 @@ async fn the_exposition_passes_promtool_and_every_family_is_named_helped_and_doc
          [upstream.app.outlier]\nconsecutive_5xx = 5\n\
          [upstream.app.region.primary]\npriority = 0\nendpoints = [\"{}\", \"{dead_addr}\"]\n\
          [upstream.app.region.secondary]\npriority = 1\nendpoints = [\"{}\"]\n\n\
-         [access_log]\nenabled = true\npath = \"{}\"\n",
+         [access_log]\nenabled = true\npath = \"{}\"\n\n\
+         [alerting.notifier.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nmax_retries = 0\n",
         alive.addr(),
         other.addr(),
         dir.path().join("access.log").display()
