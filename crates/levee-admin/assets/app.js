@@ -372,27 +372,49 @@ function renderAlerts() {
     box.replaceChildren(h('div', { class: 'alerts-none' }, icon('resolved'), 'No active alerts'));
     return;
   }
+  // Alerts of one rule in one state are one row: a failed region is one
+  // "endpoint down" line naming its endpoints, not one line each.
+  const groups = new Map();
+  for (const a of alerts) {
+    const key = `${a.state}\u0000${a.rule}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(a);
+  }
   const now = Date.now();
-  box.replaceChildren(...alerts.map((a) => {
-    const ann = a.annotations || {};
-    const labels = Object.entries(a.labels || {});
-    const since = a.state === 'firing' ? (a.firing_since_ms ?? a.active_since_ms) : a.active_since_ms;
-    return h('div', {
-      class: `alert alert-${a.state}`,
-      dataset: { rule: a.rule, state: a.state, kind: a.kind || '' },
-      role: a.state === 'firing' ? 'alert' : null,
-    },
-    h('div', { class: 'alert-state' }, icon(a.state), a.state),
-    h('div', { class: 'alert-body' },
-      h('div', { class: 'alert-title' },
-        h('strong', { text: a.rule }),
-        a.severity ? h('span', { class: `severity sev-${a.severity}`, text: a.severity }) : null,
-        labels.map(([k, v]) => h('span', { class: 'chip', text: `${k}=${v}` }))),
-      h('div', { class: 'alert-summary', text: ann.summary || ann.description || describeKind(a.kind) })),
-    h('div', { class: 'alert-meta' },
-      typeof since === 'number' ? h('span', { title: new Date(since).toISOString() }, `${a.state === 'firing' ? 'firing' : 'pending'} for ${fmt.duration(now - since)}`) : null,
-      safeLink(ann.runbook_url) ? h('a', { href: ann.runbook_url, class: 'runbook', target: '_blank', rel: 'noopener noreferrer' }, 'Runbook →') : null));
-  }));
+  box.replaceChildren(...[...groups.values()].map((group) => alertRow(group, now)));
+}
+
+function alertRow(group, now) {
+  const a = group[0];
+  const ann = a.annotations || {};
+  // Labels every alert of the group shares are chips; the ones that tell
+  // them apart are listed.
+  const keys = [...new Set(group.flatMap((x) => Object.keys(x.labels || {})))].sort();
+  const common = keys.filter((k) => group.every((x) => (x.labels || {})[k] === (a.labels || {})[k]));
+  const varying = keys.filter((k) => !common.includes(k));
+  const since = Math.min(...group.map((x) =>
+    (x.state === 'firing' ? (x.firing_since_ms ?? x.active_since_ms) : x.active_since_ms) ?? now));
+  let summary = ann.summary || ann.description || describeKind(a.kind);
+  if (group.length > 1) {
+    const which = group.map((x) => varying.map((k) => (x.labels || {})[k]).join(' ')).join(', ');
+    summary = `${group.length} alerts: ${describeKind(a.kind).toLowerCase() || a.rule}${which ? ` — ${which}` : ''}`;
+  }
+  return h('div', {
+    class: `alert alert-${a.state}`,
+    dataset: { rule: a.rule, state: a.state, kind: a.kind || '', count: String(group.length) },
+    role: a.state === 'firing' ? 'alert' : null,
+  },
+  h('div', { class: 'alert-state' }, icon(a.state), a.state),
+  h('div', { class: 'alert-body' },
+    h('div', { class: 'alert-title' },
+      h('strong', { text: a.rule }),
+      group.length > 1 ? h('span', { class: 'count', text: `×${group.length}` }) : null,
+      a.severity ? h('span', { class: `severity sev-${a.severity}`, text: a.severity }) : null,
+      common.map((k) => h('span', { class: 'chip', text: `${k}=${a.labels[k]}` }))),
+    h('div', { class: 'alert-summary', text: summary })),
+  h('div', { class: 'alert-meta' },
+    h('span', { title: new Date(since).toISOString() }, `${a.state} for ${fmt.duration(now - since)}`),
+    safeLink(ann.runbook_url) ? h('a', { href: ann.runbook_url, class: 'runbook', target: '_blank', rel: 'noopener noreferrer' }, 'Runbook →') : null));
 }
 
 function safeLink(url) {
@@ -401,7 +423,7 @@ function safeLink(url) {
 
 function describeKind(kind) {
   return ({
-    endpoint_down: 'An endpoint takes no traffic',
+    endpoint_down: 'Endpoints take no traffic',
     region_degraded: 'A region has lost healthy endpoints',
     failover_active: 'Traffic has left the preferred region',
     error_ratio: 'Error ratio above threshold',
