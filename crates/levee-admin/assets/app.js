@@ -546,12 +546,12 @@ function tile(e) {
 
 // ---------------------------------------------------------------- charts
 
-// The charts span the history there is, in whole minutes from one to ten:
-// a levee that started a minute ago shows that minute, not a flat line.
+// The charts span the history there is, from one to ten minutes: a levee
+// that started two minutes ago fills its charts with those two minutes.
 function chartSpan(points) {
   if (points.length < 2) return 60 * 1000;
   const have = points[points.length - 1].time_ms - points[0].time_ms + state.historyInterval;
-  return Math.min(HISTORY_MS, Math.max(1, Math.ceil(have / 60000)) * 60000);
+  return Math.min(HISTORY_MS, Math.max(60 * 1000, have));
 }
 
 function charts(up, levels) {
@@ -644,7 +644,6 @@ const W = 600;
 const H = 100;
 
 function chartFrame(title, value, frame, maxLabel, body, opts) {
-  const minutes = Math.round(frame.span / 60000);
   const fig = h('figure', { class: 'chart' },
     h('figcaption', {},
       h('div', { class: 'chart-head' },
@@ -655,23 +654,30 @@ function chartFrame(title, value, frame, maxLabel, body, opts) {
           h('span', { class: `key ${cls}` }, h('i'), name, now ? h('b', { text: now }) : null)) : opts.subtitle || '\u00a0')),
     h('div', { class: 'plot' },
       h('span', { class: 'ymax', text: maxLabel }),
-      s('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `${title} over the last ${minutes} min` },
+      s('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', role: 'img', 'aria-label': `${title} over the last ${spanLabel(frame.span)}` },
         [0, 0.5, 1].map((f) => s('line', { class: 'grid', x1: 0, x2: W, y1: (H - f * (H - 2)).toFixed(1), y2: (H - f * (H - 2)).toFixed(1) })),
         body),
       h('div', { class: 'cursor', hidden: true }),
       h('div', { class: 'tip', hidden: true })),
     h('div', { class: 'xaxis' },
-      h('span', { text: `${minutes} min ago` }),
-      h('span', { text: minutes === 1 ? '30 s' : `${minutes / 2} min` }),
+      h('span', { text: `${spanLabel(frame.span)} ago` }),
+      h('span', { text: spanLabel(frame.span / 2) }),
       h('span', { text: 'now' })));
   fig.readout = opts.readout || (() => '');
   return fig;
 }
 
+// "10 min", "2.5 min", "45 s": a chart's axis needs no more.
+function spanLabel(ms) {
+  if (ms < 60 * 1000) return `${Math.round(ms / 1000)} s`;
+  return `${Math.round(ms / 30000) / 2} min`;
+}
+
 function chart(title, value, frame, format, series, opts = {}) {
   let peak = 0;
   for (const sr of series) for (const [, v] of sr.data) if (v !== null && v !== undefined && v > peak) peak = v;
-  const max = Math.max(niceMax(peak), opts.minMax || 0);
+  // Headroom above the peak, so that a steady line does not run along the top.
+  const max = Math.max(niceMax(peak * 1.15), opts.minMax || 0);
   if (opts.summary) opts.subtitle = opts.summary(peak);
   const x = (t) => ((t - frame.start) / (frame.end - frame.start)) * W;
   const y = (v) => H - (v / max) * (H - 2);

@@ -133,8 +133,9 @@ async fn the_dashboard_shows_a_region_fail_and_recover() {
         "false"
     );
     if std::env::var_os("LEVEE_SCREENSHOT").is_some() {
-        // For the docs' picture: let the charts gather a minute of traffic.
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // For the docs' picture: let the charts gather a few minutes of
+        // traffic.
+        tokio::time::sleep(Duration::from_secs(150)).await;
     }
 
     post(&control, "/demo/regions/primary/fail").await;
@@ -177,8 +178,14 @@ async fn the_dashboard_shows_a_region_fail_and_recover() {
         "the failover alert fires on the page",
     )
     .await;
-    // Let the charts draw a few seconds on secondary before the picture.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the charts draw a while on secondary before the picture: a few
+    // seconds, or for the docs' picture long enough to read the change.
+    let settle = if std::env::var_os("LEVEE_SCREENSHOT").is_some() {
+        25
+    } else {
+        3
+    };
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.save_screenshot(&shot).await.expect("screenshot");
     let png = std::fs::read(&shot).expect("read screenshot");
