@@ -27,7 +27,7 @@ pub(crate) async fn require(State(state): State<AdminState>, request: Request, n
         && request.uri().query().is_some_and(|q| {
             q.split('&')
                 .filter_map(|pair| pair.strip_prefix("access_token="))
-                .any(|given| same(given.as_bytes(), expected))
+                .any(|given| percent_decode(given).is_some_and(|g| same(&g, expected)))
         });
     if from_header || from_query {
         return next.run(request).await;
@@ -43,6 +43,26 @@ pub(crate) async fn require(State(state): State<AdminState>, request: Request, n
     response.into_response()
 }
 
+/// `%XX` escapes decoded (browsers encode the token with
+/// `encodeURIComponent`); `+` stays `+`, since a token has no spaces.
+/// `None` for a broken escape.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 /// Compares without stopping at the first difference, so the time taken
 /// does not tell an attacker how much of a guess was right.
 fn same(given: &[u8], expected: &[u8]) -> bool {
@@ -54,7 +74,7 @@ fn same(given: &[u8], expected: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::{percent_decode, same};
 
     #[test]
     fn tokens_compare_exactly() {
@@ -62,5 +82,13 @@ mod tests {
         assert!(!same(b"0123456789abcdeg", b"0123456789abcdef"));
         assert!(!same(b"0123456789abcde", b"0123456789abcdef"));
         assert!(!same(b"", b"0123456789abcdef"));
+    }
+
+    #[test]
+    fn query_tokens_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Bb%2F%3D").as_deref(), Some(&b"a+b/="[..]));
+        assert_eq!(percent_decode("a+b").as_deref(), Some(&b"a+b"[..]));
+        assert_eq!(percent_decode("abc%2"), None);
+        assert_eq!(percent_decode("abc%zz"), None);
     }
 }
