@@ -15,6 +15,7 @@
 pub mod access;
 pub mod alert;
 pub mod balance;
+pub mod calendar;
 pub mod concurrency;
 pub mod ewma;
 pub mod failover;

@@ -202,7 +202,7 @@ impl Civil {
         let secs = since.as_secs();
         let days = (secs / 86_400) as i64;
         let of_day = secs % 86_400;
-        let (year, month, day) = civil_from_days(days);
+        let (year, month, day) = levee_core::calendar::civil_from_days(days);
         Civil {
             year,
             month,
@@ -213,21 +213,6 @@ impl Civil {
             millis: since.subsec_millis(),
         }
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar: Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// `2024-05-01T12:00:00.123Z`
