@@ -26,6 +26,7 @@ const state = {
   history: new Map(),
   historyInterval: 1000,
   alerts: [],
+  notifiers: [],
   events: new Map(),
   status: null,
   statusAt: 0,
@@ -63,9 +64,10 @@ function refresh() {
   }
   state.refreshing = (async () => {
     try {
-      const [upstreams, history, alerts] = await Promise.all([
-        getJSON('upstreams'), getJSON('history'), getJSON('alerts'),
+      const [upstreams, history, alerts, notifiers] = await Promise.all([
+        getJSON('upstreams'), getJSON('history'), getJSON('alerts'), getJSON('notifiers'),
       ]);
+      state.notifiers = Array.isArray(notifiers) ? notifiers : [];
       state.upstreams = Array.isArray(upstreams) ? upstreams : (upstreams.upstreams || []);
       state.historyInterval = history.interval_ms || 1000;
       state.history = new Map((history.upstreams || []).map((u) => [u.name, u.points || []]));
@@ -727,6 +729,37 @@ function shareChart(points, frame, priorities, names) {
   });
 }
 
+// ---------------------------------------------------------------- notifiers
+
+// `failing` while the last attempt failed (after the last delivery), `ok`
+// once one delivery went through, `idle` before anything was sent.
+function notifierState(n) {
+  if (n.last_error_ms && (!n.last_success_ms || n.last_error_ms > n.last_success_ms)) return 'failing';
+  return n.last_success_ms ? 'ok' : 'idle';
+}
+
+function renderNotifiers() {
+  const list = document.getElementById('notifiers');
+  if (!state.notifiers.length) {
+    list.replaceChildren(h('li', { class: 'none', text: 'None configured: alerts show here only.' }));
+    return;
+  }
+  const now = Date.now();
+  list.replaceChildren(...state.notifiers.map((n) => {
+    const st = notifierState(n);
+    const when = st === 'failing'
+      ? `failing for ${fmt.duration(now - (n.last_success_ms || n.last_error_ms))}`
+      : st === 'ok' ? `delivered ${fmt.duration(now - n.last_success_ms)} ago` : 'nothing sent yet';
+    const counts = `${n.sent ?? 0} sent · ${n.failed ?? 0} failed · ${n.dropped ?? 0} dropped · ${n.queued ?? 0} queued`;
+    return h('li', { class: `notifier state-${st}`, dataset: { notifier: n.name, state: st } },
+      h('span', { class: 'event-icon' }, icon({ failing: 'firing', ok: 'resolved' }[st] || 'info')),
+      h('div', { class: 'notifier-body' },
+        h('div', {}, h('strong', { text: n.name }), h('span', { class: 'muted', text: ` ${n.kind} · ${when}` })),
+        st === 'failing' && n.last_error ? h('div', { class: 'notifier-error', text: n.last_error }) : null,
+        h('div', { class: 'muted small', text: counts })));
+  }));
+}
+
 // ---------------------------------------------------------------- events
 
 function renderEvents() {
@@ -797,6 +830,7 @@ function describe(e) {
 function render() {
   renderAlerts();
   renderUpstreams();
+  renderNotifiers();
   document.body.dataset.ready = 'true';
 }
 

@@ -338,3 +338,47 @@ async fn post(client: &Client, path: &str) {
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     let _: Value = serde_json::from_str(&r.text()).expect("json");
 }
+
+/// A notifier whose receiver refuses every notification shows as failing,
+/// with the receiver's answer, beside the alert it could not deliver.
+#[tokio::test]
+async fn the_dashboard_shows_a_notifier_that_cannot_deliver() {
+    let browser = Browser::launch(1200, 800)
+        .await
+        .expect("headless Chromium starts");
+    let receiver = levee_testkit::Receiver::start().await.expect("receiver");
+    receiver.always(503);
+    let up = Backend::start("a").await;
+    let down = Backend::start("b").await;
+    let dead = down.addr();
+    down.kill().await;
+    // The default rules (no [[alert]] here) include endpoint_down.
+    let toml = simple(&[up.addr(), dead])
+        + "[upstream.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"300ms\"\nfall = 1\n"
+        + &format!(
+            "[alerting.notifier.pager]\nkind = \"webhook\"\nurl = \"{}\"\ngroup_wait = \"0s\"\n\
+             max_retries = 1\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\n",
+            receiver.url("/")
+        );
+    let h = Harness::start(&toml).await;
+    browser
+        .navigate(&format!("http://{}/", h.admin))
+        .await
+        .expect("page loads");
+    shown(
+        &browser,
+        "(() => { const n = document.querySelector('[data-notifier=\"pager\"]'); \
+         return n !== null && n.dataset.state === 'failing' && n.textContent.includes('503'); })()",
+        SHOWN,
+        "the notifier shows as failing with the receiver's answer",
+    )
+    .await;
+    shown(
+        &browser,
+        "document.querySelector('#alerts [data-kind=\"endpoint_down\"][data-state=\"firing\"]') !== null",
+        SHOWN,
+        "the undelivered alert is on the page",
+    )
+    .await;
+    assert!(!receiver.received().is_empty(), "levee tried to deliver");
+}
