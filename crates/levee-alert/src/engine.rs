@@ -26,6 +26,10 @@ pub struct Inputs {
     pub config: Arc<dyn Fn() -> Arc<Config> + Send + Sync>,
     /// The facts rules are evaluated on.
     pub source: Arc<dyn Source + Send + Sync>,
+    /// Notified when what the facts say may have changed (an endpoint's
+    /// health, a failover, a reload): the rules are evaluated at once, so
+    /// an alert waits for no tick.
+    pub changed: Arc<tokio::sync::Notify>,
     /// Told every state change (`pending`, `firing`, `resolved`,
     /// `inactive`), on the evaluator's task: it must not block.
     pub publish: Arc<dyn Fn(&Alert) + Send + Sync>,
@@ -110,6 +114,7 @@ impl Evaluator {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = ticks.tick() => {}
+                () = self.inputs.changed.notified() => {}
             }
             let latest = (self.inputs.config)();
             if !Arc::ptr_eq(&latest, &self.config) {

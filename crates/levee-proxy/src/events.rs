@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 /// Recent events kept for new readers and `GET /api/v1/events/recent`.
 pub const RECENT: usize = 256;
@@ -140,6 +140,10 @@ pub fn unix_millis() -> u64 {
 }
 
 pub struct Events {
+    /// Woken by every event but alerts' own: what alert rules read may
+    /// have changed, so the evaluator looks at once rather than at its
+    /// next tick.
+    changed: Arc<Notify>,
     next: AtomicU64,
     tx: broadcast::Sender<Arc<Event>>,
     recent: Mutex<VecDeque<Arc<Event>>>,
@@ -155,14 +159,24 @@ impl Events {
     pub fn new() -> Events {
         let (tx, _) = broadcast::channel(CHANNEL);
         Events {
+            changed: Arc::new(Notify::new()),
             next: AtomicU64::new(1),
             tx,
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
     }
 
+    /// Notified (one permit, never blocking the publisher) by every event
+    /// that is not an alert's.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
     /// Publishes an event to every reader and the recent ring.
     pub fn publish(&self, kind: EventKind) {
+        if !matches!(kind, EventKind::Alert { .. }) {
+            self.changed.notify_one();
+        }
         let time_ms = unix_millis();
         // Ids are taken under the ring's lock so that the ring and the
         // channel see events in id order.

@@ -230,6 +230,7 @@ fn start_alerting(
     let inputs = levee_alert::Inputs {
         config: Arc::new(move || serving.config()),
         source: gateway.clone(),
+        changed: gateway.events().changed(),
         publish: Arc::new(move |a: &Alert| {
             events.publish(EventKind::Alert {
                 rule: a.rule.clone(),

@@ -145,6 +145,7 @@ impl Running {
         let inputs = Inputs {
             config: Arc::new(move || read.load_full()),
             source: source.clone(),
+            changed: Arc::new(tokio::sync::Notify::new()),
             publish: Arc::new(move |a: &Alert| log.lock().unwrap().push(a.clone())),
         };
         let alerting = Alerting::start(inputs, metrics, &tracker, stop.clone());

@@ -94,8 +94,20 @@ impl Upstream {
             wake = wake.min(now + RAMP_STEP);
         }
         drop(failover);
-        let old = self.loads.load();
-        if **old != loads {
+        let old = self.loads.load_full();
+        if *old != loads {
+            for (i, &share) in loads.shares.iter().enumerate() {
+                if let Some(g) = self.metrics.share.get(i) {
+                    g.set(f64::from(share) / f64::from(levee_core::failover::ALL));
+                }
+                if let Some(g) = self.metrics.panic.get(i) {
+                    g.set(i64::from(loads.panic[i]));
+                }
+            }
+            // Published first, announced after: whoever an event wakes (the
+            // alert evaluator, the dashboard) reads the new loads.
+            let loads = std::sync::Arc::new(loads);
+            self.loads.store(loads.clone());
             // A new upstream's first loads are not a change anyone made.
             let first = old.shares.is_empty();
             if shape(&old) != shape(&loads) && !first {
@@ -110,15 +122,6 @@ impl Upstream {
                 });
             }
             self.publish_failover(&loads);
-            for (i, &share) in loads.shares.iter().enumerate() {
-                if let Some(g) = self.metrics.share.get(i) {
-                    g.set(f64::from(share) / f64::from(levee_core::failover::ALL));
-                }
-                if let Some(g) = self.metrics.panic.get(i) {
-                    g.set(i64::from(loads.panic[i]));
-                }
-            }
-            self.loads.store(std::sync::Arc::new(loads));
         }
         wake
     }
