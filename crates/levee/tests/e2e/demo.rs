@@ -120,3 +120,49 @@ async fn metric(admin: &Client, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
 }
+
+/// The reference topology loses the primary region without an error spike:
+/// its first failed requests eject the dark endpoints and their retries go
+/// to secondary. (With the outlier defaults, which keep one endpoint per
+/// region, about 15% of these requests failed: every try that met a dark
+/// endpoint until two checks had failed.)
+#[tokio::test]
+async fn the_reference_topology_loses_a_region_with_almost_no_error() {
+    use levee::demo::{Options, Ports};
+    let demo = Demo::start_with(Options {
+        ports: Ports::Ephemeral,
+        traffic: None,
+    })
+    .await
+    .expect("demo starts");
+    let gateway = Client::http1(demo.app.listener_addr("public").expect("listener"));
+    let admin = Client::http1(demo.app.admin_addr());
+    let rate = 100;
+    let load = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            levee_testkit::open_loop(&gateway, rate, std::time::Duration::from_secs(6), 400, |i| {
+                http::Request::get(format!("/items/{i}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .expect("request")
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let fail = http::Request::post("/demo/regions/primary/fail")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("req");
+    assert_eq!(admin.send(fail).await.expect("fail").status, 200);
+    let timeline = load.await.expect("load");
+    let failed = timeline.failures().len();
+    let total = timeline.samples.len();
+    eprintln!("primary region failed under {rate} req/s: {failed} of {total} requests failed");
+    assert!(total >= 500, "the load ran: {total}");
+    assert!(
+        failed * 100 <= total * 2,
+        "{failed} of {total} failed: {:#?}",
+        timeline.failures()
+    );
+    demo.shutdown().await;
+}
