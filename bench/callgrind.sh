@@ -19,7 +19,8 @@
 #   CARGO=cargo
 #
 # Output: the figures on stdout, progress on stderr; the report is also
-# written to bench/out/callgrind-<timestamp>.md.
+# written to bench/out/callgrind-<timestamp>.md, and callgrind's counts to
+# bench/out/callgrind-<timestamp>.callgrind.out (for callgrind_annotate).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -98,6 +99,7 @@ wait "$LEVEE_PID" 2>/dev/null || true
 total=$(callgrind_annotate "$TMP/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 [[ "$total" =~ ^[0-9]+$ ]] || die "no program total in the callgrind output"
 per_request=$((total / requests))
+cp "$TMP/callgrind.out" "$OUT_PREFIX.callgrind.out"
 
 {
   echo "# bench/callgrind.sh"
@@ -108,4 +110,6 @@ per_request=$((total / requests))
   echo "| requests | instructions | per request |"
   echo "|---:|---:|---:|"
   echo "| $requests | $total | $per_request |"
+  echo
+  echo "Counts by function: callgrind_annotate $OUT_PREFIX.callgrind.out"
 } | tee "$OUT_PREFIX.md"
