@@ -235,10 +235,28 @@ impl Gateway {
         lock(&self.last_reload).clone()
     }
 
-    /// Rebuilds the snapshot from the running config, to take in run-time
-    /// changes that the balancers are built with (weights).
+    /// Rebuilds the snapshot from the running config and TLS material, to
+    /// take in run-time changes that the balancers are built with
+    /// (weights). Unlike a reload it reads no file: certificates, listeners
+    /// and the access log stay as they are.
     pub(crate) fn rebuild(&self) -> Result<(), GatewayError> {
-        self.apply((*self.config()).clone())
+        let _applying = lock(&self.applying);
+        if self.is_draining() {
+            return Err(GatewayError::Draining);
+        }
+        let previous = self.state.load_full();
+        let redis = lock(&self.redis).as_ref().map(|r| r.client.clone());
+        let next = Snapshot::build(
+            previous.config.clone(),
+            Some(&previous),
+            &self.metrics,
+            previous.tls(),
+            redis.as_ref(),
+            &self.events,
+        );
+        self.state.store(Arc::new(next));
+        self.start_checkers();
+        Ok(())
     }
 
     /// The stream of state changes.

@@ -219,6 +219,7 @@ impl Snapshot {
                     hash_on: u.hash_on.clone(),
                     limits: u.limits,
                     outlier: u.outlier.clone(),
+                    policy: u.balance,
                     tracks_latency: u.balance == levee_core::balance::Policy::PeakEwma,
                     counters,
                     metrics: upstream_metrics,
@@ -309,6 +310,23 @@ impl Snapshot {
             upstreams,
             unmatched: metrics.route("", "", None),
             config,
+        }
+    }
+
+    /// The TLS material this snapshot serves with, for a rebuild that must
+    /// not read certificate files again.
+    pub fn tls(&self) -> Loaded {
+        Loaded {
+            acceptors: self
+                .listeners
+                .iter()
+                .filter_map(|(name, policy)| Some((name.clone(), policy.tls.as_ref()?.config().clone())))
+                .collect(),
+            connectors: self
+                .upstreams
+                .iter()
+                .filter_map(|u| Some((u.name.clone(), u.endpoints.first()?.state.pool.tls()?)))
+                .collect(),
         }
     }
 

@@ -181,7 +181,7 @@ impl Gateway {
         let seconds = totals.seconds.max(1) as f64;
         UpstreamStatus {
             name: u.name.to_string(),
-            policy: self.config_policy(u),
+            policy: u.policy.as_str(),
             failover_active: u.failover_active.load(std::sync::atomic::Ordering::Relaxed),
             levels,
             regions,
@@ -193,14 +193,6 @@ impl Gateway {
                 p99_ms: totals.window.quantile(0.99).map(|s| s * 1e3),
             },
         }
-    }
-
-    fn config_policy(&self, u: &Upstream) -> &'static str {
-        self.config()
-            .upstreams
-            .iter()
-            .find(|c| c.name == u.name)
-            .map_or("", |c| c.balance.as_str())
     }
 
     pub fn listeners(&self) -> Vec<ListenerStatus> {

@@ -70,6 +70,8 @@ pub(crate) struct Upstream {
     pub hash_on: Option<HashOn>,
     pub limits: Limits,
     pub outlier: Option<Outlier>,
+    /// The balancing policy, for the admin API.
+    pub policy: levee_core::balance::Policy,
     /// Whether the balancer reads the endpoints' latency (`peak_ewma`).
     pub tracks_latency: bool,
     /// The breakers' counts and the retry budget, carried across reloads.

@@ -397,6 +397,33 @@ async fn a_plain_text_request_on_a_tls_listener_is_not_served() {
     assert!(backend.ledger().is_empty());
 }
 
+/// A weight change through the admin API rebuilds the balancers with the
+/// certificates already in memory: a key file broken since the start
+/// refuses a reload, not the weight change.
+#[tokio::test]
+async fn a_weight_change_reads_no_certificate_file() {
+    let backend = Backend::start("b1").await;
+    let pki = Pki::new();
+    let h = Harness::start_file(&tls_gateway(&pki, backend.addr()), false).await;
+    std::fs::write(pki.path("other.key"), "not a key").expect("write");
+    assert_eq!(api_reload(h.admin).await.expect("reload").status, 422);
+    let req = http::Request::put(format!(
+        "/api/v1/upstreams/app/endpoints/{}/weight",
+        backend.addr()
+    ))
+    .header("content-type", "application/json")
+    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+        br#"{"weight": 2}"#,
+    )))
+    .expect("request");
+    let r = levee_testkit::Client::http1(h.admin)
+        .send(req)
+        .await
+        .expect("reply");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"weight\":2"), "{}", r.text());
+}
+
 #[tokio::test]
 async fn a_bad_certificate_file_is_refused_with_its_path() {
     let pki = Pki::new();
