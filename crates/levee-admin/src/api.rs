@@ -180,19 +180,11 @@ pub(crate) async fn history(State(state): State<AdminState>) -> Response {
 }
 
 pub(crate) async fn alerts(State(state): State<AdminState>) -> Response {
-    let alerts = state
-        .alerts
-        .as_ref()
-        .map_or(serde_json::Value::Array(Vec::new()), |a| a.alerts());
-    Json(alerts).into_response()
+    Json(state.alerts.alerts()).into_response()
 }
 
 pub(crate) async fn notifiers(State(state): State<AdminState>) -> Response {
-    let notifiers = state
-        .alerts
-        .as_ref()
-        .map_or(serde_json::Value::Array(Vec::new()), |a| a.notifiers());
-    Json(notifiers).into_response()
+    Json(state.alerts.notifiers()).into_response()
 }
 
 pub(crate) async fn config(State(state): State<AdminState>) -> Response {

@@ -73,7 +73,7 @@ pub trait AlertView: Send + Sync {
 pub struct AdminState {
     pub gateway: Arc<Gateway>,
     pub reload: mpsc::Sender<ReloadRequest>,
-    pub alerts: Option<Arc<dyn AlertView>>,
+    pub alerts: Arc<dyn AlertView>,
     /// Fires when the admin listener stops: event streams end with it, so
     /// that the graceful shutdown does not wait on them forever.
     pub shutdown: CancellationToken,

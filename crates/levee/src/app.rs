@@ -108,7 +108,7 @@ impl App {
         let mut router = levee_admin::router(AdminState {
             gateway: gateway.clone(),
             reload: reload_tx.clone(),
-            alerts: Some(Arc::new(AlertsView(alerting.clone()))),
+            alerts: Arc::new(AlertsView(alerting.clone())),
             shutdown: stop_admin.clone(),
             started: std::time::SystemTime::now(),
         });
