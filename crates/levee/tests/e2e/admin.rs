@@ -508,16 +508,31 @@ fn validate(root: &Value, schema: &Value, value: &Value, at: &str, problems: &mu
 async fn the_openapi_document_matches_the_api() {
     let a = Backend::start("a").await;
     let s = Backend::start("s").await;
+    // A dead endpoint fires the default endpoint_down rule, and a notifier
+    // that cannot deliver it has a status to show: every schema is
+    // checked against a real value, not an empty list.
+    let gone = Backend::start("gone").await;
+    let dead = gone.addr();
+    gone.kill().await;
     let toml = config(
-        &[("primary", 0, &[a.addr()]), ("secondary", 1, &[s.addr()])],
+        &[("primary", 0, &[a.addr(), dead]), ("secondary", 1, &[s.addr()])],
         "",
-        CHECKS,
+        &format!(
+            "{CHECKS}[alerting.notifier.pager]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\n\
+             group_wait = \"0s\"\nmax_retries = 0\n"
+        ),
     );
     let h = Harness::start_file(&toml, false).await;
     let c = h.client();
     for _ in 0..10 {
         c.get("/").await.expect("reply");
     }
+    eventually_async(SETTLE, "an alert fires and its delivery fails", || async {
+        let alerts = json(h.admin, "/api/v1/alerts").await;
+        let notifiers = json(h.admin, "/api/v1/notifiers").await;
+        alerts.as_array().is_some_and(|a| !a.is_empty()) && notifiers[0]["last_error"].is_string()
+    })
+    .await;
     let doc = json(h.admin, "/api/v1/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().expect("paths");
