@@ -78,12 +78,16 @@ async fn a_slow_backend_gets_its_limit_lowered_and_the_excess_is_shed_fast() {
         "only answers and sheds: {:?}",
         timeline.failures().first()
     );
-    // While fast, nothing is shed.
+    // While fast, (almost) nothing is shed. Not strictly nothing: on a busy
+    // machine a stall of levee or of this test's runtime makes a window look
+    // congested and the limiter rightly trims a little (seen: 3 of 600 in a
+    // CI run). What matters is the contrast with the slow phase below.
     let before: Vec<&Sample> = timeline.window(Duration::from_secs(1), slow_from).collect();
-    assert_eq!(
-        before.iter().filter(|s| shed(s)).count(),
-        0,
-        "shed while the backend was fast"
+    let shed_before = before.iter().filter(|s| shed(s)).count();
+    assert!(
+        shed_before * 50 <= before.len(),
+        "shed {shed_before} of {} while the backend was fast",
+        before.len()
     );
 
     // Once the limit has fallen (the last 3 s of the slow phase): requests
@@ -126,8 +130,10 @@ async fn a_slow_backend_gets_its_limit_lowered_and_the_excess_is_shed_fast() {
         "shedding began {first_shed:?} after the slowdown"
     );
     assert!(
-        !shed_latency.is_empty(),
-        "nothing was shed while the backend was slow"
+        shed_latency.len() * 5 >= settled.len(),
+        "only {} of {} shed while the backend was slow",
+        shed_latency.len(),
+        settled.len()
     );
     assert!(
         !admitted_latency.is_empty(),
@@ -160,7 +166,11 @@ async fn a_slow_backend_gets_its_limit_lowered_and_the_excess_is_shed_fast() {
         recovered_limit > slow_limit,
         "the limit did not recover: {recovered_limit}"
     );
-    assert_eq!(shed_after, 0, "still shedding 3 s after the backend recovered");
+    assert!(
+        shed_after * 50 <= after.len(),
+        "still shedding 3 s after the backend recovered: {shed_after} of {}",
+        after.len()
+    );
     assert_eq!(
         (bulk_shed + critical_shed) as usize,
         timeline.samples.iter().filter(|s| shed(s)).count(),
