@@ -3,11 +3,13 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use levee_proxy::status::ChangeError;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::AdminState;
 
@@ -29,10 +31,39 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
         .into_response()
 }
 
+/// axum's `Path`, refusing with a JSON error rather than axum's plain text
+/// (an address that is not UTF-8 once percent-decoded, say).
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(e) => Err(error(e.status(), e.body_text())),
+        }
+    }
+}
+
+/// axum's `Query`, refusing with a JSON error (`?limit=-1`, a repeated
+/// parameter).
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(t)) => Ok(ApiQuery(t)),
+            Err(e) => Err(error(e.status(), e.body_text())),
+        }
+    }
+}
+
 fn change_error(e: ChangeError) -> Response {
     let status = match e {
         ChangeError::NoUpstream(_) | ChangeError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
-        ChangeError::Ambiguous { .. } => StatusCode::CONFLICT,
         ChangeError::Weight => StatusCode::BAD_REQUEST,
         ChangeError::Gateway(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -80,7 +111,7 @@ pub(crate) async fn upstreams(State(state): State<AdminState>) -> Response {
     Json(state.gateway.upstreams()).into_response()
 }
 
-pub(crate) async fn upstream(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+pub(crate) async fn upstream(State(state): State<AdminState>, ApiPath(name): ApiPath<String>) -> Response {
     match state.gateway.upstream(&name) {
         Some(u) => Json(u).into_response(),
         None => change_error(ChangeError::NoUpstream(name)),
@@ -94,24 +125,24 @@ pub(crate) struct RegionQuery {
 
 pub(crate) async fn drain(
     state: State<AdminState>,
-    path: Path<(String, String)>,
-    query: Query<RegionQuery>,
+    path: ApiPath<(String, String)>,
+    query: ApiQuery<RegionQuery>,
 ) -> Response {
     set_drained(state, path, query, true)
 }
 
 pub(crate) async fn undrain(
     state: State<AdminState>,
-    path: Path<(String, String)>,
-    query: Query<RegionQuery>,
+    path: ApiPath<(String, String)>,
+    query: ApiQuery<RegionQuery>,
 ) -> Response {
     set_drained(state, path, query, false)
 }
 
 fn set_drained(
     State(state): State<AdminState>,
-    Path((upstream, endpoint)): Path<(String, String)>,
-    Query(q): Query<RegionQuery>,
+    ApiPath((upstream, endpoint)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<RegionQuery>,
     drained: bool,
 ) -> Response {
     match state
@@ -126,18 +157,43 @@ fn set_drained(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WeightBody {
-    /// `null`: back to the configured weight.
+    /// `null`: back to the configured weight. Required all the same: a body
+    /// of `{}` is a mistake, not a request to undo the operator's change.
+    #[serde(deserialize_with = "nullable")]
     weight: Option<u32>,
+}
+
+/// An `Option` that must be present (serde makes a missing `Option` `None`
+/// unless the field has its own deserializer). A whole number written as a
+/// float (`5.0`) is an integer to JSON Schema, so it is one here too.
+fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .and_then(|w| u32::try_from(w).ok())
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("weight {n} is not a whole number from 1 to 1000"))),
+    }
 }
 
 pub(crate) async fn weight(
     State(state): State<AdminState>,
-    Path((upstream, endpoint)): Path<(String, String)>,
-    Query(q): Query<RegionQuery>,
+    ApiPath((upstream, endpoint)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<RegionQuery>,
     body: Result<Json<WeightBody>, JsonRejection>,
 ) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
+        Err(JsonRejection::MissingJsonContentType(e)) => {
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.body_text());
+        }
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,

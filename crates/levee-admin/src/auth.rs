@@ -21,7 +21,7 @@ pub(crate) async fn require(State(state): State<AdminState>, request: Request, n
     let from_header = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer(v.as_bytes()))
         .is_some_and(|given| same(given, expected));
     let from_query = request.uri().path() == "/api/v1/events"
         && request.uri().query().is_some_and(|q| {
@@ -41,6 +41,13 @@ pub(crate) async fn require(State(state): State<AdminState>, request: Request, n
         HeaderValue::from_static("Bearer realm=\"levee\""),
     );
     response.into_response()
+}
+
+/// The credentials of `Bearer <token>`; the scheme's case does not matter
+/// (RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"Bearer ").then_some(token)
 }
 
 /// `%XX` escapes decoded (browsers encode the token with
@@ -74,7 +81,16 @@ fn same(given: &[u8], expected: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{percent_decode, same};
+    use super::{bearer, percent_decode, same};
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"BEARER abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abcdef"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+    }
 
     #[test]
     fn tokens_compare_exactly() {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
-use axum::response::IntoResponse;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use levee_proxy::events::{Event, RECENT};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::AdminState;
+use crate::api::{ApiQuery, error};
 
 /// A comment line this often keeps proxies and load balancers from
 /// closing a quiet stream.
@@ -26,11 +27,16 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// and the ring still has them), then live, until the admin listener stops.
 pub(crate) async fn stream(State(state): State<AdminState>, headers: HeaderMap) -> impl IntoResponse {
     let events = state.gateway.events();
+    let newest = events.last_id();
+    // Ids start again at 1 with each process, and a browser's EventSource
+    // resends the last id it saw when it reconnects on its own: an id
+    // beyond the newest is from before a restart, so this process's ring
+    // is all new to the reader.
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| events.last_id());
+        .map_or(newest, |id| if id > newest { 0 } else { id });
     let (backlog, rx) = events.subscribe(after);
     let reader = Reader {
         backlog: backlog.into_iter(),
@@ -96,11 +102,23 @@ fn encode(e: &Event) -> SseEvent {
 
 #[derive(Deserialize)]
 pub(crate) struct Limit {
-    limit: Option<usize>,
+    /// Digits, of any size: more than the ring holds is the whole ring.
+    limit: Option<String>,
 }
 
-pub(crate) async fn recent(State(state): State<AdminState>, Query(q): Query<Limit>) -> impl IntoResponse {
-    let limit = q.limit.unwrap_or(RECENT).min(RECENT);
+pub(crate) async fn recent(State(state): State<AdminState>, ApiQuery(q): ApiQuery<Limit>) -> Response {
+    let limit = match q.limit.as_deref() {
+        None => RECENT,
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            digits.parse::<usize>().map_or(RECENT, |n| n.min(RECENT))
+        }
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be a whole number, not {other:?}"),
+            );
+        }
+    };
     let recent = state.gateway.events().recent(limit);
     Json(recent.iter().map(|e| &**e).collect::<Vec<&Event>>()).into_response()
 }

@@ -123,12 +123,6 @@ pub enum ChangeError {
     NoUpstream(String),
     #[error("no endpoint {endpoint} in upstream {upstream}")]
     NoEndpoint { upstream: String, endpoint: String },
-    #[error("{endpoint} is in several regions of upstream {upstream} ({regions}): add ?region=<name>")]
-    Ambiguous {
-        upstream: String,
-        endpoint: String,
-        regions: String,
-    },
     #[error("weight must be from 1 to 1000")]
     Weight,
     #[error(transparent)]
@@ -339,22 +333,17 @@ fn find<'a>(
         .iter()
         .find(|u| u.name.as_str() == upstream)
         .ok_or_else(|| ChangeError::NoUpstream(upstream.to_string()))?;
-    let mut found = u
+    // An address is in at most one region of an upstream (the config
+    // refuses it twice), so `region` only narrows: a wrong one is a 404.
+    let e = u
         .endpoints
         .iter()
-        .filter(|e| e.address.to_string() == endpoint && region.is_none_or(|r| e.region.as_str() == r));
-    let first = found.next().ok_or_else(|| ChangeError::NoEndpoint {
-        upstream: upstream.to_string(),
-        endpoint: endpoint.to_string(),
-    })?;
-    if let Some(second) = found.next() {
-        return Err(ChangeError::Ambiguous {
+        .find(|e| e.address.to_string() == endpoint && region.is_none_or(|r| e.region.as_str() == r))
+        .ok_or_else(|| ChangeError::NoEndpoint {
             upstream: upstream.to_string(),
             endpoint: endpoint.to_string(),
-            regions: format!("{}, {}", first.region, second.region),
-        });
-    }
-    Ok((u, first))
+        })?;
+    Ok((u, e))
 }
 
 fn endpoint_status(e: &Endpoint, now: Instant) -> EndpointStatus {

@@ -250,6 +250,31 @@ async fn bad_changes_get_clear_json_errors() {
             "the body must be",
         ),
         ("PUT", format!("{ep}/weight"), "not json", 400, "the body must be"),
+        // `{}` would otherwise reset the weight: the field is required.
+        ("PUT", format!("{ep}/weight"), "{}", 400, "missing field `weight`"),
+        // Parameters that do not parse are JSON errors too, not axum's text.
+        ("GET", "/api/v1/upstreams/%FF".to_string(), "", 400, "UTF-8"),
+        (
+            "POST",
+            format!("{ep}/drain?region=a&region=b"),
+            "",
+            400,
+            "duplicate field",
+        ),
+        (
+            "POST",
+            format!("{ep}/drain?region=elsewhere"),
+            "",
+            404,
+            "no endpoint",
+        ),
+        (
+            "GET",
+            "/api/v1/events/recent?limit=-1".to_string(),
+            "",
+            400,
+            "limit",
+        ),
         (
             "GET",
             "/api/v1/upstreams/nope".to_string(),
@@ -271,6 +296,44 @@ async fn bad_changes_get_clear_json_errors() {
     // Nothing changed.
     let app = json(h.admin, "/api/v1/upstreams/app").await;
     assert_eq!(endpoint(&app, a.addr())["weight"], 1);
+
+    // Not JSON at all: 415.
+    let req = http::Request::put(format!("{ep}/weight"))
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(b"{\"weight\": 2}")))
+        .expect("request");
+    let r = Client::http1(h.admin).send(req).await.expect("reply");
+    assert_eq!(r.status, 415, "{}", r.text());
+    // A whole number written as a float is a whole number (as in JSON Schema).
+    let (status, v) = call(
+        h.admin,
+        "PUT",
+        &format!("{ep}/weight"),
+        r#"{"weight": 3.0}"#,
+        None,
+    )
+    .await;
+    assert_eq!((status, &v["weight"]), (200, &Value::from(3)), "{v}");
+    let (status, _) = call(
+        h.admin,
+        "PUT",
+        &format!("{ep}/weight"),
+        r#"{"weight": 2.5}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Any limit is a limit: beyond the ring, the ring.
+    let (status, v) = call(
+        h.admin,
+        "GET",
+        "/api/v1/events/recent?limit=18446744073709551616",
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.is_array());
 }
 
 #[tokio::test]
@@ -309,6 +372,17 @@ async fn a_token_guards_everything_but_liveness_and_readiness() {
             "{path}"
         );
     }
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let r = Client::http1(h.admin)
+        .send(
+            http::Request::get("/api/v1/status")
+                .header("authorization", format!("bearer {TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("reply");
+    assert_eq!(r.status, 200, "a lowercase scheme");
     let (status, config) = call(h.admin, "GET", "/api/v1/config", "", Some(TOKEN)).await;
     assert_eq!(status, 200);
     assert_eq!(config["admin"]["token"], "<redacted>");
@@ -407,6 +481,12 @@ async fn the_event_stream_sends_changes_live_and_resumes() {
         resumed.buffered
     );
     resumed.close().await;
+
+    // A browser reconnecting after a restart sends an id from the old
+    // process, beyond this one's newest: it gets this process's ring.
+    let mut restarted = sse(h.admin, "/api/v1/events", Some(id + 1_000_000)).await;
+    restarted.read_until("\"drained\":false").await;
+    restarted.close().await;
 }
 
 #[tokio::test]
