@@ -224,8 +224,11 @@ fn raw_fields<'h>(
     parsed: impl ExactSizeIterator<Item = &'h httparse::Header<'h>>,
 ) -> Option<Vec<RawField>> {
     let crlf_at = |lf: usize| lf >= 1 && head[lf - 1] == b'\r';
-    let start_lf = memchr::memchr(b'\n', head)?;
-    if !crlf_at(start_lf) {
+    // httparse skips empty lines before the start line (RFC 9112 §2.2):
+    // they, and the start line, must end in CRLF too.
+    let leading = head.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let start_lf = leading + memchr::memchr(b'\n', &head[leading..])?;
+    if has_bare_lf(&head[..=start_lf]) {
         return None;
     }
     let mut fields = Vec::with_capacity(parsed.len());
@@ -260,10 +263,18 @@ fn check_partial(buf: &[u8], limits: HeadLimits) -> Result<(), Rejection> {
     if has_bare_lf(buf) {
         return Err(BARE_LF);
     }
-    // The request line is "METHOD SP target SP HTTP/1.1"; a line still open
-    // past the URI limit plus room for the rest is too long.
-    if memchr::memchr(b'\n', buf).is_none() && buf.len() > limits.max_uri + 32 {
-        return Err(reject(ErrorKind::UriTooLong, "request target too long"));
+    // The request line is "METHOD SP target SP HTTP/1.1". Once the target
+    // read so far is over the limit, no later byte can make the request
+    // acceptable, so it is refused now. Only then: a guess from the line's
+    // length would refuse a long method with a short target when the line
+    // arrives in pieces, and accept it when it arrives whole.
+    let line = &buf[..memchr::memchr(b'\n', buf).unwrap_or(buf.len())];
+    if let Some(sp) = memchr::memchr(b' ', line) {
+        let target = &line[sp + 1..];
+        let target = &target[..memchr::memchr(b' ', target).unwrap_or(target.len())];
+        if target.len() > limits.max_uri {
+            return Err(reject(ErrorKind::UriTooLong, "request target too long"));
+        }
     }
     if buf.len() >= limits.max_head {
         return Err(reject(ErrorKind::HeaderTooLarge, "header section too large"));
@@ -792,6 +803,16 @@ mod tests {
     #[test]
     fn bare_lf_is_refused_before_the_head_completes() {
         assert_eq!(parse(b"GET / HTTP/1.1\nHost").map(|_| ()), Err(BARE_LF));
+        // After empty lines, which httparse skips (found by fuzzing).
+        assert_eq!(
+            parse(b"\r\nGET / HTTP/1.1\nHost: a\r\n\r\n").map(|_| ()),
+            Err(BARE_LF)
+        );
+        assert_eq!(
+            parse(b"\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").map(|_| ()),
+            Err(BARE_LF)
+        );
+        assert!(parse(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
     }
 
     #[test]
@@ -907,6 +928,16 @@ mod tests {
                 .status(),
             414
         );
+        // A long method with a target under the limit is no long target,
+        // whether the line arrives whole or in pieces (found by fuzzing).
+        let method = "M".repeat(90);
+        let long_method = format!("{method} /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(90));
+        assert!(parse_with(long_method.as_bytes(), small).is_ok());
+        let cut = long_method.find("HTTP").expect("version");
+        assert!(matches!(
+            parse_head(&mut BytesMut::from(&long_method.as_bytes()[..cut]), small),
+            Ok(None)
+        ));
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: {}\r\n\r\n", "a".repeat(2000));
         assert_eq!(
             parse_with(big.as_bytes(), small)
