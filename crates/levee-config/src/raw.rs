@@ -425,7 +425,7 @@ pub fn parse(text: &str) -> Result<(RawConfig, Errors), ConfigErrors> {
                 ),
             },
             other => errors.push(
-                other,
+                self::key(other),
                 "unknown section; expected one of runtime, admin, server, listener, route, upstream, rate_limit, redis, access_log, alerting, alert",
             ),
         }
@@ -480,7 +480,7 @@ fn named<T: DeserializeOwned>(
     let mut good = Vec::new();
     let mut broken = Vec::new();
     for (name, v) in entries {
-        match section(errors, &format!("{path}.{name}"), v) {
+        match section(errors, &format!("{path}.{}", key(&name)), v) {
             Some(item) => good.push((name, item)),
             None => broken.push(name),
         }
@@ -488,10 +488,23 @@ fn named<T: DeserializeOwned>(
     (good, broken)
 }
 
+/// A key as a path names it: bare when TOML allows, quoted otherwise, so
+/// that an empty key or one with a dot still gives a path that says where.
+pub(crate) fn key(k: &str) -> std::borrow::Cow<'_, str> {
+    let bare = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        std::borrow::Cow::Borrowed(k)
+    } else {
+        std::borrow::Cow::Owned(format!("{k:?}"))
+    }
+}
+
 /// `line L, column C` for a byte span of the text.
 fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
-        return String::new();
+        return "the file".to_string();
     };
     let before = &text[..span.start.min(text.len())];
     let line = before.matches('\n').count() + 1;

@@ -58,6 +58,12 @@ fn unknown_keys_are_errors_with_their_path() {
 fn unknown_section_is_an_error() {
     let e = errors(&format!("{MINIMAL}\n[upstreams.x]\n"));
     assert!(has(&e, "upstreams: unknown section"), "{e:?}");
+    // Keys that are not bare are quoted, so even an empty one has a path
+    // (found by fuzzing).
+    let e = errors(&format!("''= 80\n{MINIMAL}"));
+    assert!(has(&e, "\"\": unknown section"), "{e:?}");
+    let e = errors(&format!("{MINIMAL}\n[listener.\"a.b\"]\naddress = 1\n"));
+    assert!(e.iter().any(|l| l.starts_with("listener.\"a.b\"")), "{e:?}");
 }
 
 #[test]
