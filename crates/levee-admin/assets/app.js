@@ -15,7 +15,7 @@ const EVENTS_SHOWN = 60;
 const TOKEN_KEY = 'levee.admin.token';
 const EVENT_KINDS = [
   'endpoint_health', 'endpoint_ejected', 'endpoint_returned', 'endpoint_drained', 'weight_changed',
-  'failover_started', 'failover_ended', 'loads_changed', 'alert', 'reload', 'lagged',
+  'failover_started', 'failover_ended', 'loads_changed', 'alert', 'redis', 'reload', 'lagged',
 ];
 const STATES = ['healthy', 'unhealthy', 'ejected', 'drained'];
 const SVG = 'http://www.w3.org/2000/svg'; // an XML namespace name, not a URL that is fetched
@@ -814,6 +814,10 @@ function describe(e) {
       const tone = { firing: 'bad', pending: 'warn', resolved: 'good' }[e.state] || 'info';
       return [tone, `alert ${e.rule} ${e.state}${summary}`];
     }
+    case 'redis':
+      return e.up
+        ? ['good', `Redis ${e.address} is up: fleet-wide rate limits shared again`]
+        : ['bad', `Redis ${e.address} is down: rate limits decided per instance`];
     case 'reload':
       return e.result === 'success'
         ? ['good', `config reloaded (${e.source})`]

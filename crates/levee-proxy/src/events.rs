@@ -97,6 +97,9 @@ pub enum EventKind {
         annotations: BTreeMap<String, String>,
         value: f64,
     },
+    /// The connection to the fleet-wide rate limits' Redis came up or went
+    /// down (while down, Redis rules decide locally on their share).
+    Redis { address: String, up: bool },
     /// A config reload was applied or refused.
     Reload {
         source: &'static str,
@@ -118,6 +121,7 @@ impl EventKind {
             EventKind::FailoverEnded { .. } => "failover_ended",
             EventKind::LoadsChanged { .. } => "loads_changed",
             EventKind::Alert { .. } => "alert",
+            EventKind::Redis { .. } => "redis",
             EventKind::Reload { .. } => "reload",
         }
     }

@@ -114,6 +114,7 @@ fn redis_for(
     metrics: &Arc<Metrics>,
     tracker: &TaskTracker,
     draining: &CancellationToken,
+    events: &Arc<Events>,
 ) -> Option<redis::Client> {
     let mut slot = lock(slot);
     let wanted = config.redis.as_ref();
@@ -128,6 +129,8 @@ fn redis_for(
     let settings = wanted?;
     let stop = draining.child_token();
     let up = metrics.redis_up.clone();
+    let events = events.clone();
+    let address = settings.address.to_string();
     let client = redis::Client::start(
         settings.address,
         settings.password.clone(),
@@ -136,6 +139,11 @@ fn redis_for(
         tracker,
         move |is_up| {
             up.set(i64::from(is_up));
+            // An event too, so the Redis alert rule looks at once.
+            events.publish(crate::events::EventKind::Redis {
+                address: address.clone(),
+                up: is_up,
+            });
         },
     );
     *slot = Some(RedisConnection {
@@ -155,8 +163,8 @@ impl Gateway {
         let tracker = TaskTracker::new();
         let draining = CancellationToken::new();
         let redis = Mutex::new(None);
-        let client = redis_for(&redis, &config, &metrics, &tracker, &draining);
         let events = Arc::new(Events::new());
+        let client = redis_for(&redis, &config, &metrics, &tracker, &draining, &events);
         let snapshot = Snapshot::build(Arc::new(config), None, &metrics, tls, client.as_ref(), &events);
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let proxy = Arc::new(Proxy {
@@ -288,7 +296,14 @@ impl Gateway {
         let log_plan = lock(&self.access_logs).plan(config.access_log.as_ref())?;
         let config = Arc::new(config);
         let bound = self.bind_new(&config)?;
-        let client = redis_for(&self.redis, &config, &self.metrics, &self.tracker, &self.draining);
+        let client = redis_for(
+            &self.redis,
+            &config,
+            &self.metrics,
+            &self.tracker,
+            &self.draining,
+            &self.events,
+        );
         let next = Snapshot::build(
             config.clone(),
             Some(&self.state.load()),

@@ -247,6 +247,15 @@ async fn instances_share_a_redis_limit_and_fall_back_to_their_share_when_it_dies
         fallbacks,
         "decided by Redis again"
     );
+    // Each change was an event, which is what wakes the Redis alert rule.
+    let changes: Vec<bool> = a
+        .events("redis")
+        .await
+        .iter()
+        .map(|e| e["up"].as_bool().expect("up"))
+        .collect();
+    assert_eq!(changes, [true, false, true]);
+    assert_eq!(a.events("redis").await[0]["address"], redis.addr().to_string());
 }
 
 #[tokio::test]

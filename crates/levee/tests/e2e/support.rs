@@ -87,6 +87,16 @@ impl Harness {
     }
 
     /// The value of one metric series (exact line prefix), 0 when absent.
+    /// The `kind` events in the admin API's recent events, oldest first.
+    pub async fn events(&self, kind: &str) -> Vec<serde_json::Value> {
+        let r = Client::http1(self.admin)
+            .get("/api/v1/events/recent")
+            .await
+            .expect("recent events");
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&r.body).expect("a JSON array");
+        all.into_iter().filter(|e| e["kind"] == kind).collect()
+    }
+
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
