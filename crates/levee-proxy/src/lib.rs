@@ -21,6 +21,8 @@ mod drain;
 pub mod events;
 mod fields;
 mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 mod gateway;
 pub mod history;
 mod metrics;
