@@ -62,6 +62,25 @@ fn agree<T: PartialEq, E>(whole: &Result<T, E>, split: &Result<T, E>) -> bool {
     }
 }
 
+/// `read`'s verdicts on `input` read whole, and read in two cut at `at`
+/// (the second read only when the first needs more bytes).
+fn whole_and_cut<T, E>(
+    input: &[u8],
+    at: usize,
+    read: impl Fn(&mut BytesMut) -> Result<Option<T>, E>,
+) -> (Result<Option<T>, E>, Result<Option<T>, E>) {
+    let whole = read(&mut BytesMut::from(input));
+    let mut buf = BytesMut::from(&input[..at]);
+    let split = match read(&mut buf) {
+        Ok(None) => {
+            buf.extend_from_slice(&input[at..]);
+            read(&mut buf)
+        }
+        first => first,
+    };
+    (whole, split)
+}
+
 /// Small limits, so that inputs of a few hundred bytes reach them.
 const LIMITS: HeadLimits = HeadLimits {
     max_uri: 128,
@@ -84,15 +103,7 @@ pub fn http1_request(data: &[u8]) {
             (target, h.version, h.framing, flags, before - buf.len())
         }))
     };
-    let whole = read(&mut BytesMut::from(input));
-    let mut buf = BytesMut::from(&input[..at]);
-    let split = match read(&mut buf) {
-        Ok(None) => {
-            buf.extend_from_slice(&input[at..]);
-            read(&mut buf)
-        }
-        first => first,
-    };
+    let (whole, split) = whole_and_cut(input, at, read);
     assert!(
         agree(&whole, &split),
         "a request head read whole: {whole:?}; cut at {at}: {split:?}"
@@ -122,15 +133,7 @@ pub fn http1_response(data: &[u8]) {
             )
         }))
     };
-    let whole = read(&mut BytesMut::from(input));
-    let mut buf = BytesMut::from(&input[..at]);
-    let split = match read(&mut buf) {
-        Ok(None) => {
-            buf.extend_from_slice(&input[at..]);
-            read(&mut buf)
-        }
-        first => first,
-    };
+    let (whole, split) = whole_and_cut(input, at, read);
     assert!(
         agree(&whole, &split),
         "a response head read whole: {whole:?}; cut at {at}: {split:?}"
@@ -244,15 +247,7 @@ pub fn resp(data: &[u8]) {
         let before = buf.len();
         redis::parse(buf).map(|reply| reply.map(|r| (r, before - buf.len())))
     };
-    let whole = read(&mut BytesMut::from(input));
-    let mut buf = BytesMut::from(&input[..at]);
-    let split = match read(&mut buf) {
-        Ok(None) => {
-            buf.extend_from_slice(&input[at..]);
-            read(&mut buf)
-        }
-        first => first,
-    };
+    let (whole, split) = whole_and_cut(input, at, read);
     assert!(
         agree(&whole, &split),
         "a reply read whole: {whole:?}; cut at {at}: {split:?}"
