@@ -225,10 +225,15 @@ fn raw_fields<'h>(
 ) -> Option<Vec<RawField>> {
     let crlf_at = |lf: usize| lf >= 1 && head[lf - 1] == b'\r';
     // httparse skips empty lines before the start line (RFC 9112 §2.2):
-    // they, and the start line, must end in CRLF too.
+    // each must be a CRLF too. (Checked pair by pair rather than with a
+    // search for bare LFs: there are none in practice, and the search cost
+    // 1% of a proxied request's instructions.)
     let leading = head.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    if head[..leading].chunks(2).any(|pair| pair != b"\r\n") {
+        return None;
+    }
     let start_lf = leading + memchr::memchr(b'\n', &head[leading..])?;
-    if has_bare_lf(&head[..=start_lf]) {
+    if !crlf_at(start_lf) {
         return None;
     }
     let mut fields = Vec::with_capacity(parsed.len());
