@@ -382,3 +382,115 @@ async fn the_dashboard_shows_a_notifier_that_cannot_deliver() {
     .await;
     assert!(!receiver.received().is_empty(), "levee tried to deliver");
 }
+
+/// WCAG 2 contrast of every piece of text on the page against the
+/// background it is drawn on (the nearest ancestor with one), as
+/// `[{text, ratio, color, background}]` for those below `min`.
+const LOW_CONTRAST: &str = r#"(min) => {
+  const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor;
+      const v = rgb(c);
+      if (v.length >= 3 && (v.length < 4 || v[3] > 0.5)) return c;
+    }
+    return getComputedStyle(document.documentElement).backgroundColor;
+  };
+  const low = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const el = n.parentElement;
+    if (!n.textContent.trim() || !el || el.closest('[hidden]') || !el.getClientRects().length) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden' || Number(style.opacity) === 0) continue;
+    const fg = style.color, bg = background(el);
+    const [a, b] = [lum(rgb(fg)), lum(rgb(bg))].sort((x, y) => y - x);
+    const ratio = (a + 0.05) / (b + 0.05);
+    if (ratio < min) low.push({ text: n.textContent.trim().slice(0, 40), ratio: Math.round(ratio * 100) / 100, color: fg, background: bg });
+  }
+  return low;
+}"#;
+
+/// Both colour schemes are legible: every text on the page, with an
+/// endpoint in each state and an alert firing, has at least WCAG AA's
+/// 4.5:1 contrast with its background. `LEVEE_SCREENSHOT=1` saves the dark
+/// page to docs/images/dashboard-dark.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_colour_schemes_are_legible() {
+    let browser = Browser::launch(1400, 1000)
+        .await
+        .expect("headless Chromium starts");
+    let (up, down, drained) = (
+        Backend::start("up").await,
+        Backend::start("down").await,
+        Backend::start("drained").await,
+    );
+    let checks = "[upstream.app.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n";
+    let toml = config(
+        &[("local", 0, &[up.addr(), down.addr(), drained.addr()])],
+        checks,
+        "",
+    );
+    let h = Harness::start(&toml).await;
+    // An endpoint in each state, and the endpoint-down alert firing.
+    drop(down);
+    let client = Client::http1(h.admin);
+    post(
+        &client,
+        &format!("/api/v1/upstreams/app/endpoints/{}/drain", drained.addr()),
+    )
+    .await;
+
+    for scheme in ["light", "dark"] {
+        browser
+            .call(
+                "Emulation.setEmulatedMedia",
+                serde_json::json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]}),
+            )
+            .await
+            .expect("emulate the colour scheme");
+        browser
+            .navigate(&format!("http://{}/", h.admin))
+            .await
+            .expect("page loads");
+        shown(
+            &browser,
+            "document.querySelectorAll('#upstreams [data-endpoint]').length === 3 \
+             && document.querySelector('#alerts .alert-firing') !== null",
+            SHOWN,
+            "the endpoints and the alert are shown",
+        )
+        .await;
+        let page_dark = browser
+            .evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+            .await
+            .expect("eval");
+        assert_eq!(page_dark, scheme == "dark", "the page sees the {scheme} scheme");
+        if scheme == "dark" && std::env::var_os("LEVEE_SCREENSHOT").is_some() {
+            // Twenty seconds of traffic, so the charts have something to show.
+            let gateway = h.client();
+            for _ in 0..400 {
+                let _ = gateway.get("/").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/images/dashboard-dark.png");
+            browser.save_screenshot(&docs).await.expect("screenshot");
+        }
+        // The share bar shows the levels that take traffic; a probe
+        // segment for each of the five level colours covers the rest.
+        let probe = "const bar = document.querySelector('.seg').parentElement; \
+             for (let i = 0; i < 5; i++) { const s = bar.querySelector('.seg').cloneNode(); \
+             s.className = `seg level-${i}`; s.textContent = `level ${i} 20%`; s.style.width = '20%'; bar.append(s); }";
+        let low = browser
+            .evaluate(&format!("{probe}; ({LOW_CONTRAST})(4.5)"))
+            .await
+            .expect("eval");
+        assert_eq!(low, Value::Array(Vec::new()), "{scheme}: text below 4.5:1");
+    }
+    assert!(browser.problems().is_empty(), "{:#?}", browser.problems());
+}
