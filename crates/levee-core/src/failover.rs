@@ -80,20 +80,39 @@ impl Params {
 }
 
 /// One level's endpoints as they stand: the weight of those that may take
-/// traffic (healthy and not ejected), and of all of them.
+/// traffic (healthy, not ejected, not drained), of all of them, and of the
+/// drained ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LevelHealth {
     pub healthy_weight: u64,
     pub total_weight: u64,
+    pub drained_weight: u64,
 }
 
 impl LevelHealth {
+    /// What the level can take, for the shares: a drained endpoint is
+    /// capacity gone, like a failed one.
     fn share_percent(self) -> f64 {
-        if self.total_weight == 0 {
-            0.0
-        } else {
-            100.0 * self.healthy_weight as f64 / self.total_weight as f64
-        }
+        percent(self.healthy_weight, self.total_weight)
+    }
+
+    /// What the panic threshold judges: panic guards against health checks
+    /// that wrongly fail most of a level, and an operator's drain says
+    /// nothing about that. Counted, drains plus one real failure could push
+    /// a level into panic and send its traffic to the failed endpoint.
+    fn checked_percent(self) -> f64 {
+        percent(
+            self.healthy_weight,
+            self.total_weight.saturating_sub(self.drained_weight),
+        )
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
     }
 }
 
@@ -313,7 +332,7 @@ fn loads(values: &[f64], health: &[LevelHealth], p: &Params) -> Loads {
     let panic = health
         .iter()
         .zip(&shares)
-        .map(|(&h, &s)| degraded && s > 0 && h.share_percent() < f64::from(p.panic_threshold_percent))
+        .map(|(&h, &s)| degraded && s > 0 && h.checked_percent() < f64::from(p.panic_threshold_percent))
         .collect();
     Loads { shares, panic }
 }
@@ -344,6 +363,7 @@ mod tests {
         LevelHealth {
             healthy_weight: healthy,
             total_weight: total,
+            drained_weight: 0,
         }
     }
 
@@ -413,6 +433,26 @@ mod tests {
         // 3/5 × 1.4 = 84: degraded, but not under the threshold.
         let loads = Failover::new(NO_DAMPING, 1).update(Instant::now(), &[h(3, 5)]);
         assert_eq!(loads.panic, [false]);
+    }
+
+    #[test]
+    fn drained_endpoints_take_capacity_away_but_never_cause_panic() {
+        // One healthy, one failed, one drained: 1/3 × 1.4 = 46.7, degraded.
+        let level = LevelHealth {
+            drained_weight: 1,
+            ..h(1, 3)
+        };
+        let loads = Failover::new(NO_DAMPING, 1).update(Instant::now(), &[level]);
+        assert_eq!(loads.shares, [ALL]);
+        // The checks see one of two up: 50%, not under the threshold, so
+        // the failed endpoint gets no traffic.
+        assert_eq!(loads.panic, [false]);
+        // The same without the drain is one of three up: panic.
+        let loads = Failover::new(NO_DAMPING, 1).update(Instant::now(), &[h(1, 3)]);
+        assert_eq!(loads.panic, [true]);
+        // With a second level, the drain still moves traffic there.
+        let loads = Failover::new(NO_DAMPING, 2).update(Instant::now(), &[level, h(2, 2)]);
+        assert_eq!(loads.shares, [4667, 5333]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub trait Endpoints {
     /// excluded).
     fn available(&self, endpoint: usize) -> bool;
     /// Whether the endpoint must not be chosen even in panic (a retry's
-    /// earlier attempts).
+    /// earlier attempts, a drained endpoint).
     fn excluded(&self, endpoint: usize) -> bool {
         let _ = endpoint;
         false

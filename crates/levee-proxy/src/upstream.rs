@@ -561,8 +561,10 @@ impl Endpoints for Choice<'_> {
         self.upstream.endpoints[endpoint].state.is_available(self.now_ms) && !self.excluded(endpoint)
     }
 
+    /// A retry's earlier tries, and drained endpoints: a drain is an
+    /// operator's order, which panic must not override.
     fn excluded(&self, endpoint: usize) -> bool {
-        self.tried.contains(&endpoint)
+        self.tried.contains(&endpoint) || self.upstream.endpoints[endpoint].state.is_drained()
     }
 
     fn in_flight(&self, endpoint: usize) -> u64 {

@@ -204,12 +204,16 @@ impl Upstream {
                 let mut level = LevelHealth {
                     healthy_weight: 0,
                     total_weight: 0,
+                    drained_weight: 0,
                 };
                 for &i in members {
                     let weight = u64::from(self.endpoints[i].weight);
                     level.total_weight += weight;
                     if available(i) {
                         level.healthy_weight += weight;
+                    }
+                    if self.endpoints[i].state.is_drained() {
+                        level.drained_weight += weight;
                     }
                 }
                 level

@@ -208,6 +208,61 @@ async fn drain_and_weight_change_traffic_and_outlast_a_reload() {
     }
 }
 
+/// A drain is capacity an operator took away, not a sign that the checks
+/// are wrong: drains plus one failure do not put a level in panic (which
+/// would send requests to the failed endpoint); and when failures do, the
+/// drained endpoints still get nothing.
+#[tokio::test]
+async fn a_drain_neither_causes_panic_nor_is_overridden_by_it() {
+    let first = Backend::start("first").await;
+    let second = Backend::start("second").await;
+    let drained = [Backend::start("drained").await, Backend::start("drained").await];
+    let survivor = Backend::start("survivor").await;
+    let (first_addr, second_addr) = (first.addr(), second.addr());
+    let all = [
+        first_addr,
+        second_addr,
+        drained[0].addr(),
+        drained[1].addr(),
+        survivor.addr(),
+    ];
+    let h = Harness::start(&config(&[("local", 0, &all)], CHECKS, "")).await;
+    for d in &drained {
+        let drain = format!("/api/v1/upstreams/app/endpoints/{}/drain", d.addr());
+        assert_eq!(call(h.admin, "POST", &drain, "", None).await.0, 200);
+    }
+    let healthy = |a: SocketAddr| {
+        format!("levee_upstream_endpoint_healthy{{upstream=\"app\",region=\"local\",endpoint=\"{a}\"}}")
+    };
+    let panic = "levee_upstream_priority_panic{upstream=\"app\",priority=\"0\"}";
+
+    // One failed, two drained: 2 of 5 available for the shares (40%), but
+    // 2 of the 3 not drained for the panic threshold: no panic. One try
+    // per request (CHECKS), so a request sent to the failed one fails.
+    drop(first);
+    h.eventually_metric(&healthy(first_addr), 0.0).await;
+    let answers = who_answers(&h.client(), 50).await;
+    assert!(
+        answers.iter().all(|w| w == "second" || w == "survivor"),
+        "{answers:?}"
+    );
+    assert_eq!(h.metric(panic).await, 0.0);
+
+    // A second failure: one of the three not drained is up, under the
+    // threshold, so the level is in panic and its traffic spreads over the
+    // failed endpoints too, but never over the drained ones.
+    drop(second);
+    h.eventually_metric(&healthy(second_addr), 0.0).await;
+    h.eventually_metric(panic, 1.0).await;
+    let answers = who_answers(&h.client(), 60).await;
+    assert!(answers.iter().any(|w| w == "survivor"), "{answers:?}");
+    assert!(
+        answers.iter().any(|w| w == "-"),
+        "panic spreads over the failed ones: {answers:?}"
+    );
+    assert!(!answers.iter().any(|w| w == "drained"), "{answers:?}");
+}
+
 #[tokio::test]
 async fn bad_changes_get_clear_json_errors() {
     let a = Backend::start("a").await;
