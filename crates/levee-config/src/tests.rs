@@ -64,6 +64,11 @@ fn unknown_section_is_an_error() {
     assert!(has(&e, "\"\": unknown section"), "{e:?}");
     let e = errors(&format!("{MINIMAL}\n[listener.\"a.b\"]\naddress = 1\n"));
     assert!(e.iter().any(|l| l.starts_with("listener.\"a.b\"")), "{e:?}");
+    // A section that parses but whose name is refused, too.
+    let e = errors(&format!(
+        "{MINIMAL}\n[upstream.\"a.b\"]\nconnect_timeout = \"soon\"\n[upstream.\"a.b\".region.r]\nendpoints = [\"127.0.0.1:1\"]\n"
+    ));
+    assert!(e.iter().any(|l| l.starts_with("upstream.\"a.b\"")), "{e:?}");
 }
 
 #[test]

@@ -149,7 +149,7 @@ fn rate_limit_refs(e: &mut Errors, path: &str, names: &[String], known: &HashSet
 }
 
 fn rate_limit(e: &mut Errors, name: &str, raw: RawRateLimit, redis_declared: bool) -> Option<RateLimit> {
-    let path = format!("rate_limit.{name}");
+    let path = format!("rate_limit.{}", key(name));
     let name = name_of(e, &path, name);
     let rate = match raw.rate {
         None => {
@@ -559,7 +559,7 @@ fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<Sock
     let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
     raw.into_iter()
         .filter_map(|(name, l)| {
-            let path = format!("listener.{name}");
+            let path = format!("listener.{}", key(&name));
             let name = name_of(e, &path, &name).map(|n| ListenerName::new(&n));
             let address = socket_addr(e, &format!("{path}.address"), &l.address)?;
             // Port 0 asks the OS for a free port: never a clash.
@@ -905,7 +905,7 @@ fn host_match(e: &mut Errors, path: &str, text: &str) -> Option<HostMatch> {
 }
 
 fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
-    let path = format!("upstream.{name}");
+    let path = format!("upstream.{}", key(name));
     let checked_name = name_of(e, &path, name);
     let balance = match raw.balance.as_deref() {
         None => Some(Policy::RoundRobin),
@@ -1004,7 +1004,7 @@ fn upstream(e: &mut Errors, name: &str, raw: RawUpstream) -> Option<Upstream> {
     let regions: Vec<Region> = raw
         .region
         .into_iter()
-        .filter_map(|(rname, r)| region(e, &format!("{path}.region.{rname}"), &rname, r, &mut seen))
+        .filter_map(|(rname, r)| region(e, &format!("{path}.region.{}", key(&rname)), &rname, r, &mut seen))
         .collect();
     Some(Upstream {
         name: UpstreamName::new(&checked_name?),

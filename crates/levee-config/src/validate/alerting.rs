@@ -426,7 +426,7 @@ fn is_label_name(name: &str) -> bool {
 }
 
 fn notifier(e: &mut Errors, name: &str, raw: RawNotifier) -> Option<Notifier> {
-    let path = format!("alerting.notifier.{name}");
+    let path = format!("alerting.notifier.{}", crate::raw::key(name));
     let checked_name = name_of(e, &path, name);
     let kind = match raw.kind.as_deref() {
         None => {
