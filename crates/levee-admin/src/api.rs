@@ -159,14 +159,14 @@ fn set_drained(
 pub(crate) struct WeightBody {
     /// `null`: back to the configured weight. Required all the same: a body
     /// of `{}` is a mistake, not a request to undo the operator's change.
-    #[serde(deserialize_with = "nullable")]
+    #[serde(deserialize_with = "required_weight")]
     weight: Option<u32>,
 }
 
 /// An `Option` that must be present (serde makes a missing `Option` `None`
 /// unless the field has its own deserializer). A whole number written as a
 /// float (`5.0`) is an integer to JSON Schema, so it is one here too.
-fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+fn required_weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     use serde::de::Error;
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),

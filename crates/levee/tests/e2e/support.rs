@@ -86,7 +86,6 @@ impl Harness {
         .await;
     }
 
-    /// The value of one metric series (exact line prefix), 0 when absent.
     /// The `kind` events in the admin API's recent events, oldest first.
     pub async fn events(&self, kind: &str) -> Vec<serde_json::Value> {
         let r = Client::http1(self.admin)
@@ -97,6 +96,7 @@ impl Harness {
         all.into_iter().filter(|e| e["kind"] == kind).collect()
     }
 
+    /// The value of one metric series (exact line prefix), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
