@@ -933,6 +933,15 @@ mod tests {
         };
         let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200));
         assert_eq!(status_with(long_uri.as_bytes(), small), 414);
+        // Too long a target and too large a head: 414 whole, as in pieces
+        // (where the target is seen first).
+        let both = format!(
+            "GET /{} HTTP/1.1\r\nHost: a\r\nX-A: {}\r\n\r\n",
+            "a".repeat(200),
+            "b".repeat(2000)
+        );
+        assert_eq!(status_with(both.as_bytes(), small), 414);
+        assert_eq!(status_with(&both.as_bytes()[..150], small), 414);
         // After empty lines too, which httparse skips.
         let open_line = format!("\r\nGET /{}", "a".repeat(200));
         assert_eq!(status_with(open_line.as_bytes(), small), 414);
