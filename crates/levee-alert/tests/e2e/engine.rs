@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use levee_core::alert::{Fact, Kind};
 
-use crate::support::{Receiver, Running, SETTLE, endpoint};
+use crate::support::{Receiver, Running, SETTLE};
 
 #[tokio::test]
 async fn for_holds_an_alert_pending_and_pending_is_never_notified() {
@@ -16,9 +16,7 @@ async fn for_holds_an_alert_pending_and_pending_is_never_notified() {
         receiver.url("/")
     ));
     // A blip shorter than `for`: pending, then inactive, never notified.
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     levee_testkit::eventually(SETTLE, "pending", || {
         alerting
             .alerting
@@ -29,14 +27,10 @@ async fn for_holds_an_alert_pending_and_pending_is_never_notified() {
     .await;
     let pending = alerting.alerting.alerts()[0].clone();
     assert_eq!(pending.firing_since_ms, None);
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", false)]);
+    alerting.endpoint("127.0.0.1:1", false);
     levee_testkit::eventually(SETTLE, "inactive", || alerting.alerting.alerts().is_empty()).await;
     // Held past `for`: firing, notified.
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     let got = receiver.wait_for(1).await;
     assert_eq!(got[0].body["alerts"][0]["status"], "firing");
     let firing = alerting.alerting.alerts()[0].clone();
@@ -151,9 +145,7 @@ async fn a_reload_keeps_what_stays_resolves_what_goes_and_tells_new_notifiers() 
         rule("stays"),
         rule("goes")
     ));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     let got = first.wait_for(1).await;
     assert_eq!(
         got[0].body["alerts"].as_array().unwrap().len(),

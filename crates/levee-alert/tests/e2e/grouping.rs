@@ -29,9 +29,7 @@ async fn alerts_firing_within_group_wait_arrive_together_then_repeat_then_resolv
          [[alert]]\nname = \"down\"\nkind = \"endpoint_down\"\n",
         receiver.url("/")
     ));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     tokio::time::sleep(Duration::from_millis(200)).await;
     alerting.source.set(
         Kind::EndpointDown,
@@ -54,9 +52,7 @@ async fn alerts_firing_within_group_wait_arrive_together_then_repeat_then_resolv
     assert!(gap >= Duration::from_secs(4), "repeated after {gap:?}");
     assert_eq!(endpoints(&got[1]).len(), 2);
     // One resolves: reported once, beside the one still firing.
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:2", true)]);
+    alerting.endpoint("127.0.0.1:2", true);
     let got = receiver.wait_for(3).await;
     assert_eq!(
         endpoints(&got[2]),
@@ -89,9 +85,7 @@ async fn without_send_resolved_only_firing_is_notified() {
          [[alert]]\nname = \"down\"\nkind = \"endpoint_down\"\n",
         receiver.url("/")
     ));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     receiver.wait_for(1).await;
     alerting.source.set(Kind::EndpointDown, vec![]);
     levee_testkit::eventually(crate::support::SETTLE, "the resolution seen", || {

@@ -6,6 +6,13 @@ use levee_core::alert::Kind;
 
 use crate::support::{Blackhole, Receiver, Running, endpoint};
 
+/// `levee_alert_notifications_total` of notifier "hook" for `result`.
+fn hook(result: &str) -> String {
+    format!("levee_alert_notifications_total{{notifier=\"hook\",result=\"{result}\"}}")
+}
+
+const HOOK_RETRIES: &str = "levee_alert_notification_retries_total{notifier=\"hook\"}";
+
 /// One rule on endpoint_down, firing at once, to `notifier`.
 fn rules(notifier: &str) -> String {
     format!(
@@ -20,9 +27,7 @@ async fn webhook_gets_firing_then_resolved_in_alertmanagers_webhook_format() {
         "[alerting.notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\nheaders = {{ authorization = \"Bearer t0ken\" }}\ngroup_wait = \"0s\"\ngroup_interval = \"0s\"\n",
         receiver.url("/hooks/levee?x=1")
     )));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     let got = receiver.wait_for(1).await;
     let n = &got[0];
     assert_eq!(n.path, "/hooks/levee");
@@ -53,20 +58,13 @@ async fn webhook_gets_firing_then_resolved_in_alertmanagers_webhook_format() {
     assert!(a["startsAt"].as_str().unwrap().ends_with('Z'));
     assert_eq!(a["generatorURL"], "http://127.0.0.1:9901/#alerts");
 
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", false)]);
+    alerting.endpoint("127.0.0.1:1", false);
     let got = receiver.wait_for(2).await;
     let b = &got[1].body;
     assert_eq!(b["status"], "resolved");
     assert_eq!(b["alerts"][0]["status"], "resolved");
     assert_ne!(b["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
-    alerting
-        .eventually_metric(
-            "levee_alert_notifications_total{notifier=\"hook\",result=\"sent\"}",
-            2.0,
-        )
-        .await;
+    alerting.eventually_metric(&hook("sent"), 2.0).await;
     let status = &alerting.alerting.notifiers()[0];
     assert_eq!((status.name.as_str(), status.kind), ("hook", "webhook"));
     assert!(status.last_success_ms.is_some() && status.last_error.is_none());
@@ -80,9 +78,7 @@ async fn slack_gets_its_incoming_webhook_shape() {
         "[alerting.notifier.chat]\nkind = \"slack\"\nurl = \"{}\"\ngroup_wait = \"0s\"\ngroup_interval = \"0s\"\n",
         receiver.url("/services/T0/B0/secret")
     )));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     let got = receiver.wait_for(1).await;
     let b = &got[0].body;
     assert_eq!(got[0].path, "/services/T0/B0/secret");
@@ -128,9 +124,7 @@ async fn alertmanager_gets_every_alert_on_api_v2_and_again_each_resend_interval(
     let got = receiver.wait_for(2).await;
     assert_eq!(got[1].body.as_array().unwrap().len(), 2);
     // One resolves: posted at once with its endsAt, beside the one still firing.
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:2", true)]);
+    alerting.endpoint("127.0.0.1:2", true);
     levee_testkit::eventually(crate::support::SETTLE, "the resolution posted", || {
         receiver.received().iter().any(|r| {
             r.body.as_array().is_some_and(|l| {
@@ -153,25 +147,12 @@ async fn a_failed_delivery_is_retried_until_it_passes() {
         "[alerting.notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\ngroup_wait = \"0s\"\nbackoff_base = \"20ms\"\nbackoff_max = \"50ms\"\n",
         receiver.url("/")
     )));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
+    alerting.endpoint("127.0.0.1:1", true);
     let got = receiver.wait_for(3).await;
     assert_eq!(got[0].body, got[2].body, "the same notification, tried again");
-    alerting
-        .eventually_metric(
-            "levee_alert_notifications_total{notifier=\"hook\",result=\"sent\"}",
-            1.0,
-        )
-        .await;
-    assert_eq!(
-        alerting.metric("levee_alert_notification_retries_total{notifier=\"hook\"}"),
-        2.0
-    );
-    assert_eq!(
-        alerting.metric("levee_alert_notifications_total{notifier=\"hook\",result=\"failed\"}"),
-        0.0
-    );
+    alerting.eventually_metric(&hook("sent"), 1.0).await;
+    assert_eq!(alerting.metric(HOOK_RETRIES), 2.0);
+    assert_eq!(alerting.metric(&hook("failed")), 0.0);
     let status = &alerting.alerting.notifiers()[0];
     assert_eq!(status.last_error.as_deref(), Some("answered HTTP 503"));
     assert!(status.last_success_ms.is_some());
@@ -186,21 +167,11 @@ async fn retries_back_off_within_their_cap_and_then_give_up() {
         "[alerting.notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\ngroup_wait = \"0s\"\nmax_retries = 8\nbackoff_base = \"100ms\"\nbackoff_max = \"100ms\"\n",
         receiver.url("/")
     )));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
-    alerting
-        .eventually_metric(
-            "levee_alert_notifications_total{notifier=\"hook\",result=\"failed\"}",
-            1.0,
-        )
-        .await;
+    alerting.endpoint("127.0.0.1:1", true);
+    alerting.eventually_metric(&hook("failed"), 1.0).await;
     let got = receiver.received();
     assert_eq!(got.len(), 9, "the first attempt and 8 retries");
-    assert_eq!(
-        alerting.metric("levee_alert_notification_retries_total{notifier=\"hook\"}"),
-        8.0
-    );
+    assert_eq!(alerting.metric(HOOK_RETRIES), 8.0);
     // Capped at 100 ms each, 8 waits take under a second; uncapped
     // doubling from 100 ms would take about 13 s on average.
     let spread = got[8].at.duration_since(got[0].at);
@@ -217,15 +188,8 @@ async fn a_refused_notification_is_not_retried() {
         "[alerting.notifier.hook]\nkind = \"webhook\"\nurl = \"{}\"\ngroup_wait = \"0s\"\n",
         receiver.url("/")
     )));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
-    alerting
-        .eventually_metric(
-            "levee_alert_notifications_total{notifier=\"hook\",result=\"failed\"}",
-            1.0,
-        )
-        .await;
+    alerting.endpoint("127.0.0.1:1", true);
+    alerting.eventually_metric(&hook("failed"), 1.0).await;
     assert_eq!(receiver.received().len(), 1);
     alerting.shutdown().await;
 }
@@ -279,15 +243,8 @@ async fn errors_never_show_the_url() {
     let alerting = Running::start(&rules(
         "[alerting.notifier.hook]\nkind = \"slack\"\nurl = \"http://127.0.0.1:9/services/s3cret\"\ngroup_wait = \"0s\"\nmax_retries = 0\n",
     ));
-    alerting
-        .source
-        .set(Kind::EndpointDown, vec![endpoint("127.0.0.1:1", true)]);
-    alerting
-        .eventually_metric(
-            "levee_alert_notifications_total{notifier=\"hook\",result=\"failed\"}",
-            1.0,
-        )
-        .await;
+    alerting.endpoint("127.0.0.1:1", true);
+    alerting.eventually_metric(&hook("failed"), 1.0).await;
     let error = alerting.alerting.notifiers()[0].last_error.clone().unwrap();
     assert!(error.starts_with("connect:"), "{error}");
     assert!(!error.contains("s3cret"), "{error}");

@@ -160,6 +160,11 @@ impl Running {
         }
     }
 
+    /// Endpoint `address` down (or up), as the endpoint_down rules see it.
+    pub fn endpoint(&self, address: &str, down: bool) {
+        self.source.set(Kind::EndpointDown, vec![endpoint(address, down)]);
+    }
+
     /// Switches to another config, as a reload does.
     pub fn reload(&self, alerting: &str) {
         self.config.store(Arc::new(config(alerting)));
@@ -185,9 +190,7 @@ impl Running {
     pub fn metric(&self, series: &str) -> f64 {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-            .unwrap_or(0.0)
+        levee_testkit::metric_value(&text, series)
     }
 
     pub async fn eventually_metric(&self, series: &str, at_least: f64) {
