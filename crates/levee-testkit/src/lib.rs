@@ -38,6 +38,7 @@ pub mod backend;
 pub mod browser;
 pub mod client;
 pub mod eventually;
+pub mod exposition;
 mod framing;
 pub mod h2wire;
 pub mod ledger;
@@ -49,6 +50,7 @@ pub use backend::{Backend, BackendBuilder, Behaviour, pattern_bytes, pattern_sha
 pub use browser::Browser;
 pub use client::{Client, LoadReport, Reply, Sample, Timeline, load, open_loop};
 pub use eventually::{eventually, eventually_async};
+pub use exposition::metric_value;
 pub use h2wire::H2Conn;
 pub use ledger::{Arrival, Ledger, sha256_hex};
 pub use receiver::{Blackhole, Received, Receiver};

@@ -116,9 +116,7 @@ async fn regions_seen(c: &Client, n: usize) -> Vec<String> {
 /// One metric series from the admin listener (0 when absent).
 async fn metric(admin: &Client, series: &str) -> f64 {
     let text = admin.get("/metrics").await.expect("metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
+    levee_testkit::metric_value(&text, series)
 }
 
 /// The reference topology loses the primary region without an error spike:

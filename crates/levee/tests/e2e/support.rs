@@ -99,9 +99,7 @@ impl Harness {
     /// The value of one metric series (exact line prefix), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-            .unwrap_or(0.0)
+        levee_testkit::metric_value(&text, series)
     }
 }
 
