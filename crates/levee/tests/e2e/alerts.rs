@@ -426,7 +426,7 @@ fn flooding(app: SocketAddr, dead: &[SocketAddr], url: &str) -> String {
          [upstream.dead.region.local]\nendpoints = [{}]\n\n\
          [alerting]\nevaluation_interval = \"100ms\"\n\n\
          [alerting.notifier.flood]\nkind = \"webhook\"\nurl = \"{url}\"\ngroup_by = [\"...\"]\ngroup_wait = \"0s\"\n\
-         repeat_interval = \"100ms\"\ntimeout = \"2s\"\nmax_retries = 1\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\nqueue = 10\n\n\
+         repeat_interval = \"100ms\"\ntimeout = \"5s\"\nmax_retries = 1\nbackoff_base = \"10ms\"\nbackoff_max = \"10ms\"\nqueue = 10\n\n\
          [[alert]]\nname = \"dead-down\"\nkind = \"endpoint_down\"\nupstream = \"dead\"\n",
         dead.join(", ")
     )
@@ -474,9 +474,14 @@ async fn a_receiver_that_never_answers_does_not_slow_the_proxy() {
     println!("notifications dropped meanwhile: {dropped}");
     assert!(dropped > 0.0, "the dead receiver's queue overflowed");
     assert!(hole.connections() >= 1);
-    // Robust on a busy machine: nothing waits for the receiver, so no
-    // request comes near the notifier's 2 s timeout.
-    assert!(flooded[n - 1] < Duration::from_secs(1), "{:?}", flooded[n - 1]);
+    // Robust on a busy machine: a request that waited for the receiver
+    // would take the notifier's whole 5 s timeout; half of it is far above
+    // any stall of a loaded machine (seen: 4-11 ms).
+    assert!(
+        flooded[n - 1] < Duration::from_millis(2500),
+        "{:?}",
+        flooded[n - 1]
+    );
     assert!(
         median(&flooded) < median(&baseline) * 5 + Duration::from_millis(5),
         "median {:?} vs {:?}",
