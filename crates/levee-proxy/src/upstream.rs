@@ -558,7 +558,8 @@ pub(crate) struct Choice<'a> {
 
 impl Endpoints for Choice<'_> {
     fn available(&self, endpoint: usize) -> bool {
-        self.upstream.endpoints[endpoint].state.is_available(self.now_ms) && !self.excluded(endpoint)
+        // is_available already leaves drained endpoints out.
+        self.upstream.endpoints[endpoint].state.is_available(self.now_ms) && !self.tried.contains(&endpoint)
     }
 
     /// A retry's earlier tries, and drained endpoints: a drain is an
