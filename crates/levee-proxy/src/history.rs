@@ -101,14 +101,35 @@ pub struct Totals {
     pub seconds: usize,
 }
 
+/// What a window of an upstream's history comes to: a point of the
+/// history (one second), or an upstream's `stats` in the admin API.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub requests_per_second: f64,
+    /// `null` without requests.
+    pub error_ratio: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Stats {
+    /// Of `window`, which covers `seconds` seconds.
+    pub fn of(window: &Window, seconds: f64) -> Stats {
+        Stats {
+            requests_per_second: window.requests as f64 / seconds,
+            error_ratio: window.error_ratio(),
+            p50_ms: window.quantile(0.5).map(|q| q * 1e3),
+            p99_ms: window.quantile(0.99).map(|q| q * 1e3),
+        }
+    }
+}
+
 /// One point of `GET /api/v1/history`.
 #[derive(Debug, Serialize)]
 pub struct Point {
     pub time_ms: u64,
-    pub requests_per_second: f64,
-    pub error_ratio: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
+    #[serde(flatten)]
+    pub stats: Stats,
     pub shares: Vec<f64>,
 }
 
@@ -231,10 +252,7 @@ impl History {
                 }
                 Point {
                     time_ms: s.time_ms,
-                    requests_per_second: f64::from(s.requests),
-                    error_ratio: w.error_ratio(),
-                    p50_ms: w.quantile(0.5).map(|q| q * 1e3),
-                    p99_ms: w.quantile(0.99).map(|q| q * 1e3),
+                    stats: Stats::of(&w, 1.0),
                     shares: s.shares.iter().map(|&x| f64::from(x)).collect(),
                 }
             })

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::events::{EventKind, LevelShare};
 use crate::gateway::{Gateway, GatewayError};
-use crate::history::{Point, SECONDS};
+use crate::history::{Point, SECONDS, Stats};
 use crate::metrics::ListenerLabels;
 use crate::upstream::{Endpoint, Upstream, millis};
 
@@ -28,6 +28,7 @@ pub struct UpstreamStatus {
     pub levels: Vec<LevelShare>,
     pub regions: Vec<RegionStatus>,
     pub endpoints: Vec<EndpointStatus>,
+    /// Over the last [`STATS_SECONDS`].
     pub stats: Stats,
 }
 
@@ -71,16 +72,6 @@ pub struct LastCheck {
     /// `ok`, `failed` or `timeout`.
     pub result: &'static str,
     pub age_ms: u64,
-}
-
-/// Over the last [`STATS_SECONDS`].
-#[derive(Debug, Serialize)]
-pub struct Stats {
-    pub requests_per_second: f64,
-    /// `null` without requests.
-    pub error_ratio: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,12 +171,7 @@ impl Gateway {
             levels,
             regions,
             endpoints: u.endpoints.iter().map(|e| endpoint_status(e, now)).collect(),
-            stats: Stats {
-                requests_per_second: totals.window.requests as f64 / seconds,
-                error_ratio: totals.window.error_ratio(),
-                p50_ms: totals.window.quantile(0.5).map(|s| s * 1e3),
-                p99_ms: totals.window.quantile(0.99).map(|s| s * 1e3),
-            },
+            stats: Stats::of(&totals.window, seconds),
         }
     }
 
