@@ -84,10 +84,7 @@ struct Status {
 }
 
 pub(crate) async fn status(State(state): State<AdminState>) -> Response {
-    let started_ms = state
-        .started
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let started_ms = levee_core::calendar::unix_millis(state.started);
     let uptime = state.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
     Json(Status {
         version: env!("CARGO_PKG_VERSION"),

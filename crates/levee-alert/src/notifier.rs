@@ -297,7 +297,5 @@ pub(crate) fn now() -> Instant {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    levee_core::calendar::unix_millis(std::time::SystemTime::now())
 }

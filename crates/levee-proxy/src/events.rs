@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
@@ -138,9 +138,7 @@ pub struct LevelShare {
 
 /// Milliseconds since the Unix epoch, as events and the history stamp them.
 pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    levee_core::calendar::unix_millis(SystemTime::now())
 }
 
 pub struct Events {
