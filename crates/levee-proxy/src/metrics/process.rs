@@ -207,7 +207,16 @@ mod tests {
         assert!(s.open_fds.expect("fds") >= 3.0, "{s:?}");
         assert!(s.max_fds.expect("max fds") >= s.open_fds.expect("fds"), "{s:?}");
         assert!(s.threads.expect("threads") >= 1.0, "{s:?}");
-        assert!(s.cpu_seconds.expect("cpu") >= 0.0, "{s:?}");
+        // CPU time grows while this thread works (in 10 ms ticks).
+        let cpu = s.cpu_seconds.expect("cpu");
+        let began = std::time::Instant::now();
+        while Sample::read().cpu_seconds.expect("cpu") <= cpu {
+            assert!(began.elapsed().as_secs() < 30, "CPU time stood still");
+            let spin = std::time::Instant::now();
+            while spin.elapsed().as_millis() < 20 {
+                std::hint::black_box(spin.elapsed());
+            }
+        }
         // Started in the last day, and not in the future (ticks round down).
         let start = s.start_time.expect("start time");
         assert!(start <= now + 1.0 && start > now - 86_400.0, "{start} vs {now}");
