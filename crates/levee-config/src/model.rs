@@ -431,42 +431,8 @@ pub struct Route {
     pub priority: Priority,
 }
 
-/// `[route.retry]`: how a route's failed attempts are tried again.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Retry {
-    /// Tries in all, the first included; 1 turns retries off.
-    pub attempts: u32,
-    pub retry_on: RetryOn,
-    /// Deadline of each try's response head; the upstream's
-    /// `response_header_timeout` when absent.
-    pub per_try_timeout: Option<Duration>,
-    pub backoff: Backoff,
-    /// A `Retry-After` up to this long is waited out; a longer one is not
-    /// retried.
-    pub retry_after_max: Duration,
-    /// Request bodies up to this size are kept for a retry.
-    pub max_body_bytes: u64,
-    /// Every method of the route counts as idempotent.
-    pub idempotent: bool,
-    /// Idempotent requests without a body get a second try on another
-    /// endpoint when no response head came within this long.
-    pub hedge_after: Option<Duration>,
-}
-
-impl Default for Retry {
-    fn default() -> Retry {
-        Retry {
-            attempts: 2,
-            retry_on: RetryOn::default_set(),
-            per_try_timeout: None,
-            backoff: Backoff::DEFAULT,
-            retry_after_max: Duration::from_secs(1),
-            max_body_bytes: 64 * 1024,
-            idempotent: false,
-            hedge_after: None,
-        }
-    }
-}
+/// `[route.retry]`: the attempt machine's policy, defaults included.
+pub use levee_core::attempt::Policy as Retry;
 
 /// `[route.match]`: every condition given must hold.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
+use levee_core::attempt::MAX_ATTEMPTS;
 use levee_core::balance::Policy;
 use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName, check_name};
 
@@ -736,7 +737,15 @@ fn route(
 
 fn retry(e: &mut Errors, path: &str, raw: RawRetry) -> Retry {
     let d = Retry::default();
-    let attempts = count(e, &format!("{path}.attempts"), raw.attempts, 2, 1, 10).unwrap_or(2) as u32;
+    let attempts = count(
+        e,
+        &format!("{path}.attempts"),
+        raw.attempts,
+        d.attempts as usize,
+        1,
+        MAX_ATTEMPTS,
+    )
+    .unwrap_or(d.attempts as usize) as u32;
     let retry_on = match raw.retry_on {
         None => d.retry_on,
         Some(list) => {

@@ -7,13 +7,16 @@
 //! and health all read one verdict, who the client is and whether it may
 //! come in ([`access`]), how many requests a client may send
 //! ([`ratelimit`]), and how many requests an upstream may have in flight as
-//! its latency changes, shedding low priorities first ([`concurrency`]).
+//! its latency changes, shedding low priorities first ([`concurrency`]),
+//! and what a request's tries come to: retries, hedges, backoff and the
+//! retry budget ([`attempt`]).
 //! Nothing here opens a socket, spawns a task or reads a
 //! clock: callers pass the time in, so every policy is tested synchronously
 //! and deterministically.
 
 pub mod access;
 pub mod alert;
+pub mod attempt;
 pub mod balance;
 pub mod calendar;
 pub mod concurrency;
