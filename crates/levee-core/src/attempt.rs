@@ -4,8 +4,9 @@
 //! status the route retries, it may go to another one after a backoff, and
 //! a slow try may be hedged by a second one. What decides all of that lives
 //! here, in the spirit of quinn-proto: [`Attempts`] is given each try's
-//! [`Outcome`] and the time, and answers what to do [`Next`] — send to an
-//! endpoint, wait, pass the answer on, or refuse. The proxy does the sending
+//! [`Outcome`] and the time, and answers what comes [`Next`]: pass the
+//! answer on, refuse, or retry at a given time (and then which endpoint to
+//! send to, or that a slow try is to be hedged). The proxy does the sending
 //! and the waiting; nothing here opens a socket or reads a clock.
 //!
 //! The rules ("nothing lost, nothing done twice"):
@@ -110,18 +111,17 @@ pub struct Try {
     pub hedge_after: Option<Duration>,
 }
 
-/// What to do next.
+/// What comes after a try's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Next {
-    Send(Try),
-    /// Set the last answer aside and wait until then; then call
-    /// [`Attempts::resume`].
-    Wait(Instant),
-    /// The last try's answer is the client's.
+    /// The try's answer is the client's.
     Answer,
     /// No try answered: levee refuses with this.
     Refuse(Rejection),
+    /// Set the try's answer aside (closing its connection), wait until
+    /// then, and call [`Attempts::resume`] for the retry.
+    RetryAt(Instant),
 }
 
 /// The endpoints a request's tries went to.
@@ -203,29 +203,30 @@ impl<'p> Attempts<'p> {
         self.tried.len
     }
 
-    /// The request's first try.
-    pub fn start(&mut self, now: Instant, upstream: &mut impl Upstream) -> Next {
+    /// The request's first try, or levee's refusal when no endpoint is
+    /// available.
+    pub fn start(&mut self, now: Instant, upstream: &mut impl Upstream) -> Result<Try, Rejection> {
         self.send_next(now, upstream)
     }
 
-    /// After a [`Next::Wait`]: the retry, if the breaker lets it go and an
-    /// endpoint is there for it.
-    pub fn resume(&mut self, now: Instant, upstream: &mut impl Upstream) -> Next {
+    /// After a [`Next::RetryAt`]: the retry, if the breaker lets it go and
+    /// an endpoint is there for it; else the refusal the last try earned.
+    pub fn resume(&mut self, now: Instant, upstream: &mut impl Upstream) -> Result<Try, Rejection> {
         // The breaker counts retries in flight, not retries waiting: a burst
         // of failures waits out its backoffs side by side.
         let reason = self.waiting.take().unwrap_or(Reason::Timeout);
         if !upstream.retry_slot(reason, false) {
-            return Next::Refuse(self.last_failure);
+            return Err(self.last_failure);
         }
         self.send_next(now, upstream)
     }
 
-    fn send_next(&mut self, now: Instant, upstream: &mut impl Upstream) -> Next {
+    fn send_next(&mut self, now: Instant, upstream: &mut impl Upstream) -> Result<Try, Rejection> {
         let Some(endpoint) = upstream.pick(self.tried.as_slice(), now) else {
-            return Next::Refuse(self.last_failure);
+            return Err(self.last_failure);
         };
         self.tried.push(endpoint);
-        Next::Send(Try {
+        Ok(Try {
             endpoint,
             head_deadline: self.head_deadline(now),
             hedge_after: self
@@ -301,7 +302,7 @@ impl<'p> Attempts<'p> {
             return done;
         }
         self.waiting = Some(reason);
-        Next::Wait(at)
+        Next::RetryAt(at)
     }
 
     /// Why the try might be repeated and the least wait first, when the

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, Sleep};
 
 use crate::codec::raw::RawOut;
-use crate::forward::Completion;
+use crate::completion::Completion;
 use crate::server::h2::StreamGuard;
 use crate::upstream::h1::UpstreamBody;
 

@@ -17,6 +17,7 @@
 mod access_log;
 mod body;
 mod codec;
+mod completion;
 mod drain;
 pub mod events;
 mod fields;

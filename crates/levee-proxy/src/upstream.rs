@@ -590,6 +590,27 @@ impl Upstream {
             }),
         }
     }
+
+    /// Takes the upstream's retry budget for one more try, if it allows;
+    /// counts (and now and then logs) a try it refuses.
+    pub fn take_retry_budget(&self, now: Instant) -> bool {
+        let counters = &self.counters;
+        let admitted = counters
+            .budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_acquire(now.into_std(), counters.requests(), counters.retries());
+        if !admitted {
+            self.metrics.budget_exhausted.inc();
+            if counters.warn_now(now) {
+                tracing::warn!(
+                    upstream = %self.name,
+                    "retry budget exhausted: failed tries are not retried (logged at most every 10 s)",
+                );
+            }
+        }
+        admitted
+    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields.

@@ -69,10 +69,10 @@ fn answered(status: u16) -> Outcome {
     }
 }
 
-fn sent_to(next: Next) -> usize {
+fn sent_to(next: Result<Try, Rejection>) -> usize {
     match next {
-        Next::Send(t) => t.endpoint,
-        other => panic!("expected a try, got {other:?}"),
+        Ok(t) => t.endpoint,
+        Err(r) => panic!("expected a try, got {r:?}"),
     }
 }
 
@@ -93,7 +93,7 @@ fn a_refused_connection_is_retried_elsewhere_even_for_a_post() {
     assert!(!a.keeps_body(), "a POST's body is never kept for a retry");
     assert_eq!(sent_to(a.start(t0, &mut fleet)), 0);
     let next = a.outcome(Outcome::Failed(REFUSED), t0, true, 0, &mut fleet);
-    assert_eq!(next, Next::Wait(t0), "zero entropy draws no backoff");
+    assert_eq!(next, Next::RetryAt(t0), "zero entropy draws no backoff");
     assert_eq!(sent_to(a.resume(t0, &mut fleet)), 1, "another endpoint");
     assert_eq!(fleet.asked.last(), Some(&vec![0]));
     assert_eq!(a.outcome(answered(200), t0, true, 0, &mut fleet), Next::Answer);
@@ -131,7 +131,7 @@ fn a_route_marked_idempotent_retries_every_method() {
     let _ = a.start(t0, &mut fleet);
     assert_eq!(
         a.outcome(Outcome::Failed(RESET), t0, true, 0, &mut fleet),
-        Next::Wait(t0)
+        Next::RetryAt(t0)
     );
 }
 
@@ -143,7 +143,10 @@ fn tries_stop_at_the_cap_and_the_last_answer_stands() {
     let mut a = Attempts::new(&p, true, SECOND, t0 + 10 * SECOND, false);
     let mut sent = vec![sent_to(a.start(t0, &mut fleet))];
     for _ in 0..2 {
-        assert_eq!(a.outcome(answered(503), t0, true, 0, &mut fleet), Next::Wait(t0));
+        assert_eq!(
+            a.outcome(answered(503), t0, true, 0, &mut fleet),
+            Next::RetryAt(t0)
+        );
         sent.push(sent_to(a.resume(t0, &mut fleet)));
     }
     assert_eq!(sent, [0, 1, 2], "each retry to an endpoint not tried yet");
@@ -161,15 +164,18 @@ fn the_cap_never_exceeds_the_fixed_set() {
     let mut sends = 0;
     // Bounded, so that a machine that never stops fails rather than hangs.
     for _ in 0..2 * MAX_ATTEMPTS {
-        let Next::Send(_) = next else { break };
+        if next.is_err() {
+            break;
+        }
         sends += 1;
         next = match a.outcome(Outcome::Failed(RESET), t0, true, 0, &mut fleet) {
-            Next::Wait(_) => a.resume(t0, &mut fleet),
-            done => done,
+            Next::RetryAt(_) => a.resume(t0, &mut fleet),
+            Next::Refuse(r) => Err(r),
+            Next::Answer => panic!("a failure is no answer"),
         };
     }
     assert_eq!(sends, MAX_ATTEMPTS);
-    assert_eq!(next, Next::Refuse(RESET));
+    assert_eq!(next, Err(RESET));
 }
 
 #[test]
@@ -204,11 +210,11 @@ fn a_retry_that_finds_no_endpoint_refuses_as_the_status_said() {
         let _ = a.start(t0, &mut fleet);
         assert_eq!(
             a.outcome(answered(status), t0, true, 0, &mut fleet),
-            Next::Wait(t0)
+            Next::RetryAt(t0)
         );
         fleet.down = vec![0, 1];
         match a.resume(t0, &mut fleet) {
-            Next::Refuse(r) => assert_eq!(r.kind, kind, "{status}"),
+            Err(r) => assert_eq!(r.kind, kind, "{status}"),
             other => panic!("{status}: {other:?}"),
         }
     }
@@ -220,7 +226,7 @@ fn no_endpoint_at_all_is_refused_as_such() {
     let t0 = Instant::now();
     let mut fleet = Fleet::new(0);
     let mut a = Attempts::new(&p, true, SECOND, t0 + SECOND, false);
-    assert_eq!(a.start(t0, &mut fleet), Next::Refuse(NO_ENDPOINT));
+    assert_eq!(a.start(t0, &mut fleet), Err(NO_ENDPOINT));
     assert_eq!(a.tries(), 0);
 }
 
@@ -240,7 +246,7 @@ fn retry_after_within_the_cap_is_waited_out_and_beyond_it_passed_on() {
     };
     assert_eq!(
         wait(Duration::from_millis(300)),
-        Next::Wait(t0 + Duration::from_millis(300)),
+        Next::RetryAt(t0 + Duration::from_millis(300)),
         "the longer of Retry-After and the backoff (at most 25 ms)"
     );
     assert_eq!(wait(Duration::from_secs(5)), Next::Answer);
@@ -263,7 +269,7 @@ fn the_backoff_grows_with_each_retry_within_its_cap() {
     for _ in 0..3 {
         // Entropy one past the ceiling's nanoseconds draws the ceiling.
         match a.outcome(Outcome::Failed(RESET), t0, true, u64::MAX, &mut fleet) {
-            Next::Wait(at) => waits.push(at - t0),
+            Next::RetryAt(at) => waits.push(at - t0),
             other => panic!("{other:?}"),
         }
         let _ = a.resume(t0, &mut fleet);
@@ -279,7 +285,7 @@ fn no_retry_is_planned_whose_wait_reaches_the_deadline() {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_millis(100);
     for (after, expected) in [
-        (99, Next::Wait(t0 + Duration::from_millis(99))),
+        (99, Next::RetryAt(t0 + Duration::from_millis(99))),
         (100, Next::Answer),
     ] {
         let mut fleet = Fleet::new(2);
@@ -304,13 +310,13 @@ fn each_try_has_the_per_try_deadline_within_the_request_deadline() {
     let p = policy(2);
     let mut a = Attempts::new(&p, true, Duration::from_millis(300), t0 + SECOND, false);
     match a.start(t0, &mut fleet) {
-        Next::Send(t) => assert_eq!(t.head_deadline, t0 + Duration::from_millis(300)),
+        Ok(t) => assert_eq!(t.head_deadline, t0 + Duration::from_millis(300)),
         other => panic!("{other:?}"),
     }
     let _ = a.outcome(Outcome::Failed(RESET), t0, true, 0, &mut fleet);
     let late = t0 + Duration::from_millis(900);
     match a.resume(late, &mut fleet) {
-        Next::Send(t) => assert_eq!(t.head_deadline, t0 + SECOND, "capped by the request's"),
+        Ok(t) => assert_eq!(t.head_deadline, t0 + SECOND, "capped by the request's"),
         other => panic!("{other:?}"),
     }
     let own = Policy {
@@ -319,7 +325,7 @@ fn each_try_has_the_per_try_deadline_within_the_request_deadline() {
     };
     let mut a = Attempts::new(&own, true, Duration::from_millis(300), t0 + SECOND, false);
     match a.start(t0, &mut fleet) {
-        Next::Send(t) => assert_eq!(t.head_deadline, t0 + Duration::from_millis(50)),
+        Ok(t) => assert_eq!(t.head_deadline, t0 + Duration::from_millis(50)),
         other => panic!("{other:?}"),
     }
 }
@@ -355,9 +361,9 @@ fn a_full_breaker_after_the_wait_refuses_with_the_last_failure() {
     let _ = a.start(t0, &mut fleet);
     assert_eq!(
         a.outcome(Outcome::Failed(RESET), t0, true, 0, &mut fleet),
-        Next::Wait(t0)
+        Next::RetryAt(t0)
     );
-    assert_eq!(a.resume(t0, &mut fleet), Next::Refuse(RESET));
+    assert_eq!(a.resume(t0, &mut fleet), Err(RESET));
     assert_eq!(a.tries(), 1);
 }
 
@@ -372,7 +378,7 @@ fn a_slow_try_is_hedged_on_another_endpoint() {
     let mut fleet = Fleet::new(2);
     let mut a = Attempts::new(&p, true, SECOND, t0 + 10 * SECOND, true);
     let first = match a.start(t0, &mut fleet) {
-        Next::Send(t) => {
+        Ok(t) => {
             assert_eq!(t.hedge_after, Some(after));
             t.endpoint
         }
@@ -402,7 +408,7 @@ fn hedges_need_an_idempotent_request_a_shared_head_and_another_endpoint() {
         let mut fleet = Fleet::new(endpoints);
         let mut a = Attempts::new(&p, idempotent, SECOND, t0 + SECOND, replayable_head);
         match a.start(t0, &mut fleet) {
-            Next::Send(t) => t
+            Ok(t) => t
                 .hedge_after
                 .and_then(|_| a.hedge(t0 + after, t.endpoint, &mut fleet)),
             other => panic!("{other:?}"),
@@ -505,17 +511,7 @@ proptest! {
         let mut next = a.start(now, &mut fleet);
         let mut steps = steps.iter();
         let finished = loop {
-            let try_ = match next {
-                Next::Send(t) => t,
-                Next::Answer | Next::Refuse(_) => break true,
-                Next::Wait(at) => {
-                    prop_assert!(at < deadline, "a wait that reaches the deadline");
-                    prop_assert!(at >= now);
-                    now = at;
-                    next = a.resume(now, &mut fleet);
-                    continue;
-                }
-            };
+            let Ok(try_) = next else { break true };
             sends += 1;
             prop_assert!(
                 idempotent || !seen,
@@ -532,7 +528,15 @@ proptest! {
             now += Duration::from_millis(s.advance_ms);
             let outcome = outcome_of(s);
             seen |= maybe_sent(outcome);
-            next = a.outcome(outcome, now, s.replayable, s.entropy, &mut fleet);
+            next = match a.outcome(outcome, now, s.replayable, s.entropy, &mut fleet) {
+                Next::Answer | Next::Refuse(_) => break true,
+                Next::RetryAt(at) => {
+                    prop_assert!(at < deadline, "a wait that reaches the deadline");
+                    prop_assert!(at >= now);
+                    now = at;
+                    a.resume(now, &mut fleet)
+                }
+            };
         };
         prop_assert!(sends <= (attempts as usize).min(MAX_ATTEMPTS), "{sends} tries, cap {attempts}");
         prop_assert_eq!(sends, a.tries());

@@ -39,7 +39,7 @@ use crate::codec::encode::{
 };
 pub(crate) use crate::codec::parse::HeadLimits;
 use crate::codec::parse::{Framing, Head, RequestFields, parse_head};
-use crate::forward::UpstreamUpgrade;
+use crate::upstream::h1::UpstreamUpgrade;
 
 /// A request body the upstream stopped reading is read and dropped up to
 /// this size so the connection can be kept; beyond it, the connection closes.

@@ -101,6 +101,22 @@ pub(crate) struct Upgraded {
     pub open: Option<Slot>,
 }
 
+/// An [`Upgraded`] connection on its way to the client connection, through
+/// the response's extensions (which require `Clone`, hence the shared slot;
+/// only the connection takes it).
+#[derive(Clone)]
+pub(crate) struct UpstreamUpgrade(Arc<std::sync::Mutex<Option<Upgraded>>>);
+
+impl UpstreamUpgrade {
+    pub fn new(upgraded: Upgraded) -> UpstreamUpgrade {
+        UpstreamUpgrade(Arc::new(std::sync::Mutex::new(Some(upgraded))))
+    }
+
+    pub fn take(&self) -> Option<Upgraded> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 /// One request in flight on a connection.
 pub(crate) struct Exchange {
     /// Its `queue` holds the bytes waiting for the socket, in order.
