@@ -358,8 +358,8 @@ pub struct Listener {
     /// Connections start with a PROXY protocol v2 header, from a peer in
     /// `server.trusted_proxies`.
     pub proxy_protocol: bool,
-    /// Names of `[rate_limit.<name>]` rules every request on it passes.
-    pub rate_limits: Vec<String>,
+    /// The `[rate_limit.<name>]` rules every request on it passes.
+    pub rate_limits: Vec<RateLimitRef>,
     pub tls: Option<Tls>,
 }
 
@@ -420,15 +420,39 @@ pub struct Route {
     /// The listeners the route applies to; empty means all.
     pub listeners: Vec<ListenerName>,
     pub matcher: RouteMatch,
+    /// The upstream's name (for labels) and where it is.
     pub upstream: UpstreamName,
+    pub upstream_ref: UpstreamRef,
     pub request_timeout: Duration,
     pub retry: Retry,
     /// Who may use the route; others get 403.
     pub access: Access,
-    /// Names of `[rate_limit.<name>]` rules, after the listener's.
-    pub rate_limits: Vec<String>,
+    /// `[rate_limit.<name>]` rules, after the listener's.
+    pub rate_limits: Vec<RateLimitRef>,
     /// Which share of an adaptive concurrency limit the route may use.
     pub priority: Priority,
+}
+
+/// An upstream a route sends to: an index into [`Config::upstreams`],
+/// resolved by validation, so that the data plane never looks a name up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamRef(pub(crate) usize);
+
+impl UpstreamRef {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// A rate limit a listener or route applies: an index into
+/// [`Config::rate_limits`], resolved by validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitRef(pub(crate) usize);
+
+impl RateLimitRef {
+    pub fn index(self) -> usize {
+        self.0
+    }
 }
 
 /// `[route.retry]`: the attempt machine's policy, defaults included.

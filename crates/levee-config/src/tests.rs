@@ -579,7 +579,10 @@ fn rate_limits_parse_with_defaults() {
     let r = c.redis.as_ref().expect("redis");
     assert_eq!(r.address.to_string(), "127.0.0.1:6379");
     assert_eq!(r.timeout, Duration::from_millis(5));
-    assert_eq!(c.routes[0].rate_limits, ["a", "b"]);
+    let names: Vec<&str> = (c.routes[0].rate_limits.iter())
+        .map(|r| c.rate_limits[r.index()].name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
     assert!(!format!("{r:?}").contains("change-me"));
 }
 

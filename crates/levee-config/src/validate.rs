@@ -2,7 +2,7 @@
 
 mod alerting;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
     }
     let declared_listeners: Vec<String> = raw.listener.iter().map(|(n, _)| n.clone()).collect();
     let declared_upstreams: Vec<String> = raw.upstream.iter().map(|(n, _)| n.clone()).collect();
-    let listeners = listeners(&mut e, raw.listener, admin.as_ref().map(|a| a.listen));
+    let (mut listeners, listener_limits) = listeners(&mut e, raw.listener, admin.as_ref().map(|a| a.listen));
     for l in listeners.iter().filter(|l| l.proxy_protocol) {
         if server.trusted_proxies.is_empty() {
             e.push(
@@ -74,30 +74,40 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
         .chain(&raw.broken_rate_limits)
         .map(String::as_str)
         .collect();
-    for l in &listeners {
-        rate_limit_refs(
-            &mut e,
-            &format!("listener.{}", l.name),
-            &l.rate_limits,
-            &known_rate_limits,
-        );
+    for (l, names) in listeners.iter_mut().zip(&listener_limits) {
+        let path = format!("listener.{}", l.name);
+        l.rate_limits = rate_limit_refs(&mut e, &path, names, &known_rate_limits, &rate_limits);
     }
+    let upstream_refs: HashMap<&str, UpstreamRef> = (upstreams.iter().enumerate())
+        .map(|(i, u)| (u.name.as_str(), UpstreamRef(i)))
+        .collect();
     let mut route_names = HashSet::new();
     let routes: Vec<Route> = raw
         .route
         .into_iter()
         .enumerate()
-        .filter_map(|(i, r)| {
+        .filter_map(|(i, mut r)| {
             let path = format!("route[{i}]");
+            let limits = r.rate_limits.take().unwrap_or_default();
             if !route_names.insert(r.name.clone()) {
                 e.push(
                     format!("{path}.name"),
                     format!("duplicate route name {:?}", r.name),
                 );
             }
-            let route = route(&mut e, &path, r, &known_upstreams, &known_listeners)?;
-            rate_limit_refs(&mut e, &path, &route.rate_limits, &known_rate_limits);
-            Some(route)
+            let mut route = route(
+                &mut e,
+                &path,
+                r,
+                &known_upstreams,
+                &upstream_refs,
+                &known_listeners,
+            );
+            let limits = rate_limit_refs(&mut e, &path, &limits, &known_rate_limits, &rate_limits);
+            if let Some(route) = &mut route {
+                route.rate_limits = limits;
+            }
+            route
         })
         .collect();
     let alerting = alerting::alerting(
@@ -132,8 +142,17 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
     })
 }
 
-fn rate_limit_refs(e: &mut Errors, path: &str, names: &[String], known: &HashSet<&str>) {
+/// The rules `names` refer to. A name that is declared but invalid has
+/// its own error already, and no reference.
+fn rate_limit_refs(
+    e: &mut Errors,
+    path: &str,
+    names: &[String],
+    known: &HashSet<&str>,
+    valid: &[RateLimit],
+) -> Vec<RateLimitRef> {
     let mut seen = HashSet::new();
+    let mut refs = Vec::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
         if !known.contains(n.as_str()) {
             e.push(
@@ -145,8 +164,11 @@ fn rate_limit_refs(e: &mut Errors, path: &str, names: &[String], known: &HashSet
                 format!("{path}.rate_limits[{i}]"),
                 format!("{n:?} is listed twice"),
             );
+        } else if let Some(index) = valid.iter().position(|r| r.name == *n) {
+            refs.push(RateLimitRef(index));
         }
     }
+    refs
 }
 
 fn rate_limit(e: &mut Errors, name: &str, raw: RawRateLimit, redis_declared: bool) -> Option<RateLimit> {
@@ -556,7 +578,13 @@ fn h2_count(e: &mut Errors, key: &str, raw: Option<i64>, default: u32, max: u32)
     .unwrap_or(default)
 }
 
-fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<SocketAddr>) -> Vec<Listener> {
+/// The listeners, each with the names of its rate limits (resolved once the
+/// rate limits are known).
+fn listeners(
+    e: &mut Errors,
+    raw: Vec<(String, RawListener)>,
+    admin: Option<SocketAddr>,
+) -> (Vec<Listener>, Vec<Vec<String>>) {
     let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
     raw.into_iter()
         .filter_map(|(name, l)| {
@@ -579,16 +607,17 @@ fn listeners(e: &mut Errors, raw: Vec<(String, RawListener)>, admin: Option<Sock
             }
             let access = access(e, &path, l.allow, l.deny);
             let tls = l.tls.and_then(|t| tls(e, &format!("{path}.tls"), t));
-            Some(Listener {
+            let listener = Listener {
                 name: name?,
                 address,
                 access,
                 proxy_protocol: l.proxy_protocol.unwrap_or(false),
-                rate_limits: l.rate_limits.unwrap_or_default(),
+                rate_limits: Vec::new(),
                 tls,
-            })
+            };
+            Some((listener, l.rate_limits.unwrap_or_default()))
         })
-        .collect()
+        .unzip()
 }
 
 fn access(e: &mut Errors, path: &str, allow: Option<Vec<String>>, deny: Option<Vec<String>>) -> Access {
@@ -682,6 +711,7 @@ fn route(
     path: &str,
     raw: RawRoute,
     upstreams: &HashSet<&str>,
+    upstream_refs: &HashMap<&str, UpstreamRef>,
     listeners: &HashSet<&str>,
 ) -> Option<Route> {
     let name = name_of(e, &format!("{path}.name"), &raw.name);
@@ -713,25 +743,30 @@ fn route(
         Some(r) => retry(e, &format!("{path}.retry"), r),
         None => Retry::default(),
     };
+    let access = access(e, path, raw.allow, raw.deny);
+    let priority = match raw.priority.as_deref() {
+        None => Priority::Default,
+        Some(p) => Priority::parse(p).unwrap_or_else(|| {
+            e.push(
+                format!("{path}.priority"),
+                format!("must be \"critical\", \"default\" or \"bulk\", got {p:?}"),
+            );
+            Priority::Default
+        }),
+    };
     Some(Route {
         name: RouteName::new(&name?),
         listeners: raw.listeners.iter().map(|l| ListenerName::new(l)).collect(),
         matcher,
         upstream: UpstreamName::new(&raw.upstream),
+        // None for an upstream that is declared but invalid: its own
+        // error is recorded, and the config is refused.
+        upstream_ref: *upstream_refs.get(raw.upstream.as_str())?,
         request_timeout,
         retry,
-        access: access(e, path, raw.allow, raw.deny),
-        rate_limits: raw.rate_limits.unwrap_or_default(),
-        priority: match raw.priority.as_deref() {
-            None => Priority::Default,
-            Some(p) => Priority::parse(p).unwrap_or_else(|| {
-                e.push(
-                    format!("{path}.priority"),
-                    format!("must be \"critical\", \"default\" or \"bulk\", got {p:?}"),
-                );
-                Priority::Default
-            }),
-        },
+        access,
+        rate_limits: Vec::new(),
+        priority,
     })
 }
 

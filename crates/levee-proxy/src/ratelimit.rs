@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
-use levee_config::{KeyPart, RateLimit, RateLimitBackend};
+use levee_config::{KeyPart, RateLimit, RateLimitBackend, RateLimitRef};
 use levee_core::ratelimit::{KeyedLimiter, Quota, Verdict};
 use prometheus_client::metrics::counter::Counter;
 
@@ -302,10 +302,10 @@ pub(crate) fn build(
         .collect()
 }
 
-/// The rules `names` refer to, in order.
-pub(crate) fn pick(rules: &[Arc<Rule>], names: &[String]) -> Vec<Arc<Rule>> {
-    names
-        .iter()
-        .filter_map(|n| rules.iter().find(|r| &r.config.name == n).cloned())
+/// The rules `refs` refer to, in order. `rules` are [`build`]'s, one for
+/// each of the config's rate limits, in the config's order.
+pub(crate) fn pick(rules: &[Arc<Rule>], refs: &[RateLimitRef]) -> Vec<Arc<Rule>> {
+    refs.iter()
+        .filter_map(|r| rules.get(r.index()).cloned())
         .collect()
 }

@@ -226,7 +226,9 @@ impl Gateway {
                 priority: r.priority.as_str(),
                 request_timeout_ms: r.request_timeout.as_millis() as u64,
                 attempts: r.retry.attempts,
-                rate_limits: r.rate_limits.clone(),
+                rate_limits: (r.rate_limits.iter())
+                    .map(|l| config.rate_limits[l.index()].name.clone())
+                    .collect(),
             })
             .collect()
     }

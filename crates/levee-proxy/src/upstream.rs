@@ -16,6 +16,7 @@
 //! woken), when an ejection ends or a failback ramps (it sleeps until then),
 //! and runs the periodic outlier statistics.
 
+pub(crate) mod build;
 pub(crate) mod h1;
 pub(crate) mod health;
 pub(crate) mod pool;
