@@ -313,4 +313,17 @@ mod tests {
         assert_eq!(list[1]["endsAt"], "2025-11-30T00:01:00.000Z");
         assert_eq!(list[0]["annotations"]["summary"], "127.0.0.1:1 is down");
     }
+
+    #[test]
+    fn fingerprints_are_pinned() {
+        // Receivers deduplicate and group by these ids; a change would make
+        // every open alert look new after an upgrade.
+        assert_eq!(fingerprint(&BTreeMap::new()), "cbf29ce484222325");
+        let labels = BTreeMap::from([
+            ("alertname".to_string(), "endpoint-down".to_string()),
+            ("upstream".to_string(), "app".to_string()),
+            ("endpoint".to_string(), "10.0.0.1:80".to_string()),
+        ]);
+        assert_eq!(fingerprint(&labels), "4d53e03737aed0b3");
+    }
 }

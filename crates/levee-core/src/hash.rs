@@ -45,6 +45,16 @@ mod tests {
     }
 
     #[test]
+    fn values_are_pinned() {
+        // Ring and Maglev placements across a fleet (and across upgrades)
+        // depend on these exact values.
+        assert_eq!(hash64(b""), 0xf52a_15e9_a9b5_e89b);
+        assert_eq!(hash64(b"client-1"), 0x38b3_fd24_3825_1cb2);
+        assert_eq!(hash64_seeded(b"10.0.0.1:80", 1), 0x6b09_d09a_7149_adf5);
+        assert_eq!(hash64_seeded(b"10.0.0.1:80", 2), 0xe13a_e4c6_0940_4bfc);
+    }
+
+    #[test]
     fn spreads_sequential_keys() {
         // Sequential keys must land evenly in 8 buckets (each within 20% of fair).
         let mut buckets = [0u32; 8];

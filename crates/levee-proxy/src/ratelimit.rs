@@ -205,9 +205,14 @@ impl Rule {
     }
 
     fn redis_key(&self, r: &RedisRule, input: &KeyInput<'_>) -> Option<String> {
+        Some(format!("{}{:016x}", r.prefix, self.fleet_hash(input)?))
+    }
+
+    /// The key's hash as every instance computes it, for the Redis key.
+    fn fleet_hash(&self, input: &KeyInput<'_>) -> Option<u64> {
         let mut h = Fnv(0xcbf2_9ce4_8422_2325);
         self.key_parts(input, |bytes| h.write(bytes))?;
-        Some(format!("{}{:016x}", r.prefix, h.finish()))
+        Some(h.finish())
     }
 
     /// Feeds the key's parts to `write`, each with a length so that
@@ -308,4 +313,48 @@ pub(crate) fn pick(rules: &[Arc<Rule>], names: &[String]) -> Vec<Arc<Rule>> {
         .iter()
         .filter_map(|n| rules.iter().find(|r| &r.config.name == n).cloned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn rule(key: Vec<KeyPart>) -> Rule {
+        let config = RateLimit {
+            name: "api".to_string(),
+            quota: Quota::new(10, Duration::from_secs(1), 10).expect("quota"),
+            key,
+            backend: RateLimitBackend::Redis,
+            max_keys: 16,
+            instances: 1,
+        };
+        Rule::new(&config, None, &Metrics::new())
+    }
+
+    #[test]
+    fn fleet_hashes_are_pinned() {
+        // Instances share a Redis budget only while they compute the same
+        // key, so these values must not change between releases.
+        let api_key = HeaderName::from_static("x-api-key");
+        let rule = rule(vec![
+            KeyPart::ClientIp,
+            KeyPart::Route,
+            KeyPart::Header(api_key.clone()),
+        ]);
+        let mut headers = HeaderMap::new();
+        headers.insert(api_key, HeaderValue::from_static("k-123"));
+        let mut input = KeyInput {
+            client: "192.0.2.7".parse().expect("ip"),
+            route: Some("api"),
+            fields: FieldsView::Map(&headers),
+        };
+        assert_eq!(rule.fleet_hash(&input), Some(0x90b1_f39e_2bc8_433e));
+        input.client = "2001:db8::1".parse().expect("ip");
+        input.route = None;
+        assert_eq!(rule.fleet_hash(&input), Some(0x2f7d_e047_04e4_d957));
+        let empty = HeaderMap::new();
+        input.fields = FieldsView::Map(&empty);
+        assert_eq!(rule.fleet_hash(&input), None);
+    }
 }
