@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use levee_config::{KeyPart, RateLimit, RateLimitBackend};
+use levee_core::hash::Fnv1a;
 use levee_core::ratelimit::{KeyedLimiter, Quota, Verdict};
 use prometheus_client::metrics::counter::Counter;
 
@@ -210,7 +211,7 @@ impl Rule {
 
     /// The key's hash as every instance computes it, for the Redis key.
     fn fleet_hash(&self, input: &KeyInput<'_>) -> Option<u64> {
-        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        let mut h = Fnv1a::new();
         self.key_parts(input, |bytes| h.write(bytes))?;
         Some(h.finish())
     }
@@ -265,22 +266,6 @@ fn verdict_of(reply: &redis::Reply) -> Option<Verdict> {
             reset: us(*b),
         },
     })
-}
-
-/// FNV-1a, 64 bits: the same in every instance and every build.
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// The rules of one snapshot, by name.
