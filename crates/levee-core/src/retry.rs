@@ -1,13 +1,14 @@
 //! Retries: which failures may be tried again, how long to wait first, and
 //! the budget that keeps a total outage from turning into a retry storm.
 //!
-//! The rules follow PRODUCT.md ("Nothing lost"): an idempotent request is
-//! retried on a connection failure, a reset, a timeout before the response,
-//! or a retriable status; a non-idempotent one only when it provably never
-//! reached the upstream (the connection was never established, so not one
-//! byte was written). Retries go to another endpoint when there is one
-//! (the caller's job), after a full-jitter backoff, and only while the
-//! upstream's [`Budget`] allows.
+//! Retries exist so that no request is lost to a failure another attempt
+//! could have survived, without ever sending twice a request that must not
+//! run twice: an idempotent request is retried on a connection failure, a
+//! reset, a timeout before the response, or a retriable status; a
+//! non-idempotent one only when it provably never reached the upstream (the
+//! connection was never established, so not one byte was written). Retries
+//! go to another endpoint when there is one (the caller's job), after a
+//! full-jitter backoff, and only while the upstream's [`Budget`] allows.
 
 use std::time::{Duration, Instant};
 
