@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/idle-memory.sh: memory per idle keep-alive connection, for levee,
-# nginx and HAProxy, each measured the same way (TESTING.md, "Measuring
-# performance": PSS delta over N idle connections).
+# nginx and HAProxy, each measured the same way: the PSS delta over N idle
+# connections (results in docs/benchmarks.md).
 #
 # For each candidate in turn: start it (one worker, pinned to CPU 0), check
 # one request, warm it up with a few connections, read its PSS; open N

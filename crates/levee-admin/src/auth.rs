@@ -5,6 +5,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
 
 use crate::AdminState;
 use crate::api::error;
@@ -52,31 +53,24 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 /// `%XX` escapes decoded (browsers encode the token with
 /// `encodeURIComponent`); `+` stays `+`, since a token has no spaces.
-/// `None` for a broken escape.
+/// `None` for a broken escape: `percent_decode_str` would pass it through
+/// as text, but no browser writes one, so it is refused rather than
+/// compared.
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
+    let broken = s.split('%').skip(1).any(|escape| {
+        !escape
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    (!broken).then(|| percent_encoding::percent_decode_str(s).collect())
 }
 
 /// Compares without stopping at the first difference, so the time taken
-/// does not tell an attacker how much of a guess was right.
+/// does not tell an attacker how much of a guess was right. (The length is
+/// not secret: a different length fails at once.)
 fn same(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.ct_eq(expected).into()
 }
 
 #[cfg(test)]
@@ -106,5 +100,11 @@ mod tests {
         assert_eq!(percent_decode("a+b").as_deref(), Some(&b"a+b"[..]));
         assert_eq!(percent_decode("abc%2"), None);
         assert_eq!(percent_decode("abc%zz"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%%41"), None);
+        assert_eq!(percent_decode("%41%"), None);
+        // An escape is two hex digits, not a signed number.
+        assert_eq!(percent_decode("%+f"), None);
+        assert_eq!(percent_decode("%e9%41").as_deref(), Some(&[0xe9, b'A'][..]));
     }
 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use levee_config::{Notifier, NotifierKind};
 use levee_core::alert::group::{Grouper, Update};
+use levee_core::sync::lock;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +61,7 @@ impl Shared {
     }
 
     fn failed(&self, why: &Failure) {
-        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = lock(&self.last_error);
         *last = Some((now_ms(), why.to_string()));
     }
 }
@@ -147,12 +148,7 @@ impl NotifierHandle {
     pub fn status(&self) -> NotifierStatus {
         let m = &self.shared.metrics;
         let last_success = self.shared.last_success_ms.load(Ordering::Relaxed);
-        let last_error = self
-            .shared
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let last_error = lock(&self.shared.last_error).clone();
         NotifierStatus {
             name: self.shared.name.clone(),
             kind: self.shared.kind.as_str(),

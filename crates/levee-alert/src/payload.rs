@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use levee_config::{NotifierKind, Severity};
 use levee_core::alert::group::Batch;
+use levee_core::hash::Fnv1a;
 use serde_json::{Value, json};
 
 use crate::alert::Alert;
@@ -203,14 +204,15 @@ fn group_key(group: &BTreeMap<String, String>) -> String {
 /// A stable id for a label set: FNV-1a 64 over the sorted pairs, in hex,
 /// as Alertmanager's fingerprints are.
 fn fingerprint(labels: &BTreeMap<String, String>) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = Fnv1a::new();
     for (k, v) in labels {
-        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        // 0xff occurs in no UTF-8 text, so it separates unambiguously.
+        h.write(k.as_bytes());
+        h.write(&[0xff]);
+        h.write(v.as_bytes());
+        h.write(&[0xff]);
     }
-    format!("{h:016x}")
+    format!("{:016x}", h.finish())
 }
 
 #[cfg(test)]
@@ -312,5 +314,18 @@ mod tests {
         assert_eq!(list[0]["endsAt"], "2025-11-30T00:05:40.000Z");
         assert_eq!(list[1]["endsAt"], "2025-11-30T00:01:00.000Z");
         assert_eq!(list[0]["annotations"]["summary"], "127.0.0.1:1 is down");
+    }
+
+    #[test]
+    fn fingerprints_are_pinned() {
+        // Receivers deduplicate and group by these ids; a change would make
+        // every open alert look new after an upgrade.
+        assert_eq!(fingerprint(&BTreeMap::new()), "cbf29ce484222325");
+        let labels = BTreeMap::from([
+            ("alertname".to_string(), "endpoint-down".to_string()),
+            ("upstream".to_string(), "app".to_string()),
+            ("endpoint".to_string(), "10.0.0.1:80".to_string()),
+        ]);
+        assert_eq!(fingerprint(&labels), "4d53e03737aed0b3");
     }
 }

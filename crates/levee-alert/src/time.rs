@@ -4,21 +4,7 @@
 /// `0001-01-01T00:00:00Z`: Alertmanager's "no end" in webhook payloads.
 pub const ZERO: &str = "0001-01-01T00:00:00Z";
 
-/// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, with
-/// milliseconds.
-pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = levee_core::calendar::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
+pub use levee_core::calendar::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! The file's shape, as serde sees it. Every struct denies unknown keys.
 //! Values stay close to the text (durations as strings, integers as `i64`)
-//! so that [`crate::validate`] can explain what is wrong with them.
+//! so that validation can explain what is wrong with them.
 //!
 //! Each top-level section (and each listener, route and upstream) is
 //! deserialized on its own, so one bad upstream does not hide the errors of

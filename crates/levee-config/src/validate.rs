@@ -1,6 +1,7 @@
 //! Raw shape → validated [`Config`], collecting every error with its path.
 
 mod alerting;
+mod scalar;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -9,12 +10,12 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use levee_core::attempt::MAX_ATTEMPTS;
 use levee_core::balance::Policy;
-use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName, check_name};
+use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
 
-use crate::duration::parse_duration;
 use crate::error::{ConfigErrors, Errors};
 use crate::model::*;
 use crate::raw::*;
+use scalar::{count, duration_or_zero, name_of, timeout};
 
 /// Default admin address: loopback, so the API is not reachable from
 /// elsewhere unless the operator says so.
@@ -1550,67 +1551,6 @@ fn socket_addr(e: &mut Errors, path: &str, text: &str) -> Option<SocketAddr> {
             None
         }
     }
-}
-
-fn name_of(e: &mut Errors, path: &str, name: &str) -> Option<String> {
-    match check_name(name) {
-        Ok(()) => Some(name.to_string()),
-        Err(why) => {
-            e.push(path, format!("name {name:?} {why}"));
-            None
-        }
-    }
-}
-
-/// A duration that must be positive: a zero timeout would mean "no deadline".
-fn timeout(e: &mut Errors, path: &str, raw: Option<String>, default: Duration) -> Duration {
-    let Some(text) = raw else {
-        return default;
-    };
-    match parse_duration(&text) {
-        Ok(d) if d > Duration::ZERO => d,
-        Ok(_) => {
-            e.push(path, "must be greater than 0: every wait in levee has a deadline");
-            default
-        }
-        Err(why) => {
-            e.push(path, why);
-            default
-        }
-    }
-}
-
-/// A duration that may be zero (turning the feature it sets off).
-fn duration_or_zero(e: &mut Errors, path: &str, raw: Option<String>, default: Duration) -> Duration {
-    let Some(text) = raw else {
-        return default;
-    };
-    if text == "0" {
-        return Duration::ZERO;
-    }
-    parse_duration(&text).unwrap_or_else(|why| {
-        e.push(path, why);
-        default
-    })
-}
-
-/// An integer within bounds, or the default when absent.
-fn count(
-    e: &mut Errors,
-    path: &str,
-    raw: Option<i64>,
-    default: usize,
-    min: usize,
-    max: usize,
-) -> Option<usize> {
-    let Some(n) = raw else {
-        return Some(default);
-    };
-    if n < min as i64 || n > max as i64 {
-        e.push(path, format!("must be between {min} and {max}, got {n}"));
-        return None;
-    }
-    Some(n as usize)
 }
 
 fn is_dns_name(name: &str) -> bool {

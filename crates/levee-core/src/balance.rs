@@ -7,13 +7,17 @@
 //! flight. Randomness comes in as an argument (`entropy`), which keeps every
 //! policy deterministic under test.
 
+#[cfg(test)]
+mod fixed;
 mod maglev;
+mod members;
 mod ring;
 mod round_robin;
 
 use crate::hash::mix;
 
 pub use maglev::Maglev;
+pub use members::Members;
 pub use ring::Ring;
 pub use round_robin::SmoothWeighted;
 
@@ -64,24 +68,6 @@ impl Policy {
     /// Whether the policy needs a hash key to be meaningful.
     pub fn is_hashing(self) -> bool {
         matches!(self, Policy::RingHash | Policy::Maglev)
-    }
-}
-
-/// The balancer's view of one level's endpoints, by index within the level.
-pub trait Members {
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Whether the endpoint may take a new request now.
-    fn available(&self, i: usize) -> bool;
-    /// Requests currently in flight to the endpoint.
-    fn in_flight(&self, i: usize) -> u64;
-    /// The endpoint's peak-EWMA latency in nanoseconds (0 when unmeasured);
-    /// only `peak_ewma` reads it.
-    fn latency(&self, i: usize) -> f64 {
-        let _ = i;
-        0.0
     }
 }
 
@@ -223,45 +209,9 @@ fn first_available_from(members: &dyn Members, start: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::fixed::{Fixed, keys};
     use super::*;
-    use std::cell::RefCell;
-
-    /// A level for tests: availability and in-flight counts set by hand.
-    pub(crate) struct Fixed {
-        pub up: Vec<bool>,
-        pub in_flight: RefCell<Vec<u64>>,
-        pub latency: Vec<f64>,
-    }
-
-    impl Fixed {
-        pub fn all_up(n: usize) -> Fixed {
-            Fixed {
-                up: vec![true; n],
-                in_flight: RefCell::new(vec![0; n]),
-                latency: vec![0.0; n],
-            }
-        }
-    }
-
-    impl Members for Fixed {
-        fn len(&self) -> usize {
-            self.up.len()
-        }
-        fn available(&self, i: usize) -> bool {
-            self.up[i]
-        }
-        fn in_flight(&self, i: usize) -> u64 {
-            self.in_flight.borrow()[i]
-        }
-        fn latency(&self, i: usize) -> f64 {
-            self.latency[i]
-        }
-    }
-
-    pub(crate) fn keys(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.0.0.{i}:80")).collect()
-    }
 
     fn balancer(policy: Policy, weights: &[u32]) -> Balancer {
         let keys = keys(weights.len());

@@ -31,3 +31,4 @@ pub mod ratelimit;
 pub mod retry;
 pub mod select;
 pub mod stats;
+pub mod sync;

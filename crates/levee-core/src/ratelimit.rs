@@ -25,8 +25,10 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::sync::lock;
 
 /// The shortest emission interval a [`Quota`] may have. Time is counted in
 /// whole nanoseconds and `per / rate` is rounded down, so from one
@@ -230,6 +232,9 @@ pub struct KeyedLimiter<K> {
     quota: Quota,
     epoch: Instant,
     max_keys: usize,
+    /// A panic while a shard is locked cannot leave it inconsistent (every
+    /// change is one insert, update or retain of plain integers), so a
+    /// poisoned shard is used as it is.
     shards: Box<[Padded<Mutex<Shard<K>>>]>,
     /// Picks the shard. Each shard's map hashes with its own seed, so the
     /// keys of one shard still spread over all of its buckets.
@@ -344,13 +349,6 @@ impl<K> fmt::Debug for KeyedLimiter<K> {
             .field("shards", &self.shards.len())
             .finish_non_exhaustive()
     }
-}
-
-/// A panic while a shard was locked cannot leave it inconsistent (every
-/// change is one insert, update or retain of plain integers), so a poisoned
-/// lock is used as it is rather than taking the request path down with it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<K: Hash + Eq> Shard<K> {

@@ -1,13 +1,14 @@
 //! Retries: which failures may be tried again, how long to wait first, and
 //! the budget that keeps a total outage from turning into a retry storm.
 //!
-//! The rules follow PRODUCT.md ("Nothing lost"): an idempotent request is
-//! retried on a connection failure, a reset, a timeout before the response,
-//! or a retriable status; a non-idempotent one only when it provably never
-//! reached the upstream (the connection was never established, so not one
-//! byte was written). Retries go to another endpoint when there is one
-//! (the caller's job), after a full-jitter backoff, and only while the
-//! upstream's [`Budget`] allows.
+//! Retries exist so that no request is lost to a failure another attempt
+//! could have survived, without ever sending twice a request that must not
+//! run twice: an idempotent request is retried on a connection failure, a
+//! reset, a timeout before the response, or a retriable status; a
+//! non-idempotent one only when it provably never reached the upstream (the
+//! connection was never established, so not one byte was written). Retries
+//! go to another endpoint when there is one (the caller's job), after a
+//! full-jitter backoff, and only while the upstream's [`Budget`] allows.
 
 use std::time::{Duration, Instant};
 
@@ -102,9 +103,10 @@ pub fn may_retry(reason: Reason, retry_on: &RetryOn, idempotent: bool, sent: boo
     idempotent || (reason == Reason::ConnectFailure && !sent)
 }
 
-/// Full-jitter exponential backoff (the AWS architecture blog's): the wait
-/// before retry `n` (1 for the first) is uniform in
-/// `[0, min(cap, base × 2^(n-1))]`.
+/// Jittered exponential backoff (the AWS architecture blog's): the wait
+/// before retry `n` (1 for the first) grows as `base × 2^(n-1)` up to
+/// `cap`, and is drawn at random below that [`ceiling`](Backoff::ceiling)
+/// so that clients that failed together do not retry together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
@@ -117,12 +119,32 @@ impl Backoff {
         cap: Duration::from_millis(250),
     };
 
-    pub fn delay(&self, retry: u32, entropy: u64) -> Duration {
+    /// The longest wait before retry `retry`: `min(cap, base × 2^(retry-1))`.
+    pub fn ceiling(&self, retry: u32) -> Duration {
         let shift = retry.saturating_sub(1).min(30);
-        let ceiling = self.base.saturating_mul(1 << shift).min(self.cap);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(entropy % nanos.saturating_add(1))
+        self.base.saturating_mul(1 << shift).min(self.cap)
     }
+
+    /// Full jitter: uniform in `[0, ceiling]`, which spreads a burst of
+    /// retries widest and keeps the average wait shortest.
+    pub fn delay(&self, retry: u32, entropy: u64) -> Duration {
+        up_to(self.ceiling(retry), entropy)
+    }
+
+    /// Equal jitter: uniform in `[ceiling / 2, ceiling]`. For reconnecting
+    /// to one server, where a wait near zero would only be another attempt
+    /// at a server that has just failed.
+    pub fn delay_equal_jitter(&self, retry: u32, entropy: u64) -> Duration {
+        let ceiling = self.ceiling(retry);
+        let half = ceiling / 2;
+        half + up_to(ceiling - half, entropy)
+    }
+}
+
+/// Uniform in `[0, max]`, from a random `entropy`.
+fn up_to(max: Duration, entropy: u64) -> Duration {
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(entropy % nanos.saturating_add(1))
 }
 
 /// How long to wait before retrying a response that carries `Retry-After`:
@@ -271,6 +293,14 @@ mod tests {
             let d = b.delay(retry, entropy);
             prop_assert!(d <= b.cap);
             prop_assert!(d <= b.base.saturating_mul(1 << (retry - 1).min(30)));
+        }
+
+        #[test]
+        fn equal_jitter_stays_in_the_upper_half(retry in 1u32..40, entropy: u64, base_ms in 1u64..1000, cap_ms in 1u64..10_000) {
+            let b = Backoff { base: Duration::from_millis(base_ms), cap: Duration::from_millis(cap_ms) };
+            let d = b.delay_equal_jitter(retry, entropy);
+            prop_assert!(d <= b.ceiling(retry));
+            prop_assert!(d >= b.ceiling(retry) / 2);
         }
 
         #[test]

@@ -14,6 +14,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
+use levee_core::sync::lock;
+
 #[derive(Default)]
 pub(crate) struct Drain {
     started: AtomicBool,
@@ -80,10 +82,6 @@ impl Drop for Watch<'_> {
             lock(&self.drain.waiters).remove(&id);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use levee_core::sync::lock;
 use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 
@@ -182,7 +183,7 @@ impl Events {
         let time_ms = unix_millis();
         // Ids are taken under the ring's lock so that the ring and the
         // channel see events in id order.
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = lock(&self.recent);
         let event = Arc::new(Event {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             time_ms,
@@ -200,7 +201,7 @@ impl Events {
     /// it should be given first (none are missed or repeated between the
     /// two).
     pub fn subscribe(&self, after: u64) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = lock(&self.recent);
         let rx = self.tx.subscribe();
         let backlog = recent.iter().filter(|e| e.id > after).cloned().collect();
         (backlog, rx)
@@ -208,7 +209,7 @@ impl Events {
 
     /// The last `limit` events, oldest first.
     pub fn recent(&self, limit: usize) -> Vec<Arc<Event>> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = lock(&self.recent);
         let skip = recent.len().saturating_sub(limit);
         recent.iter().skip(skip).cloned().collect()
     }

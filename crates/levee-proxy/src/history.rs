@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use levee_core::stats::{BUCKETS, Window, bucket_of_micros};
+use levee_core::sync::lock;
 use serde::Serialize;
 
 use crate::snapshot::Snapshot;
@@ -150,7 +151,7 @@ impl History {
     /// `time_ms` (Unix milliseconds). Upstreams and rules that left the
     /// config are forgotten.
     pub(crate) fn sample(&self, snap: &Snapshot, time_ms: u64) {
-        let mut upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        let mut upstreams = lock(&self.upstreams);
         upstreams.retain(|name, _| snap.upstreams.iter().any(|u| u.name.as_str() == name));
         for u in &snap.upstreams {
             let track = upstreams.entry(u.name.to_string()).or_default();
@@ -187,7 +188,7 @@ impl History {
             track.seconds.push_back(second);
         }
         drop(upstreams);
-        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rules = lock(&self.rules);
         rules.retain(|name, _| snap.rate_limits.iter().any(|r| r.config.name == *name));
         for rule in &snap.rate_limits {
             let track = rules.entry(rule.config.name.clone()).or_default();
@@ -204,7 +205,7 @@ impl History {
 
     /// What `upstream` did over its last `seconds` seconds.
     pub fn totals(&self, upstream: &str, seconds: usize) -> Totals {
-        let upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        let upstreams = lock(&self.upstreams);
         let mut totals = Totals::default();
         let Some(track) = upstreams.get(upstream) else {
             return totals;
@@ -225,7 +226,7 @@ impl History {
     /// Requests `rule` refused over its last `seconds` seconds, and the
     /// seconds that covers.
     pub fn limited(&self, rule: &str, seconds: usize) -> (u64, usize) {
-        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let rules = lock(&self.rules);
         rules.get(rule).map_or((0, 0), |t| {
             let recent = t.seconds.iter().rev().take(seconds);
             (recent.clone().map(|&n| u64::from(n)).sum(), recent.len())
@@ -234,7 +235,7 @@ impl History {
 
     /// One point per second of `upstream`, oldest first.
     pub fn points(&self, upstream: &str) -> Vec<Point> {
-        let upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+        let upstreams = lock(&self.upstreams);
         let Some(track) = upstreams.get(upstream) else {
             return Vec::new();
         };

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use levee_config::{KeyPart, RateLimit, RateLimitBackend, RateLimitRef};
+use levee_core::hash::Fnv1a;
 use levee_core::ratelimit::{KeyedLimiter, Quota, Verdict};
 use prometheus_client::metrics::counter::Counter;
 
@@ -205,9 +206,14 @@ impl Rule {
     }
 
     fn redis_key(&self, r: &RedisRule, input: &KeyInput<'_>) -> Option<String> {
-        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        Some(format!("{}{:016x}", r.prefix, self.fleet_hash(input)?))
+    }
+
+    /// The key's hash as every instance computes it, for the Redis key.
+    fn fleet_hash(&self, input: &KeyInput<'_>) -> Option<u64> {
+        let mut h = Fnv1a::new();
         self.key_parts(input, |bytes| h.write(bytes))?;
-        Some(format!("{}{:016x}", r.prefix, h.finish()))
+        Some(h.finish())
     }
 
     /// Feeds the key's parts to `write`, each with a length so that
@@ -262,22 +268,6 @@ fn verdict_of(reply: &redis::Reply) -> Option<Verdict> {
     })
 }
 
-/// FNV-1a, 64 bits: the same in every instance and every build.
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// The rules of one snapshot, by name.
 pub(crate) fn build(
     config: &levee_config::Config,
@@ -308,4 +298,48 @@ pub(crate) fn pick(rules: &[Arc<Rule>], refs: &[RateLimitRef]) -> Vec<Arc<Rule>>
     refs.iter()
         .filter_map(|r| rules.get(r.index()).cloned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn rule(key: Vec<KeyPart>) -> Rule {
+        let config = RateLimit {
+            name: "api".to_string(),
+            quota: Quota::new(10, Duration::from_secs(1), 10).expect("quota"),
+            key,
+            backend: RateLimitBackend::Redis,
+            max_keys: 16,
+            instances: 1,
+        };
+        Rule::new(&config, None, &Metrics::new())
+    }
+
+    #[test]
+    fn fleet_hashes_are_pinned() {
+        // Instances share a Redis budget only while they compute the same
+        // key, so these values must not change between releases.
+        let api_key = HeaderName::from_static("x-api-key");
+        let rule = rule(vec![
+            KeyPart::ClientIp,
+            KeyPart::Route,
+            KeyPart::Header(api_key.clone()),
+        ]);
+        let mut headers = HeaderMap::new();
+        headers.insert(api_key, HeaderValue::from_static("k-123"));
+        let mut input = KeyInput {
+            client: "192.0.2.7".parse().expect("ip"),
+            route: Some("api"),
+            fields: FieldsView::Map(&headers),
+        };
+        assert_eq!(rule.fleet_hash(&input), Some(0x90b1_f39e_2bc8_433e));
+        input.client = "2001:db8::1".parse().expect("ip");
+        input.route = None;
+        assert_eq!(rule.fleet_hash(&input), Some(0x2f7d_e047_04e4_d957));
+        let empty = HeaderMap::new();
+        input.fields = FieldsView::Map(&empty);
+        assert_eq!(rule.fleet_hash(&input), None);
+    }
 }

@@ -2,7 +2,6 @@
 //! started together and stopped together.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use levee_admin::{AdminState, AlertView, ReloadOutcome, ReloadRequest, ReloadSource};
@@ -15,16 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::reload;
-
-/// Where reloads read the config from.
-#[derive(Clone, Debug)]
-pub enum ConfigSource {
-    /// A file, re-read on SIGHUP, on `POST /api/v1/reload`, and (when
-    /// `watch` is set) whenever it changes.
-    File { path: PathBuf, watch: bool },
-    /// A config built in code (the demo): nothing to reload from.
-    Fixed,
-}
+pub use crate::reload::ConfigSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

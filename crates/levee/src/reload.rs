@@ -12,7 +12,15 @@ use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::ConfigSource;
+/// Where reloads read the config from.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// A file, re-read on SIGHUP, on `POST /api/v1/reload`, and (when
+    /// `watch` is set) whenever it changes.
+    File { path: PathBuf, watch: bool },
+    /// A config built in code (the demo): nothing to reload from.
+    Fixed,
+}
 
 /// Editors write a file in several steps; wait this long after the first
 /// change before reading it.

@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use levee_core::id::UpstreamName;
 use levee_core::retry::Backoff;
 
-use super::{count, duration_or_zero, name_of, timeout};
+use super::scalar::{count, duration_or_zero, name_of, timeout};
 use crate::duration::parse_duration;
 use crate::error::Errors;
 use crate::model::*;

@@ -8,7 +8,7 @@
 //! paper bounds). An unavailable endpoint's slots fall through to the next
 //! slots in the table, so only its own keys move.
 
-use super::Members;
+use super::members::Members;
 use crate::hash::hash64_seeded;
 
 /// A prime well above 100 × the endpoints of a typical level, as the paper
@@ -89,8 +89,8 @@ fn build(weights: &[u32], keys: &[&str], m: usize) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{Fixed, keys};
     use super::*;
+    use crate::balance::fixed::{Fixed, keys};
     use crate::hash::mix;
 
     fn table(n: usize, weights: &[u32]) -> (Maglev, Vec<String>) {

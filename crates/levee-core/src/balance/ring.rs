@@ -6,7 +6,7 @@
 //! endpoint is walked past to the next owner on the ring, which likewise moves
 //! only its own keys, and spreads them over the others.
 
-use super::Members;
+use super::members::Members;
 use crate::hash::hash64;
 
 /// Virtual nodes per unit of weight: 160, as in libketama.
@@ -55,8 +55,8 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{Fixed, keys};
     use super::*;
+    use crate::balance::fixed::{Fixed, keys};
     use crate::hash::mix;
 
     fn ring(n: usize) -> (Ring, Vec<String>) {

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Members;
+use super::members::Members;
 
 /// Weighted schedules longer than this are computed on proportionally
 /// scaled-down weights; the proportions stay within 1/1024 of the truth.
@@ -89,8 +89,8 @@ fn schedule(weights: &[u64]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::Fixed;
     use super::*;
+    use crate::balance::fixed::Fixed;
 
     fn picks(rr: &SmoothWeighted, m: &Fixed, n: usize) -> Vec<usize> {
         (0..n).map(|_| rr.pick(m).expect("up")).collect()

@@ -3,9 +3,10 @@
 //! Runs on the writer thread only; nothing here is on the request path.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use levee_config::{LogField, LogFormat};
+use levee_core::calendar::Civil;
 
 use super::Entry;
 
@@ -184,45 +185,9 @@ fn clf_escaped(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Calendar date and time of day in UTC.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u64,
-    minute: u64,
-    second: u64,
-    millis: u32,
-}
-
-impl Civil {
-    fn of(t: SystemTime) -> Civil {
-        // Times before 1970 do not occur in a running proxy; clamp them.
-        let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let secs = since.as_secs();
-        let days = (secs / 86_400) as i64;
-        let of_day = secs % 86_400;
-        let (year, month, day) = levee_core::calendar::civil_from_days(days);
-        Civil {
-            year,
-            month,
-            day,
-            hour: of_day / 3600,
-            minute: of_day / 60 % 60,
-            second: of_day % 60,
-            millis: since.subsec_millis(),
-        }
-    }
-}
-
 /// `2024-05-01T12:00:00.123Z`
 fn rfc3339(t: SystemTime, out: &mut String) {
-    let c = Civil::of(t);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
-    );
+    let _ = write!(out, "{}", Civil::of(t));
 }
 
 const MONTHS: [&str; 12] = [
@@ -243,6 +208,7 @@ fn clf_time(t: SystemTime, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn at(secs: u64, millis: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis)

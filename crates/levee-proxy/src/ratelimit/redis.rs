@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use levee_core::retry::Backoff;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -33,8 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Commands waiting to be written; beyond this, requests decide locally.
 const QUEUE: usize = 4096;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Between reconnection attempts: from 100 ms, doubling, up to 5 s.
+const RECONNECT: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+};
 /// A reply larger than this is not one levee asked for.
 const MAX_REPLY: usize = 64 * 1024;
 /// After this many timeouts in a row, Redis counts as slow: requests stop
@@ -354,7 +358,8 @@ struct Task {
 
 impl Task {
     async fn run(self, mut rx: mpsc::Receiver<Call>, stop: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
+        // Reconnections tried since the last one that succeeded.
+        let mut retries = 0u32;
         let mut warned = false;
         loop {
             let connected = tokio::select! {
@@ -363,7 +368,7 @@ impl Task {
             };
             match connected {
                 Ok(stream) => {
-                    backoff = BACKOFF_MIN;
+                    retries = 0;
                     warned = false;
                     // Down again however serving ends, a panic included,
                     // so the gauge never claims a connection that is gone.
@@ -395,8 +400,8 @@ impl Task {
             while let Ok(call) = rx.try_recv() {
                 let _ = call.reply.send(Err(Unavailable::Down));
             }
-            let pause = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            retries = retries.saturating_add(1);
+            let pause = RECONNECT.delay_equal_jitter(retries, fastrand::u64(..));
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}

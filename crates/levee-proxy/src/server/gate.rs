@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use levee_core::sync::lock;
+
 use super::ListenerPolicy;
 
 const SHARDS: usize = 16;
@@ -107,7 +109,7 @@ impl Gate {
             IpAddr::V4(v4) => u32::from(v4) as usize,
             IpAddr::V6(v6) => (u128::from(v6) ^ (u128::from(v6) >> 64)) as usize,
         };
-        self.per_ip[i % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.per_ip[i % SHARDS])
     }
 
     fn release(&self, ip: Option<IpAddr>) {

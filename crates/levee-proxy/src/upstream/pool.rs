@@ -15,6 +15,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use levee_config::{EndpointAddress, Limits, Protocol};
 use levee_core::outcome::ErrorKind;
+use levee_core::sync::lock;
 use tokio::net::TcpStream;
 
 use super::stream::Stream;
@@ -288,11 +289,4 @@ pub(crate) async fn open(address: &EndpointAddress) -> Result<TcpStream, ErrorKi
     // Requests and responses are written whole; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-/// Locks a pool mutex. Nothing panics while holding these locks, but if a
-/// panic ever did, the pool's contents are still consistent, so poisoning
-/// is ignored rather than propagated into every later request.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

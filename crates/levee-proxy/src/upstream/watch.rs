@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use levee_core::failover::{LevelHealth, Loads};
 use levee_core::outlier::{Detector, ejection_time, may_eject, success_rate_outliers};
+use levee_core::sync::lock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +89,7 @@ impl Upstream {
         }
         let health = self.level_health(|i| self.endpoints[i].state.is_available(now_ms));
         self.publish_region_health(now_ms);
-        let mut failover = self.failover.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failover = lock(&self.failover);
         let loads = failover.update(now.into_std(), &health);
         if failover.is_recovering() {
             wake = wake.min(now + RAMP_STEP);
@@ -226,7 +227,7 @@ impl Upstream {
     pub fn consider_ejection(&self, index: usize, detector: Detector, now: Instant) {
         let Some(outlier) = &self.outlier else { return };
         let p = &outlier.params;
-        let _deciding = self.counters.ejecting.lock().unwrap_or_else(|e| e.into_inner());
+        let _deciding = lock(&self.counters.ejecting);
         let now_ms = millis(now);
         let endpoint = &self.endpoints[index];
         if endpoint.state.is_ejected(now_ms) {

@@ -1,8 +1,9 @@
-//! Upstream failures (TESTING.md, "Nothing lost"): every request ends in an
-//! upstream response or in levee's own response with the right status and
-//! `Proxy-Status`, echoing the client's request id, within its deadline; a
-//! broken upstream message never reaches the client as a clean one, and an
-//! upstream connection that sent bad framing is never reused.
+//! Upstream failures leave no request unanswered: every request ends in
+//! an upstream response or in levee's own response with the right
+//! status and `Proxy-Status`, echoing the client's request id, within
+//! its deadline; a broken upstream message never reaches the client as
+//! a clean one, and an upstream connection that sent bad framing is
+//! never reused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

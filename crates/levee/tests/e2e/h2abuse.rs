@@ -1,5 +1,5 @@
-//! HTTP/2 abuse, over raw frames (TESTING.md, "Bad input": rapid reset,
-//! CONTINUATION flood, HPACK bomb, ping/settings/empty frame floods).
+//! HTTP/2 abuse, over raw frames: rapid reset, CONTINUATION flood, HPACK
+//! bomb, ping/settings/empty frame floods.
 //!
 //! Each attack is written frame by frame with [`H2Conn`], so no client
 //! library smooths it over, and checked by three witnesses: the client sees

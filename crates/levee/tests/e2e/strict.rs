@@ -1,5 +1,5 @@
-//! The strict front door, over raw bytes (TESTING.md, "Bad input: the
-//! strict choice, always").
+//! The strict front door, over raw bytes: wherever a message could be read
+//! in more than one way, levee refuses it rather than pick a reading.
 //!
 //! Every refusal is checked by three witnesses: what the client saw (the
 //! status, levee's `Proxy-Status`, the connection closed), what the origin's
