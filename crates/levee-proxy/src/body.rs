@@ -5,6 +5,7 @@
 //! [`ResponseBody`] is what the client receives: an upstream's body, or a
 //! short body levee wrote itself. Neither ever holds a whole body in memory.
 
+use levee_core::sync::lock;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -264,10 +265,6 @@ pub(crate) struct Recording {
     size: Option<u64>,
     /// The reader allowed to read (the newest).
     generation: u64,
-}
-
-fn lock(r: &std::sync::Mutex<Recording>) -> std::sync::MutexGuard<'_, Recording> {
-    r.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One try's reading of a recorded body: what was recorded first, then the

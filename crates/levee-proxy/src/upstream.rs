@@ -39,6 +39,7 @@ use levee_core::id::{RegionName, UpstreamName};
 use levee_core::outlier::{Detector, Observation, Streaks};
 use levee_core::retry::Budget;
 use levee_core::select::{Endpoints, Selector};
+use levee_core::sync::lock;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
@@ -156,7 +157,7 @@ impl Counters {
         limiter: &Mutex<levee_core::concurrency::Limiter>,
         priority: levee_core::concurrency::Priority,
     ) -> Result<AwaitingHead<'_>, Duration> {
-        let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
+        let mut limiter = lock(limiter);
         let in_flight = u32::try_from(self.awaiting_head.load(Ordering::Acquire)).unwrap_or(u32::MAX);
         if limiter.try_admit(priority, in_flight).is_admitted() {
             self.awaiting_head.fetch_add(1, Ordering::AcqRel);
@@ -502,7 +503,7 @@ impl EndpointState {
                 self.volume_ok.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let mut passive = self.passive.lock().unwrap_or_else(|e| e.into_inner());
+        let mut passive = lock(&self.passive);
         if upstream.tracks_latency {
             // Under the lock: the read-modify-write of the average.
             let p = ewma::Params::DEFAULT;
@@ -527,7 +528,7 @@ impl EndpointState {
     /// Forgets the consecutive-failure streaks (after an ejection, the
     /// endpoint starts with a clean slate).
     pub fn reset_streaks(&self) {
-        self.passive.lock().unwrap_or_else(|e| e.into_inner()).streaks = Streaks::default();
+        lock(&self.passive).streaks = Streaks::default();
     }
 }
 
@@ -596,11 +597,8 @@ impl Upstream {
     /// counts (and now and then logs) a try it refuses.
     pub fn take_retry_budget(&self, now: Instant) -> bool {
         let counters = &self.counters;
-        let admitted = counters
-            .budget
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .try_acquire(now.into_std(), counters.requests(), counters.retries());
+        let admitted =
+            lock(&counters.budget).try_acquire(now.into_std(), counters.requests(), counters.retries());
         if !admitted {
             self.metrics.budget_exhausted.inc();
             if counters.warn_now(now) {

@@ -14,6 +14,7 @@ use levee_core::outcome::{Blame, ErrorKind, Rejection};
 use levee_core::outlier::Observation;
 use levee_core::retry::Reason;
 use levee_core::select::Endpoints;
+use levee_core::sync::lock;
 use tokio::time::Instant;
 
 use super::exchange::{Attempt, Failed, Sent, retry_after};
@@ -364,11 +365,7 @@ fn sample(upstream: &Upstream, now: Instant, latency: Duration, completion: Opti
     let (Some(adaptive), Some(completion)) = (&upstream.adaptive, completion) else {
         return;
     };
-    let update =
-        adaptive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(now.into_std(), latency, completion);
+    let update = lock(adaptive).record(now.into_std(), latency, completion);
     if let Some(update) = update {
         upstream.metrics.concurrency_limit.set(i64::from(update.limit));
     }

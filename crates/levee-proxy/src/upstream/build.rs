@@ -14,6 +14,7 @@ use levee_core::failover::{Failover, Loads};
 use levee_core::id::{RegionName, UpstreamName};
 use levee_core::retry::Budget;
 use levee_core::select::{EndpointSpec, Selector};
+use levee_core::sync::lock;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -73,12 +74,7 @@ impl Upstream {
         let selector = selector(config, &endpoints);
         let priorities: Vec<u32> = selector.priorities().collect();
         let failover = match old {
-            Some(o) => Failover::carried(
-                config.failover,
-                &priorities,
-                &o.failover.lock().unwrap_or_else(|e| e.into_inner()),
-                &o.priorities,
-            ),
+            Some(o) => Failover::carried(config.failover, &priorities, &lock(&o.failover), &o.priorities),
             None => Failover::new(config.failover, priorities.len()),
         };
         let adaptive = adaptive(config, old);
@@ -87,9 +83,7 @@ impl Upstream {
         let metrics = b
             .metrics
             .upstream(config.name.as_str(), &priorities, &region_names);
-        let limit = adaptive
-            .as_ref()
-            .map_or(0, |a| a.lock().unwrap_or_else(|e| e.into_inner()).limit());
+        let limit = adaptive.as_ref().map_or(0, |a| lock(a).limit());
         metrics.concurrency_limit.set(i64::from(limit));
         let upstream = Arc::new(Upstream {
             adaptive,
@@ -129,7 +123,7 @@ fn counters(config: &levee_config::Upstream, old: Option<&Upstream>) -> Arc<Coun
     let budget = Budget::new(config.retry_budget.percent, config.retry_budget.min_per_second);
     match old {
         Some(o) => {
-            *o.counters.budget.lock().unwrap_or_else(|e| e.into_inner()) = budget;
+            *lock(&o.counters.budget) = budget;
             o.counters.clone()
         }
         None => Arc::new(Counters::new(budget)),
@@ -205,12 +199,9 @@ fn selector(config: &levee_config::Upstream, endpoints: &[Endpoint]) -> Selector
 /// only its settings change.
 fn adaptive(config: &levee_config::Upstream, old: Option<&Upstream>) -> Option<Arc<Mutex<Limiter>>> {
     let params = config.adaptive_concurrency?;
-    let kept = old.and_then(|o| o.adaptive.clone()).filter(|a| {
-        a.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_params(params)
-            .is_ok()
-    });
+    let kept = old
+        .and_then(|o| o.adaptive.clone())
+        .filter(|a| lock(a).set_params(params).is_ok());
     kept.or_else(|| Limiter::new(params).ok().map(|l| Arc::new(Mutex::new(l))))
 }
 

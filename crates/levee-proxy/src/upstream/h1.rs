@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
 use levee_core::outcome::{ErrorKind, Rejection};
+use levee_core::sync::lock;
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
@@ -113,7 +114,7 @@ impl UpstreamUpgrade {
     }
 
     pub fn take(&self) -> Option<Upgraded> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        lock(&self.0).take()
     }
 }
 
