@@ -323,3 +323,201 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     t.set_missed_tick_behavior(MissedTickBehavior::Delay);
     t
 }
+
+#[cfg(test)]
+mod tests {
+    //! The evaluator on tokio's paused clock: evaluations happen at exact
+    //! instants, so `for`, resolution and the evaluation interval are
+    //! asserted to the millisecond.
+
+    use std::sync::Mutex;
+
+    use levee_core::alert::{Fact, Kind, Source};
+    use prometheus_client::registry::Registry;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// `endpoint_down` facts: each endpoint the test named, down or up.
+    #[derive(Default)]
+    struct Endpoints(Mutex<BTreeMap<&'static str, bool>>);
+
+    impl Source for Endpoints {
+        fn facts(&self, _kind: Kind, _window: Duration, _now: std::time::Instant) -> Vec<Fact> {
+            let endpoints = self.0.lock().unwrap();
+            endpoints
+                .iter()
+                .map(|(&endpoint, &down)| Fact {
+                    labels: vec![
+                        ("upstream", "app".to_string()),
+                        ("region", "local".to_string()),
+                        ("endpoint", endpoint.to_string()),
+                    ],
+                    value: if down { 1.0 } else { 0.0 },
+                })
+                .collect()
+        }
+    }
+
+    fn config(alerting: &str) -> Arc<Config> {
+        let text = format!(
+            "[listener.main]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nname = \"all\"\nupstream = \"app\"\n\n\
+             [upstream.app.region.local]\nendpoints = [\"127.0.0.1:9\"]\n\n{alerting}"
+        );
+        Arc::new(levee_config::parse(&text).unwrap())
+    }
+
+    /// A state change: ms since the start, the state, the endpoint.
+    type Logged = (u64, &'static str, String);
+
+    /// Alerting on [`Endpoints`], each state change logged with the
+    /// milliseconds since the start.
+    struct Run {
+        alerting: Alerting,
+        source: Arc<Endpoints>,
+        changed: Arc<tokio::sync::Notify>,
+        config: Arc<Mutex<Arc<Config>>>,
+        log: Arc<Mutex<Vec<Logged>>>,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+    }
+
+    impl Run {
+        fn start(alerting: &str) -> Run {
+            let start = Instant::now();
+            let source = Arc::new(Endpoints::default());
+            let changed = Arc::new(tokio::sync::Notify::new());
+            let config = Arc::new(Mutex::new(config(alerting)));
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let read = config.clone();
+            let write = log.clone();
+            let inputs = Inputs {
+                config: Arc::new(move || read.lock().unwrap().clone()),
+                source: source.clone(),
+                changed: changed.clone(),
+                publish: Arc::new(move |a: &Alert| {
+                    let at = u64::try_from(start.elapsed().as_millis()).unwrap();
+                    let endpoint = a.labels.get("endpoint").cloned().unwrap_or_default();
+                    write.lock().unwrap().push((at, a.state, endpoint));
+                }),
+            };
+            let metrics = AlertMetrics::register(&mut Registry::default());
+            let tracker = TaskTracker::new();
+            let stop = CancellationToken::new();
+            let alerting = Alerting::start(inputs, metrics, &tracker, stop.clone());
+            Run {
+                alerting,
+                source,
+                changed,
+                config,
+                log,
+                stop,
+                tracker,
+            }
+        }
+
+        /// Sets an endpoint's fact, unseen until the next evaluation.
+        fn set(&self, endpoint: &'static str, down: bool) {
+            self.source.0.lock().unwrap().insert(endpoint, down);
+        }
+
+        /// The state changes so far.
+        fn log(&self) -> Vec<Logged> {
+            self.log.lock().unwrap().clone()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.tracker.close();
+            self.tracker.wait().await;
+        }
+    }
+
+    fn change(at: u64, state: &'static str, endpoint: &str) -> Logged {
+        (at, state, endpoint.to_string())
+    }
+
+    async fn sleep_until_ms(start: Instant, ms: u64) {
+        tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn for_is_held_then_the_alert_fires_once_and_resolves_at_the_next_evaluation() {
+        let start = Instant::now();
+        let run = Run::start(
+            "[alerting]\nevaluation_interval = \"1s\"\n\n\
+             [[alert]]\nname = \"down\"\nkind = \"endpoint_down\"\nfor = \"5s\"\n",
+        );
+        run.set("a", true);
+        // Evaluations at 0 s, 1 s, 2 s...: pending at once, firing when
+        // it has held for 5 s, not an evaluation earlier or later.
+        sleep_until_ms(start, 4_500).await;
+        assert_eq!(run.alerting.alerts()[0].state, "pending");
+        sleep_until_ms(start, 10_500).await;
+        assert_eq!(
+            run.log(),
+            [change(0, "pending", "a"), change(5_000, "firing", "a")]
+        );
+        assert_eq!(run.alerting.alerts()[0].state, "firing");
+        // Up again: resolved at the next evaluation, once.
+        run.set("a", false);
+        sleep_until_ms(start, 20_500).await;
+        assert_eq!(run.log()[2..], [change(11_000, "resolved", "a")]);
+        assert!(run.alerting.alerts().is_empty());
+        run.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_is_evaluated_at_once_and_for_counts_from_then() {
+        let start = Instant::now();
+        let run = Run::start(
+            "[alerting]\nevaluation_interval = \"1s\"\n\n\
+             [[alert]]\nname = \"down\"\nkind = \"endpoint_down\"\nfor = \"5s\"\n",
+        );
+        // A blip shorter than `for`, announced: pending at once, inactive
+        // at the evaluation after it ended, never firing.
+        sleep_until_ms(start, 2_300).await;
+        run.set("a", true);
+        run.changed.notify_one();
+        sleep_until_ms(start, 4_500).await;
+        run.set("a", false);
+        // Down again, announced: `for` counts from 10.3 s, and is first
+        // seen to have held at the evaluation of 16 s (the ticks keep
+        // their pace whatever woke the evaluator in between).
+        sleep_until_ms(start, 10_300).await;
+        run.set("a", true);
+        run.changed.notify_one();
+        sleep_until_ms(start, 20_000).await;
+        assert_eq!(
+            run.log(),
+            [
+                change(2_300, "pending", "a"),
+                change(5_000, "inactive", "a"),
+                change(10_300, "pending", "a"),
+                change(16_000, "firing", "a"),
+            ]
+        );
+        run.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_with_a_new_interval_paces_the_evaluations_anew() {
+        let start = Instant::now();
+        let rule = "[[alert]]\nname = \"down\"\nkind = \"endpoint_down\"\n";
+        let run = Run::start(&format!("[alerting]\nevaluation_interval = \"10s\"\n\n{rule}"));
+        sleep_until_ms(start, 1_000).await;
+        *run.config.lock().unwrap() =
+            config(&format!("[alerting]\nevaluation_interval = \"200ms\"\n\n{rule}"));
+        // Seen at the next evaluation (10 s); from then on every 200 ms.
+        sleep_until_ms(start, 10_050).await;
+        run.set("a", true);
+        sleep_until_ms(start, 10_300).await;
+        run.set("a", false);
+        sleep_until_ms(start, 11_000).await;
+        assert_eq!(
+            run.log(),
+            [change(10_200, "firing", "a"), change(10_400, "resolved", "a")]
+        );
+        run.stop().await;
+    }
+}

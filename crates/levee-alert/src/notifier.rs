@@ -295,3 +295,194 @@ pub(crate) fn now() -> Instant {
 pub(crate) fn now_ms() -> u64 {
     levee_core::calendar::unix_millis(std::time::SystemTime::now())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The grouping task on tokio's paused clock, news in and rendered
+    //! notifications out, no receiver: `group_wait`, `group_interval` and
+    //! `repeat_interval` are asserted at exact instants.
+
+    use std::time::Duration;
+
+    use levee_config::AlertRule;
+    use levee_core::alert::{Instance, State};
+    use prometheus_client::registry::Registry;
+    use serde_json::Value;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A webhook notifier `hook` with these settings, and rule `down`.
+    fn config(settings: &str) -> (Notifier, AlertRule) {
+        let text = format!(
+            "[listener.main]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nname = \"all\"\nupstream = \"app\"\n\n\
+             [upstream.app.region.local]\nendpoints = [\"127.0.0.1:9\"]\n\n\
+             [alerting.notifier.hook]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n{settings}\n\n\
+             [[alert]]\nname = \"down\"\nkind = \"endpoint_down\"\n"
+        );
+        let mut config = levee_config::parse(&text).unwrap();
+        (
+            config.alerting.notifiers.remove(0),
+            config.alerting.rules.remove(0),
+        )
+    }
+
+    /// The grouping task of `notifier`: its news in, its queue out.
+    struct Grouping {
+        news: mpsc::Sender<News>,
+        queue: mpsc::Receiver<Bytes>,
+        rule: AlertRule,
+        start: Instant,
+        stop: CancellationToken,
+    }
+
+    impl Grouping {
+        fn start(settings: &str) -> Grouping {
+            let (notifier, rule) = config(settings);
+            let metrics = AlertMetrics::register(&mut Registry::default());
+            let shared = Arc::new(Shared {
+                name: notifier.name.clone(),
+                kind: notifier.kind,
+                metrics: metrics.notifier(&notifier.name),
+                last_success_ms: AtomicU64::new(0),
+                last_error: Mutex::new(None),
+            });
+            let (news_tx, news_rx) = mpsc::channel(16);
+            let (queue_tx, queue_rx) = mpsc::channel(16);
+            let stop = CancellationToken::new();
+            let render = Render {
+                kind: notifier.kind,
+                receiver: notifier.name.clone(),
+                external_url: String::new(),
+                resend_interval: notifier.grouping.repeat_interval,
+            };
+            tokio::spawn(group(
+                Grouper::new(notifier.grouping.clone()),
+                news_rx,
+                queue_tx,
+                render,
+                shared,
+                stop.clone(),
+            ));
+            Grouping {
+                news: news_tx,
+                queue: queue_rx,
+                rule,
+                start: Instant::now(),
+                stop,
+            }
+        }
+
+        /// Tells the task that `endpoint`'s alert fires, or resolved.
+        async fn tell(&self, endpoint: &str, firing: bool) {
+            let instance = Instance {
+                labels: vec![("endpoint", endpoint.to_string())],
+                value: 1.0,
+                state: State::Firing,
+                active_since: now(),
+                active_since_ms: 1,
+                firing_since_ms: Some(1),
+            };
+            let state = if firing { "firing" } else { "resolved" };
+            let alert = Arc::new(Alert::new(&self.rule, &instance, state, None));
+            let update = Update {
+                id: alert.id(),
+                labels: alert.all_labels(),
+                firing,
+                payload: alert,
+            };
+            self.news.send(vec![update]).await.unwrap();
+        }
+
+        async fn at(&self, ms: u64) {
+            tokio::time::sleep_until(self.start + Duration::from_millis(ms)).await;
+        }
+
+        /// The next notification: when (ms since the start), its status,
+        /// and its alerts' (endpoint, status).
+        async fn next(&mut self) -> (u64, String, Vec<(String, String)>) {
+            let body = self.queue.recv().await.unwrap();
+            let at = u64::try_from(self.start.elapsed().as_millis()).unwrap();
+            let json: Value = serde_json::from_slice(&body).unwrap();
+            let alerts = json["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    (
+                        a["labels"]["endpoint"].as_str().unwrap().to_string(),
+                        a["status"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            (at, json["status"].as_str().unwrap().to_string(), alerts)
+        }
+
+        /// Whether no notification is waiting.
+        fn quiet(&mut self) -> bool {
+            self.queue.try_recv().is_err()
+        }
+    }
+
+    fn alerts(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(e, s)| (e.to_string(), s.to_string())).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn group_wait_gathers_then_repeat_interval_resends_then_resolutions_go_once() {
+        let mut g =
+            Grouping::start("group_wait = \"2s\"\ngroup_interval = \"300ms\"\nrepeat_interval = \"4s\"");
+        g.tell("a", true).await;
+        g.at(200).await;
+        g.tell("b", true).await;
+        let both = alerts(&[("a", "firing"), ("b", "firing")]);
+        assert_eq!(g.next().await, (2_000, "firing".to_string(), both.clone()));
+        // Nothing changes: the group again after repeat_interval, exactly.
+        assert_eq!(g.next().await, (6_000, "firing".to_string(), both));
+        // A resolution after group_interval is sent at once, beside what
+        // still fires; one within group_interval waits for its end.
+        g.at(7_000).await;
+        assert!(g.quiet());
+        g.tell("a", false).await;
+        assert_eq!(
+            g.next().await,
+            (
+                7_000,
+                "firing".to_string(),
+                alerts(&[("a", "resolved"), ("b", "firing")])
+            )
+        );
+        g.at(7_100).await;
+        g.tell("b", false).await;
+        assert_eq!(
+            g.next().await,
+            (7_300, "resolved".to_string(), alerts(&[("b", "resolved")])),
+            "the earlier resolution is not repeated"
+        );
+        // Then silence: the group is gone.
+        g.at(100_000).await;
+        assert!(g.quiet());
+        g.stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_send_resolved_only_firing_is_notified() {
+        let mut g = Grouping::start(
+            "group_wait = \"0s\"\ngroup_interval = \"0s\"\nrepeat_interval = \"1h\"\nsend_resolved = false",
+        );
+        g.tell("a", true).await;
+        let firing = alerts(&[("a", "firing")]);
+        assert_eq!(g.next().await, (0, "firing".to_string(), firing.clone()));
+        g.at(1_000).await;
+        g.tell("a", false).await;
+        g.at(5_000).await;
+        assert!(g.quiet(), "the resolution is not sent");
+        // Firing again is news: sent at once, and nothing was kept of the
+        // resolved alert to repeat in between.
+        g.tell("a", true).await;
+        assert_eq!(g.next().await, (5_000, "firing".to_string(), firing));
+        g.at(3_600_000).await;
+        assert!(g.quiet());
+        g.stop.cancel();
+    }
+}

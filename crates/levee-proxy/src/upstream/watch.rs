@@ -347,3 +347,205 @@ fn describe(priorities: &[u32], loads: &Loads) -> String {
         .collect();
     parts.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    //! The task on tokio's paused clock: time moves only when every task
+    //! waits, straight to the next timer, so the dwell, the ramp's steps
+    //! and an ejection's end are asserted at exact instants.
+
+    use std::sync::Arc;
+
+    use levee_core::failover::ALL;
+
+    use super::*;
+    use crate::events::Events;
+    use crate::metrics::Metrics;
+    use crate::snapshot::Snapshot;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Upstream `app`: region `primary` (priority 0, two endpoints) and
+    /// region `secondary` (priority 1, one), with `failover` keys.
+    fn upstream(failover: &str) -> (Arc<Upstream>, Arc<Events>) {
+        let text = format!(
+            "[listener.main]\naddress = \"127.0.0.1:0\"\n\n[[route]]\nname = \"all\"\nupstream = \"app\"\n\n\
+             [upstream.app.region.primary]\npriority = 0\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n\
+             [upstream.app.region.secondary]\npriority = 1\nendpoints = [\"127.0.0.1:3\"]\n\
+             [upstream.app.failover]\n{failover}\n"
+        );
+        let config = levee_config::parse(&text).expect("valid config");
+        let events = Arc::new(Events::new());
+        let snapshot = Snapshot::build(
+            Arc::new(config),
+            None,
+            &Metrics::new(),
+            Default::default(),
+            None,
+            &events,
+        );
+        (snapshot.upstreams[0].clone(), events)
+    }
+
+    /// Starts the watch task; cancel the token to stop it.
+    fn watch(u: &Arc<Upstream>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(Arc::downgrade(u), stop.clone()));
+        (stop, task)
+    }
+
+    /// Lets the woken task run, without moving the clock.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn shares(u: &Upstream) -> Vec<u32> {
+        u.loads.load().shares.clone()
+    }
+
+    fn set_region(u: &Upstream, region: &str, healthy: bool) {
+        for e in u.endpoints.iter().filter(|e| e.region.as_str() == region) {
+            e.state.set_healthy(healthy);
+        }
+    }
+
+    /// The kinds of the events published so far.
+    fn event_names(events: &Events) -> Vec<&'static str> {
+        events.subscribe(0).0.iter().map(|e| e.kind.name()).collect()
+    }
+
+    /// The primary's share sampled half way between the task's 100 ms
+    /// steps, `steps` times from `from`.
+    async fn primary_share_by_step(u: &Upstream, from: Instant, steps: u64) -> Vec<u32> {
+        let mut seen = Vec::new();
+        for step in 0..steps {
+            tokio::time::sleep_until(from + RAMP_STEP * step as u32 + 50 * MS).await;
+            seen.push(shares(u)[0]);
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failover_is_at_once_and_failback_waits_the_dwell_then_ramps_every_step() {
+        let (u, events) = upstream("failback_after = \"2s\"\nramp = \"1s\"");
+        let (stop, task) = watch(&u);
+        settle().await;
+        assert_eq!(shares(&u), [ALL, 0]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(shares(&u), [ALL, 0], "nothing moves with time alone");
+
+        set_region(&u, "primary", false);
+        settle().await;
+        assert_eq!(shares(&u), [0, ALL], "failover without any time passing");
+        assert_eq!(event_names(&events), ["loads_changed", "failover_started"]);
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        set_region(&u, "primary", true);
+        let back = Instant::now();
+        settle().await;
+        // Nothing for the 2 s dwell, then a tenth of the ramp every 100 ms.
+        let seen = primary_share_by_step(&u, back, 35).await;
+        let expected: Vec<u32> = (0..35u32).map(|s| s.saturating_sub(20).min(10) * 1000).collect();
+        assert_eq!(seen, expected);
+        assert!(!u.failover.lock().expect("lock").is_recovering());
+        assert_eq!(
+            event_names(&events),
+            [
+                "loads_changed",
+                "failover_started",
+                "loads_changed",
+                "loads_changed",
+                "failover_ended"
+            ],
+            "the ramp's steps are not events: only where traffic goes is"
+        );
+        stop.cancel();
+        task.await.expect("the task ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relapse_mid_ramp_fails_over_at_once_and_the_dwell_starts_over() {
+        let (u, _events) = upstream("failback_after = \"2s\"\nramp = \"1s\"");
+        let (stop, task) = watch(&u);
+        set_region(&u, "primary", false);
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        set_region(&u, "primary", true);
+        let back = Instant::now();
+        tokio::time::sleep_until(back + 2550 * MS).await;
+        assert_eq!(shares(&u), [5000, 5000], "half way through the ramp");
+
+        set_region(&u, "primary", false);
+        settle().await;
+        assert_eq!(shares(&u), [0, ALL], "down again: traffic leaves at once");
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        set_region(&u, "primary", true);
+        let again = Instant::now();
+        let seen = primary_share_by_step(&u, again, 32).await;
+        let expected: Vec<u32> = (0..32u32).map(|s| s.saturating_sub(20).min(10) * 1000).collect();
+        assert_eq!(seen, expected, "a whole new dwell, then the whole ramp");
+        stop.cancel();
+        task.await.expect("the task ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_a_region_back_ramps_to_its_share_and_no_further() {
+        let (u, _events) = upstream("failback_after = \"1s\"\nramp = \"500ms\"");
+        let (stop, task) = watch(&u);
+        set_region(&u, "primary", false);
+        settle().await;
+        assert_eq!(shares(&u), [0, ALL]);
+        // One of two back: 1/2 × 1.4 = 70% for the primary, after the wait.
+        u.endpoints[0].state.set_healthy(true);
+        let back = Instant::now();
+        tokio::time::sleep_until(back + 950 * MS).await;
+        assert_eq!(shares(&u), [0, ALL]);
+        tokio::time::sleep_until(back + 1250 * MS).await;
+        assert_eq!(shares(&u), [2800, 7200], "two fifths of the ramp");
+        tokio::time::sleep_until(back + 1550 * MS).await;
+        assert_eq!(shares(&u), [7000, 3000]);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(shares(&u), [7000, 3000]);
+        stop.cancel();
+        task.await.expect("the task ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_ends_on_time_with_nothing_else_to_wake_the_task() {
+        // Times are `millis` of tokio's clock: set its origin before ours.
+        millis(Instant::now());
+        let (u, events) = upstream("failback_after = \"0s\"\nramp = \"0s\"");
+        let (stop, task) = watch(&u);
+        settle().await;
+        let start = Instant::now();
+        for e in &u.endpoints[..2] {
+            e.state.eject(millis(start + Duration::from_secs(3)));
+        }
+        settle().await;
+        assert_eq!(shares(&u), [0, ALL]);
+        tokio::time::sleep_until(start + 2999 * MS).await;
+        assert_eq!(shares(&u), [0, ALL], "still ejected 1 ms before the end");
+        tokio::time::sleep_until(start + 3001 * MS).await;
+        assert_eq!(shares(&u), [ALL, 0], "back at the end, without a wake-up call");
+        let returned = event_names(&events)
+            .into_iter()
+            .filter(|n| *n == "endpoint_returned")
+            .count();
+        assert_eq!(returned, 2);
+        stop.cancel();
+        task.await.expect("the task ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_ends_when_its_upstream_is_retired() {
+        let (u, _events) = upstream("");
+        let (_stop, task) = watch(&u);
+        settle().await;
+        u.retired.store(true, Ordering::Release);
+        u.changed.notify_one();
+        settle().await;
+        assert!(task.is_finished());
+    }
+}
