@@ -15,6 +15,7 @@
 //! one per configuration of the log, and at shutdown, once every request
 //! has ended, lets them write what is left and waits for them (bounded).
 
+mod entry;
 mod format;
 
 use std::fs::{File, OpenOptions};
@@ -30,16 +31,16 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::{self, HeaderValue};
 use http::{Method, Uri, Version};
 use levee_config::{AccessLog, LogField, LogFormat, LogOutput};
-use levee_core::id::ListenerName;
 use levee_core::outcome::ErrorKind;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 
+use self::entry::{Entry, RequestLine};
 use self::format::Format;
+use crate::conn::ConnInfo;
 use crate::fields::FieldsView;
-use crate::server::ConnInfo;
+use crate::metrics::AccessLogMetrics;
 use crate::snapshot::Snapshot;
-use crate::upstream::{Endpoint, Upstream};
 
 /// How long an idle writer sleeps before looking at its stop and reopen
 /// flags.
@@ -55,17 +56,6 @@ pub struct AccessLogError {
     path: PathBuf,
     #[source]
     source: std::io::Error,
-}
-
-/// The access log's series, resolved once.
-#[derive(Clone)]
-pub(crate) struct AccessLogMetrics {
-    pub records: Counter,
-    /// Entries dropped because the buffer was full.
-    pub dropped_full: Counter,
-    /// Entries lost with a write that failed.
-    pub dropped_write: Counter,
-    pub write_errors: Counter,
 }
 
 /// Which fields lines need, as bits of indices into [`LogField::ALL`].
@@ -239,54 +229,6 @@ impl Pending {
         e.duration = duration;
         e.ended = SystemTime::now();
         self.sink.send(self.entry);
-    }
-}
-
-pub(crate) struct RequestLine {
-    method: Method,
-    uri: Uri,
-    version: Version,
-}
-
-/// One request, as the writer formats it. Names are looked up in the
-/// snapshot the request ran on, when the line is written.
-pub(crate) struct Entry {
-    snap: Arc<Snapshot>,
-    client: IpAddr,
-    listener: Option<ListenerName>,
-    request: Option<RequestLine>,
-    host: Option<HeaderValue>,
-    request_id: Option<HeaderValue>,
-    user_agent: Option<HeaderValue>,
-    referer: Option<HeaderValue>,
-    /// Index into the snapshot's routes.
-    route: Option<u32>,
-    /// Index into the route's upstream's endpoints.
-    endpoint: Option<u32>,
-    attempts: u32,
-    status: u16,
-    proxy_status: Option<ErrorKind>,
-    bytes: u64,
-    duration: Duration,
-    ended: SystemTime,
-}
-
-impl Entry {
-    /// When the request head arrived.
-    fn started(&self) -> SystemTime {
-        self.ended.checked_sub(self.duration).unwrap_or(self.ended)
-    }
-
-    fn route(&self) -> Option<&crate::snapshot::RouteRuntime> {
-        self.snap.routes.get(self.route? as usize)
-    }
-
-    fn upstream(&self) -> Option<&Upstream> {
-        self.snap.upstreams.get(self.route()?.upstream).map(|u| &**u)
-    }
-
-    fn endpoint(&self) -> Option<&Endpoint> {
-        self.upstream()?.endpoints.get(self.endpoint? as usize)
     }
 }
 

@@ -1,29 +1,21 @@
-//! The bodies that flow through levee, streamed frame by frame.
+//! Request bodies on their way to an upstream, streamed frame by frame.
 //!
 //! [`RequestBody`] is what the upstream client reads: bytes arriving on a
-//! client's HTTP/1 connection (through [`channel`]) or HTTP/2 stream.
-//! [`ResponseBody`] is what the client receives: an upstream's body, or a
-//! short body levee wrote itself. Neither ever holds a whole body in memory.
+//! client's HTTP/1 connection (through [`channel`]) or HTTP/2 stream, or a
+//! replay of them for a retry ([`Bodies`]). No body is ever held whole in
+//! memory. (Response bodies are in `crate::response`.)
 
-use levee_core::sync::lock;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use levee_core::sync::lock;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::{Instant, Sleep};
-
-use crate::codec::raw::RawOut;
-use crate::completion::Completion;
-use crate::server::h2::StreamGuard;
-use crate::upstream::h1::UpstreamBody;
 
 /// Why a body stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -465,283 +457,12 @@ impl Body for H1Body {
     }
 }
 
-/// An upstream's response body, by the protocol it came over.
-pub(crate) enum UpstreamKind {
-    H1(UpstreamBody),
-    H2(Incoming),
-}
-
-impl UpstreamKind {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self {
-            UpstreamKind::H1(b) => Pin::new(b).poll_frame(cx),
-            UpstreamKind::H2(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::UpstreamH2),
-        }
-    }
-}
-
-/// A response body on its way to a client.
-pub struct ResponseBody {
-    inner: Inner,
-    /// Accounting that runs when the body ends or is dropped.
-    completion: Option<Completion>,
-    /// The response head as received, when it is forwarded raw to an
-    /// HTTP/1 client (the response's header map is then empty).
-    raw_head: Option<RawOut>,
-    /// Counts an HTTP/2 stream open for as long as its response lives.
-    stream: Option<StreamGuard>,
-}
-
-enum Inner {
-    Full(Option<Bytes>),
-    Upstream {
-        body: UpstreamKind,
-        /// The route's whole-request deadline still applies to the body.
-        deadline: Instant,
-        /// Created only when the body has to wait, so a response that is
-        /// already complete costs no timer.
-        sleep: Option<Pin<Box<Sleep>>>,
-    },
-}
-
-impl ResponseBody {
-    pub fn empty() -> ResponseBody {
-        ResponseBody::full(Bytes::new())
-    }
-
-    pub fn full(bytes: Bytes) -> ResponseBody {
-        ResponseBody {
-            inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
-            completion: None,
-            raw_head: None,
-            stream: None,
-        }
-    }
-
-    pub(crate) fn upstream(body: UpstreamKind, deadline: Instant, completion: Completion) -> ResponseBody {
-        let mut body = ResponseBody {
-            inner: Inner::Upstream {
-                body,
-                deadline,
-                sleep: None,
-            },
-            completion: Some(completion),
-            raw_head: None,
-            stream: None,
-        };
-        body.finish_if_ended();
-        body
-    }
-
-    pub(crate) fn with_stream_guard(mut self, guard: StreamGuard) -> ResponseBody {
-        self.stream = Some(guard);
-        self
-    }
-
-    pub(crate) fn set_raw_head(&mut self, raw: RawOut) {
-        self.raw_head = Some(raw);
-    }
-
-    pub(crate) fn take_raw_head(&mut self) -> Option<RawOut> {
-        self.raw_head.take()
-    }
-
-    /// Attaches accounting to a body levee generated itself.
-    pub(crate) fn with_completion(mut self, completion: Completion) -> ResponseBody {
-        self.completion = Some(completion);
-        self.finish_if_ended();
-        self
-    }
-
-    fn finish_if_ended(&mut self) {
-        if self.is_end_stream()
-            && let Some(c) = self.completion.take()
-        {
-            c.finish();
-        }
-    }
-
-    /// Replaces a response whose body failed before any of it reached the
-    /// client with levee's error response, keeping the request's accounting.
-    pub(crate) fn into_error_response(
-        mut self,
-        rejection: levee_core::outcome::Rejection,
-        request_id: Option<&http::HeaderValue>,
-    ) -> http::Response<ResponseBody> {
-        match self.completion.take() {
-            Some(c) => c.into_error_response(rejection, request_id),
-            None => crate::respond::error_response(rejection, request_id),
-        }
-    }
-
-    fn abort(&mut self) {
-        if let Some(c) = self.completion.take() {
-            c.finish();
-        }
-    }
-
-    /// Time left before the whole-request deadline, for writers that wait.
-    pub fn remaining_time(&self) -> Option<Duration> {
-        match &self.inner {
-            Inner::Upstream { deadline, .. } => Some(deadline.saturating_duration_since(Instant::now())),
-            Inner::Full(_) => None,
-        }
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // Dropped before its end: the client went away or the write failed.
-        self.abort();
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Inner::Upstream {
-                body,
-                deadline,
-                sleep,
-            } => match body.poll_frame(cx) {
-                // Checked on every data frame, not only when waiting: a body
-                // that is always ready would otherwise never see its
-                // deadline. Its end (or trailers) still passes: a response
-                // that is complete is not cut.
-                Poll::Ready(Some(Ok(frame))) if frame.is_data() && Instant::now() >= *deadline => {
-                    Poll::Ready(Some(Err(BodyError::Timeout)))
-                }
-                Poll::Ready(frame) => Poll::Ready(frame),
-                Poll::Pending => {
-                    let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*deadline)));
-                    match sleep.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Timeout))),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
-            },
-        };
-        if let Some(stream) = &this.stream {
-            stream.polled(matches!(polled, Poll::Ready(Some(Ok(_)))));
-        }
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(c)) = (frame.data_ref(), &mut this.completion) {
-                    c.sent(data.len());
-                }
-                this.finish_if_ended();
-            }
-            Poll::Ready(None) => {
-                if let Some(c) = this.completion.take() {
-                    c.finish();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.abort(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Full(data) => data.is_none(),
-            Inner::Upstream { body, .. } => match body {
-                UpstreamKind::H1(b) => b.is_end_stream(),
-                UpstreamKind::H2(b) => b.is_end_stream(),
-            },
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Inner::Upstream { body, .. } => match body {
-                UpstreamKind::H1(b) => b.size_hint(),
-                UpstreamKind::H2(b) => b.size_hint(),
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use http::{HeaderMap, Method};
+    use http::HeaderMap;
     use http_body_util::BodyExt;
-    use levee_config::{EndpointAddress, Protocol};
-    use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::metrics::{EndpointLabels, Metrics};
-    use crate::upstream::h1::{Conn, Exchange, OutHead};
-    use crate::upstream::{Counters, EndpointState, Pool, PoolSettings};
-
-    /// An upstream body read from a real connection whose origin sends
-    /// `response` at once and then holds the connection open.
-    async fn upstream_body(response: Vec<u8>) -> (UpstreamBody, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let origin = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let mut scratch = [0u8; 1024];
-            let _ = s.read(&mut scratch).await.expect("request");
-            s.write_all(&response).await.expect("response");
-            let _ = s.read(&mut scratch).await;
-        });
-        let conn = Conn::new(
-            crate::upstream::stream::Stream::Plain(TcpStream::connect(addr).await.expect("connect")),
-            None,
-        );
-        let headers = HeaderMap::new();
-        let mut exchange = Exchange::new(
-            conn,
-            &Method::GET,
-            "/",
-            OutHead::Map(&headers),
-            RequestBody::Empty,
-        );
-        let head = std::future::poll_fn(|cx| exchange.poll_head(cx))
-            .await
-            .expect("head");
-        let plan = exchange.plan(&head);
-        let settings = PoolSettings {
-            protocol: Protocol::Http1,
-            max_idle: 1,
-            idle_timeout: Duration::from_secs(1),
-        };
-        let labels = EndpointLabels {
-            upstream: "u".into(),
-            region: "r".into(),
-            endpoint: addr.to_string(),
-        };
-        let state = Arc::new(EndpointState::new(
-            Pool::new(
-                EndpointAddress::Ip(addr),
-                settings,
-                Arc::new(Counters::new(levee_core::retry::Budget::new(20, 10))),
-            ),
-            Gauge::default(),
-            Counter::default(),
-            Metrics::new().endpoint(&labels),
-        ));
-        (exchange.into_body(plan, state), origin)
-    }
-
-    fn response_body(upstream: UpstreamBody, deadline: Instant) -> ResponseBody {
-        let completion = Completion::new(deadline, 200, Metrics::new().route("r", "u", None), None);
-        ResponseBody::upstream(UpstreamKind::H1(upstream), deadline, completion)
-    }
 
     /// A client body that sends `pieces` then trailers and its end.
     fn client_body(pieces: &'static [&'static [u8]]) -> RequestBody {
@@ -813,35 +534,5 @@ mod tests {
         once.put_back(Some(body));
         let (data, _) = read_all(&mut once.next().expect("given back")).await;
         assert_eq!(data, b"xy");
-    }
-
-    #[tokio::test]
-    async fn the_deadline_holds_for_a_body_that_is_always_ready() {
-        const LEN: usize = 256 * 1024;
-        let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
-        response.resize(response.len() + LEN, b'x');
-        let (upstream, origin) = upstream_body(response).await;
-        // The whole body waits in the socket: every poll would find data.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut body = response_body(upstream, Instant::now());
-        match body.frame().await {
-            Some(Err(BodyError::Timeout)) => {}
-            Some(Ok(f)) => panic!(
-                "a frame after the deadline: {:?} bytes",
-                f.data_ref().map(Bytes::len)
-            ),
-            other => panic!("{other:?}"),
-        }
-        origin.abort();
-    }
-
-    #[tokio::test]
-    async fn a_body_that_ended_is_not_cut_by_the_deadline() {
-        let response = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec();
-        let (upstream, origin) = upstream_body(response).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut body = response_body(upstream, Instant::now());
-        assert!(body.frame().await.is_none(), "the end, not a timeout");
-        origin.abort();
     }
 }

@@ -4,15 +4,11 @@
 
 use std::sync::Arc;
 
-use http::Response;
-use http::header::HeaderValue;
-use levee_core::outcome::Rejection;
+use levee_core::outcome::ErrorKind;
 use tokio::time::Instant;
 
 use crate::access_log::Pending;
-use crate::body::ResponseBody;
 use crate::metrics::RouteMetrics;
-use crate::respond::error_response;
 use crate::upstream::{InFlight, Slot};
 
 /// Accounting for one request, run once when its response ends or is dropped.
@@ -64,22 +60,20 @@ impl Completion {
         self
     }
 
-    /// levee's response for this request after all, counted as such.
-    pub(crate) fn into_error_response(
-        mut self,
-        rejection: Rejection,
-        request_id: Option<&HeaderValue>,
-    ) -> Response<ResponseBody> {
-        self.metrics.generated(rejection.kind);
-        self.status = rejection.kind.status();
+    /// The request is answered by levee itself, with `kind`'s status.
+    pub(crate) fn generated(&mut self, kind: ErrorKind) {
+        self.metrics.generated(kind);
+        self.status = kind.status();
         if let Some(log) = &mut self.log {
-            log.generated(rejection.kind);
+            log.generated(kind);
         }
-        error_response(rejection, request_id).map(|b| b.with_completion(self))
     }
+}
 
-    /// Records the request, when its response ended or was dropped.
-    pub(crate) fn finish(mut self) {
+impl Drop for Completion {
+    /// Records the request: its answer ended, or was dropped before its end
+    /// (the client went away, or levee replaced it).
+    fn drop(&mut self) {
         let elapsed = Instant::now().duration_since(self.start);
         self.metrics.record(self.status, elapsed.as_secs_f64());
         if let Some(log) = self.log.take() {

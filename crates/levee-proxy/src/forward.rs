@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::{Request, Version};
 use levee_config::ClientIpHeader;
 use levee_config::Protocol;
 use levee_core::access::{client_from_chain, forwarded_for, x_forwarded_for};
@@ -44,19 +44,18 @@ use self::prepare::{Head, prepare_request, version_str};
 use self::record::{Record, Refusal};
 use self::tries::Outgoing;
 use crate::access_log::{self, Sink};
-use crate::body::{Bodies, RequestBody, ResponseBody};
+use crate::body::{Bodies, RequestBody};
 use crate::codec::parse::RawRequest;
 use crate::codec::raw::Known;
+use crate::conn::ConnInfo;
 use crate::fields::FieldsView;
 use crate::metrics::Limit;
 use crate::ratelimit::{KeyInput, Rule};
+use crate::response::Answer;
 use crate::router::{RouteInput, normalise_host};
-use crate::server::{ConnInfo, Handler, ListenerPolicy};
+use crate::server::{Handler, ListenerPolicy};
 use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::upstream::{AwaitingHead, Slot, Upstream};
-
-pub(crate) use exchange::classify;
-pub(crate) use headers::ClientAddr;
 
 pub(crate) struct Proxy {
     pub state: Arc<ArcSwap<Snapshot>>,
@@ -81,16 +80,16 @@ impl Handler for Proxy {
         mut req: Request<RequestBody>,
         raw: Option<RawRequest>,
         conn: &ConnInfo,
-    ) -> Response<ResponseBody> {
+    ) -> Answer {
         let snap = self.state.load_full();
         let (mut record, inbound) = self.begin(&snap, &mut req, raw.as_ref(), conn);
         match self.forward(&snap, &mut record, &inbound, req, raw, conn).await {
-            Ok(answered) => answered.into_response(record),
+            Ok(answered) => answered.into_answer(record),
             Err(refusal) => record.refuse(refusal),
         }
     }
 
-    fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Response<ResponseBody> {
+    fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Answer {
         let snap = self.state.load_full();
         // Refused before its head could be read: only the peer is known.
         let log = (self.access_log.load().as_ref())

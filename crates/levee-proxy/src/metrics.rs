@@ -14,8 +14,7 @@ use levee_core::concurrency::Priority;
 use levee_core::outcome::{ErrorKind, StatusClass};
 use levee_core::outlier::Detector;
 
-use crate::history::Recorder;
-use crate::server::h2::AbuseCounters;
+use self::recorder::Recorder;
 use crate::server::h2::guard::Abuse;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,7 +23,43 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The access log's series, resolved once.
+#[derive(Clone)]
+pub(crate) struct AccessLogMetrics {
+    pub records: Counter,
+    /// Entries dropped because the buffer was full.
+    pub dropped_full: Counter,
+    /// Entries lost with a write that failed.
+    pub dropped_write: Counter,
+    pub write_errors: Counter,
+}
+
+/// Per-endpoint series, resolved once.
+pub(crate) struct EndpointMetrics {
+    pub healthy: Gauge,
+    pub check_ok: Counter,
+    pub check_failed: Counter,
+    pub ejected: Gauge,
+    /// By detector: consecutive 5xx, consecutive gateway failure, success rate.
+    pub ejections: [Counter; 3],
+}
+
+/// Counts of clients dropped for being too slow, by phase.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SlowClients {
+    /// The request head did not come within `header_timeout`.
+    pub head: Counter,
+    /// The request body stalled or crawled below `body_min_rate`.
+    pub body: Counter,
+    /// The client did not take the response within `body_timeout`.
+    pub send: Counter,
+}
+
+/// A listener's `levee_http2_abuse_total` series, in [`Abuse::ALL`] order.
+pub(crate) type AbuseCounters = [Counter; Abuse::ALL.len()];
+
 mod process;
+pub(crate) mod recorder;
 mod text;
 
 /// Request latency buckets, in seconds: 0.5 ms to 30 s.
@@ -192,7 +227,7 @@ pub struct Metrics {
     overflow: Family<LimitLabels, Counter>,
     retried: Family<RetriedLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
-    pub(crate) access_log: crate::access_log::AccessLogMetrics,
+    pub(crate) access_log: AccessLogMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -484,7 +519,7 @@ impl Metrics {
     }
 
     /// Handles for one endpoint's health series.
-    pub(crate) fn endpoint(&self, labels: &EndpointLabels) -> crate::upstream::EndpointMetrics {
+    pub(crate) fn endpoint(&self, labels: &EndpointLabels) -> EndpointMetrics {
         let check = |result| {
             self.health_checks.get_or_create_owned(&CheckLabels {
                 upstream: labels.upstream.clone(),
@@ -506,7 +541,7 @@ impl Metrics {
                 detector: d.as_str(),
             })
         });
-        crate::upstream::EndpointMetrics {
+        EndpointMetrics {
             healthy: self.upstream_healthy.get_or_create_owned(labels),
             check_ok: check("success"),
             check_failed: check("failure"),
@@ -575,14 +610,14 @@ impl Metrics {
     }
 
     /// A listener's slow-client counters.
-    pub(crate) fn slow_clients(&self, listener: &str) -> crate::server::h1::SlowClients {
+    pub(crate) fn slow_clients(&self, listener: &str) -> SlowClients {
         let phase = |phase| {
             self.slow_clients.get_or_create_owned(&SlowLabels {
                 listener: listener.to_string(),
                 phase,
             })
         };
-        crate::server::h1::SlowClients {
+        SlowClients {
             head: phase("head"),
             body: phase("body"),
             send: phase("send"),
@@ -645,7 +680,7 @@ impl Metrics {
 }
 
 /// `levee_access_log_*`; every series visible from the start, at 0.
-fn register_access_log(registry: &mut Registry) -> crate::access_log::AccessLogMetrics {
+fn register_access_log(registry: &mut Registry) -> AccessLogMetrics {
     let records = Counter::default();
     registry.register("access_log_records", "Access log lines written", records.clone());
     let dropped = Family::<DropLabels, Counter>::default();
@@ -660,7 +695,7 @@ fn register_access_log(registry: &mut Registry) -> crate::access_log::AccessLogM
         "Access log writes (or opens of its file) that failed",
         write_errors.clone(),
     );
-    crate::access_log::AccessLogMetrics {
+    AccessLogMetrics {
         records,
         dropped_full: dropped.get_or_create_owned(&DropLabels {
             reason: "buffer_full",

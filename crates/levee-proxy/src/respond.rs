@@ -11,16 +11,22 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use levee_core::outcome::Rejection;
 
-use crate::body::ResponseBody;
+use crate::completion::Completion;
+use crate::response::{Answer, ResponseBody};
 
 /// The name levee gives itself in `Proxy-Status` and `Via`.
 pub(crate) const PROXY_NAME: &str = "levee";
 
-/// Builds levee's response for `rejection`.
-pub(crate) fn error_response(
+/// levee's answer to a request it refuses, counted as such in `accounting`
+/// (`None` when the request was counted already).
+pub(crate) fn refuse(
     rejection: Rejection,
     request_id: Option<&HeaderValue>,
-) -> Response<ResponseBody> {
+    mut accounting: Option<Completion>,
+) -> Answer {
+    if let Some(a) = &mut accounting {
+        a.generated(rejection.kind);
+    }
     let status = StatusCode::from_u16(rejection.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = format!(
         "{} {}: {}\n",
@@ -28,9 +34,9 @@ pub(crate) fn error_response(
         status.canonical_reason().unwrap_or(""),
         rejection.detail
     );
-    let mut res = Response::new(ResponseBody::full(Bytes::from(body)));
-    *res.status_mut() = status;
-    let h = res.headers_mut();
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    let h = &mut parts.headers;
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -43,7 +49,13 @@ pub(crate) fn error_response(
     if let Some(id) = request_id {
         h.insert("x-request-id", id.clone());
     }
-    res
+    Answer {
+        parts,
+        raw: None,
+        body: ResponseBody::full(Bytes::from(body)),
+        upgraded: None,
+        accounting,
+    }
 }
 
 /// `levee; error=<type>; details="<detail>"`. Details are levee's own
@@ -67,10 +79,18 @@ mod tests {
     #[tokio::test]
     async fn error_response_shape() {
         let id = HeaderValue::from_static("abc");
-        let res = error_response(
+        let accounting = Completion::new(
+            tokio::time::Instant::now(),
+            0,
+            crate::metrics::Metrics::new().route("r", "u", None),
+            None,
+        );
+        let answer = refuse(
             Rejection::new(ErrorKind::ConnectionRefused, "upstream refused the connection"),
             Some(&id),
+            Some(accounting),
         );
+        let res = Response::from_parts(answer.parts, answer.body);
         assert_eq!(res.status(), 502);
         assert_eq!(
             res.headers()["proxy-status"],

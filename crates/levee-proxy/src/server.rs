@@ -14,18 +14,19 @@
 pub(crate) mod gate;
 pub(crate) mod h1;
 pub(crate) mod h2;
+mod handler;
 mod io;
+pub(crate) mod settings;
 
-use std::future::Future;
+pub(crate) use handler::Handler;
+pub(crate) use settings::ListenerPolicy;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{Request, Response};
-use levee_core::access::{Access, CidrSet};
 use levee_core::id::ListenerName;
-use levee_core::outcome::Rejection;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -35,72 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::gate::Gate;
-use crate::body::{RequestBody, ResponseBody};
-use crate::codec::parse::RawRequest;
 use crate::codec::proxy_v2;
+use crate::conn::{ClientAddr, ConnInfo};
 use crate::drain::Drain;
-use crate::forward::ClientAddr;
-
-/// What a connection knows about itself.
-#[derive(Clone, Debug)]
-pub struct ConnInfo {
-    pub listener: ListenerName,
-    /// The client's address: the TCP peer's, or the source a trusted
-    /// balancer gave in a PROXY protocol header.
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// Whether the connection is TLS (levee terminated it).
-    pub tls: bool,
-    /// The peer's address rendered for forwarding fields, once.
-    pub(crate) client: ClientAddr,
-}
-
-/// What serves requests once the connection has read them.
-pub(crate) trait Handler: Send + Sync + 'static {
-    /// Serves a request. With `raw`, its fields are the lines received
-    /// (and the request's own header map is empty).
-    fn handle(
-        &self,
-        req: Request<RequestBody>,
-        raw: Option<RawRequest>,
-        conn: &ConnInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send;
-
-    /// The response to a request refused before it could be handled
-    /// (malformed, too large, too slow).
-    fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Response<ResponseBody>;
-
-    /// What the current config says about a listener, read once per
-    /// connection; `None` once the listener is no longer configured.
-    fn policy(&self, listener: &ListenerName) -> Option<Arc<ListenerPolicy>>;
-}
-
-/// One listener's settings from one config, built once per snapshot.
-pub(crate) struct ListenerPolicy {
-    pub settings: h1::Settings,
-    pub access: Access,
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    /// Expect a PROXY protocol v2 header, believed only from `trusted`.
-    pub proxy_protocol: bool,
-    pub trusted: CidrSet,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-}
-
-impl ListenerPolicy {
-    #[cfg(test)]
-    pub fn for_tests() -> ListenerPolicy {
-        ListenerPolicy {
-            settings: h1::Settings::from_config(&levee_config::Server::default()),
-            access: Access::default(),
-            max_connections: usize::MAX,
-            max_connections_per_ip: usize::MAX,
-            proxy_protocol: false,
-            trusted: CidrSet::default(),
-            tls: None,
-        }
-    }
-}
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -118,7 +56,7 @@ pub(crate) struct ListenerContext<H> {
     /// Refusals by [`gate::Refusal`], resolved once: a flood of refused
     /// connections is exactly when counting must cost nothing.
     pub refused: [Counter; 3],
-    pub h2_abuse: Arc<h2::AbuseCounters>,
+    pub h2_abuse: Arc<crate::metrics::AbuseCounters>,
     pub gate: Arc<Gate>,
 }
 

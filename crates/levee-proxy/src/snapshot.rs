@@ -20,7 +20,7 @@ use crate::events::Events;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::{self, Rule};
 use crate::router::Router;
-use crate::server::{ListenerPolicy, h1};
+use crate::server::settings::{ListenerPolicy, Settings};
 use crate::tls::Loaded;
 use crate::upstream::build::{Building, StateKey};
 use crate::upstream::{EndpointState, Upstream};
@@ -126,7 +126,7 @@ impl Snapshot {
             })
             .collect();
 
-        let settings = h1::Settings::from_config(&config.server);
+        let settings = Settings::from_config(&config.server);
         let listeners = config
             .listeners
             .iter()

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use levee_config::{LogField, LogFormat};
 use levee_core::calendar::Civil;
 
-use super::Entry;
+use super::entry::{Entry, RequestLine};
 
 /// How entries become lines.
 pub(crate) struct Format {
@@ -123,7 +123,7 @@ fn common(e: &Entry, out: &mut String) {
 }
 
 /// The request target as a client would have written it in origin form.
-fn target(r: &super::RequestLine) -> &str {
+fn target(r: &RequestLine) -> &str {
     r.uri
         .path_and_query()
         .map_or_else(|| r.uri.path(), |pq| pq.as_str())

@@ -3,8 +3,8 @@
 //! under the request's deadline, and the request's accounting attached to
 //! the body, settled when it ends.
 
+use http::StatusCode;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
@@ -13,9 +13,8 @@ use super::headers::{self, via};
 use super::prepare::version_str;
 use super::record::{Record, Refusal};
 use super::tries::Reply;
-use crate::body::{ResponseBody, UpstreamKind};
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawOut};
-use crate::upstream::h1::UpstreamUpgrade;
+use crate::response::{Answer, ResponseBody, UpstreamKind};
 use crate::upstream::{InFlight, Slot, Upstream};
 
 /// A try's answer, accepted as the client's.
@@ -64,8 +63,8 @@ impl<'s> Answered<'s> {
         })
     }
 
-    /// The client's response, carrying the request's record.
-    pub fn into_response(self, record: Record<'_>) -> Response<ResponseBody> {
+    /// The client's answer, carrying the request's record.
+    pub fn into_answer(self, record: Record<'_>) -> Answer {
         let Answered {
             upstream,
             endpoint,
@@ -78,8 +77,8 @@ impl<'s> Answered<'s> {
             deadline,
         } = self;
         let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        let (completion, request_id) = record.completion(parts.status.as_u16(), in_flight);
-        let completion = completion.holding(admitted);
+        let (accounting, request_id) = record.completion(parts.status.as_u16(), in_flight);
+        let accounting = accounting.holding(admitted);
         let via = via(version_str(parts.version));
         // An HTTP/1.1 response for an HTTP/1 client is forwarded as the lines
         // that arrived; anything else goes through a header map.
@@ -114,25 +113,23 @@ impl<'s> Answered<'s> {
                 None
             }
         };
-        let mut body = match received {
+        let (body, upgraded) = match received {
             Received::H1(exchange, _) if is_upgrade => {
-                parts
-                    .extensions
-                    .insert(UpstreamUpgrade::new(exchange.into_upgraded()));
-                ResponseBody::empty().with_completion(completion)
+                (ResponseBody::empty(), Some(exchange.into_upgraded()))
             }
             Received::H1(exchange, plan) => {
                 let state = upstream.endpoints[endpoint].state.clone();
                 let body = exchange.into_body(plan, state);
-                ResponseBody::upstream(UpstreamKind::H1(body), deadline, completion)
+                (ResponseBody::upstream(UpstreamKind::H1(body), deadline), None)
             }
-            Received::H2(incoming) => {
-                ResponseBody::upstream(UpstreamKind::H2(incoming), deadline, completion)
-            }
+            Received::H2(incoming) => (ResponseBody::upstream(UpstreamKind::H2(incoming), deadline), None),
         };
-        if let Some(raw) = raw_out {
-            body.set_raw_head(raw);
+        Answer {
+            parts,
+            raw: raw_out,
+            body,
+            upgraded,
+            accounting: Some(accounting),
         }
-        Response::from_parts(parts, body)
     }
 }

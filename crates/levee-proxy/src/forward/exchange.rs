@@ -10,9 +10,10 @@ use http::{Request, Response};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
-use crate::body::{BodyError, RequestBody};
+use crate::body::RequestBody;
 use crate::codec::raw::RawHead;
 use crate::metrics::Limit;
+use crate::upstream::classify::{classify, response_timeout};
 use crate::upstream::h1::{BodyPlan, Exchange, OutHead};
 use crate::upstream::pool::OpenError;
 use crate::upstream::{Endpoint, Upstream};
@@ -119,7 +120,7 @@ impl Attempt<'_> {
         }
     }
 
-    async fn connect_h1(&self) -> Result<Box<crate::upstream::h1::Conn>, Rejection> {
+    async fn connect_h1(&self) -> Result<Box<crate::upstream::conn::Conn>, Rejection> {
         // Connecting counts against the try's own deadline too.
         let timeout = self
             .upstream
@@ -193,10 +194,6 @@ impl Attempt<'_> {
     }
 }
 
-fn response_timeout() -> Rejection {
-    Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out")
-}
-
 fn connect_rejection(kind: ErrorKind) -> Rejection {
     let detail = match kind {
         ErrorKind::ConnectionTimeout => "connecting to the upstream timed out",
@@ -208,53 +205,6 @@ fn connect_rejection(kind: ErrorKind) -> Rejection {
         _ => "upstream refused the connection",
     };
     Rejection::new(kind, detail)
-}
-
-/// Classifies a failed exchange with an upstream.
-pub(crate) fn classify(e: &hyper::Error) -> Rejection {
-    // The client's body failing is the client's fault, not the upstream's;
-    // hyper reports a body it cannot decode as invalid data or input.
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(e @ (BodyError::RequestAborted | BodyError::RequestTooLarge | BodyError::Downstream(_))) =
-            s.downcast_ref::<BodyError>()
-        {
-            return RequestBody::rejection(e);
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            match io.kind() {
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
-                    return malformed_response();
-                }
-                std::io::ErrorKind::UnexpectedEof => return incomplete_response(),
-                _ => {}
-            }
-        }
-        source = s.source();
-    }
-    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        malformed_response()
-    } else if e.is_incomplete_message() {
-        incomplete_response()
-    } else if e.is_timeout() {
-        response_timeout()
-    } else {
-        Rejection::new(
-            ErrorKind::ConnectionTerminated,
-            "upstream connection failed before a response",
-        )
-    }
-}
-
-fn malformed_response() -> Rejection {
-    Rejection::new(ErrorKind::UpstreamProtocol, "malformed upstream response")
-}
-
-fn incomplete_response() -> Rejection {
-    Rejection::new(
-        ErrorKind::ConnectionTerminated,
-        "upstream closed the connection before a complete response",
-    )
 }
 
 /// The `Retry-After` of a response: delay-seconds or an HTTP date.

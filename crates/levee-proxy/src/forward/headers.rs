@@ -5,14 +5,13 @@
 //! `X-Forwarded-*`, `Via`, `X-Request-Id`) are added after that removal, so
 //! a client that lists them in `Connection` cannot strip them.
 
-use std::net::IpAddr;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
 use levee_config::EndpointAddress;
 
 use crate::codec::parse::RawRequest;
 use crate::codec::raw::Known;
+use crate::conn::ClientAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 // Names levee reads or writes on every request, built at compile time:
@@ -88,30 +87,6 @@ pub(crate) fn wants_trailers(headers: &HeaderMap) -> bool {
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
     })
-}
-
-/// A client's address, rendered once per connection for the forwarding
-/// fields of every request on it.
-#[derive(Clone, Debug)]
-pub(crate) struct ClientAddr {
-    /// The address as text, for `X-Forwarded-For`.
-    text: HeaderValue,
-    /// `for=<address>` as `Forwarded` writes it (IPv6 quoted in brackets).
-    forwarded_for: Bytes,
-}
-
-impl ClientAddr {
-    pub fn new(ip: IpAddr) -> ClientAddr {
-        let text = ip.to_string();
-        let forwarded_for = match ip {
-            IpAddr::V4(_) => format!("for={text}"),
-            IpAddr::V6(_) => format!("for=\"[{text}]\""),
-        };
-        ClientAddr {
-            text: HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            forwarded_for: Bytes::from(forwarded_for),
-        }
-    }
 }
 
 /// What levee knows about the hop it received a request on.

@@ -6,16 +6,16 @@
 
 use std::sync::Arc;
 
-use http::Response;
 use http::header::{self, HeaderValue};
 use levee_core::outcome::Rejection;
 use tokio::time::Instant;
 
 use crate::access_log::Pending;
-use crate::body::ResponseBody;
 use crate::completion::Completion;
 use crate::metrics::RouteMetrics;
 use crate::ratelimit::Limited;
+use crate::respond;
+use crate::response::Answer;
 use crate::upstream::InFlight;
 
 pub(crate) struct Record<'s> {
@@ -76,20 +76,20 @@ impl<'s> Record<'s> {
         }
     }
 
-    /// levee's own response for the request, counted like any other.
-    pub fn refuse(self, refusal: Refusal) -> Response<ResponseBody> {
+    /// levee's own answer to the request, counted like any other.
+    pub fn refuse(self, refusal: Refusal) -> Answer {
         let id = (!self.request_id.is_empty()).then_some(&self.request_id);
-        let completion = Completion::new(self.start, 0, self.metrics.clone(), None).logging(self.log);
-        let mut res = completion.into_error_response(refusal.rejection, id);
+        let accounting = Completion::new(self.start, 0, self.metrics.clone(), None).logging(self.log);
+        let mut answer = respond::refuse(refusal.rejection, id, Some(accounting));
+        let fields = &mut answer.parts.headers;
         match refusal.extra {
             Extra::None => {}
-            Extra::Limited(limited) => res.headers_mut().extend(limited.fields()),
+            Extra::Limited(limited) => fields.extend(limited.fields()),
             Extra::RetryAfter(seconds) => {
-                res.headers_mut()
-                    .append(header::RETRY_AFTER, HeaderValue::from(seconds));
+                fields.append(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
         }
-        res
+        answer
     }
 
     /// The accounting of an upstream's answer with `status`, settled when

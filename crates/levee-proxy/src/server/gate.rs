@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use levee_core::sync::lock;
 
-use super::ListenerPolicy;
+use super::settings::ListenerPolicy;
 
 const SHARDS: usize = 16;
 

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
+use super::settings::Settings;
 use crate::drain::Drain;
 use crate::timer::LazyTimer;
 use bytes::{Bytes, BytesMut};
@@ -30,16 +31,17 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use super::handler::Handler;
 use super::io::{linger_close, write_all_slices};
-use super::{ConnInfo, Handler};
-use crate::body::{BodyError, BodySender, Chunk, RequestBody, ResponseBody, channel};
+use crate::body::{BodyError, BodySender, Chunk, RequestBody, channel};
 use crate::codec::decode::{Decoded, Decoder};
 use crate::codec::encode::{
     ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk, encode_raw_head,
 };
-pub(crate) use crate::codec::parse::HeadLimits;
 use crate::codec::parse::{Framing, Head, RequestFields, parse_head};
-use crate::upstream::h1::UpstreamUpgrade;
+use crate::conn::ConnInfo;
+use crate::respond;
+use crate::response::{Accounted, Answer};
 
 /// A request body the upstream stopped reading is read and dropped up to
 /// this size so the connection can be kept; beyond it, the connection closes.
@@ -51,57 +53,6 @@ const BODY_READ: usize = 32 * 1024;
 /// gives its read buffer back.
 const IDLE_SHRINK: Duration = Duration::from_secs(1);
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// The `[server]` settings as the HTTP/1 connection uses them.
-#[derive(Clone, Debug)]
-pub(crate) struct Settings {
-    pub limits: HeadLimits,
-    pub header_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub body_timeout: Duration,
-    pub tunnel_idle_timeout: Duration,
-    pub max_body: Option<u64>,
-    /// Requests before the connection closes; 0 for no limit.
-    pub max_requests: u64,
-    /// The slowest request body accepted, in bytes a second after a grace
-    /// of `header_timeout`; 0 for none.
-    pub body_min_rate: u64,
-    pub slow: SlowClients,
-    /// HTTP/2 connections only.
-    pub h2: super::h2::Limits,
-}
-
-/// Counts of clients dropped for being too slow, by phase.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct SlowClients {
-    /// The request head did not come within `header_timeout`.
-    pub head: Counter,
-    /// The request body stalled or crawled below `body_min_rate`.
-    pub body: Counter,
-    /// The client did not take the response within `body_timeout`.
-    pub send: Counter,
-}
-
-impl Settings {
-    pub fn from_config(s: &levee_config::Server) -> Settings {
-        Settings {
-            limits: HeadLimits {
-                max_uri: s.max_uri_bytes,
-                max_head: s.max_header_bytes,
-                max_headers: s.max_header_count,
-            },
-            header_timeout: s.header_timeout,
-            keepalive_timeout: s.keepalive_timeout,
-            body_timeout: s.body_timeout,
-            tunnel_idle_timeout: s.tunnel_idle_timeout,
-            max_body: s.max_body_bytes,
-            max_requests: s.max_requests_per_connection,
-            body_min_rate: s.body_min_rate,
-            slow: SlowClients::default(),
-            h2: super::h2::Limits::from_config(s),
-        }
-    }
-}
 
 /// What happens to the connection after an exchange.
 enum Next {
@@ -283,13 +234,14 @@ async fn reject<H, R, W>(
 
 /// Writes a response levee generated (its body is whole and ready at once).
 async fn write_generated<W: AsyncWrite + Unpin>(
-    res: http::Response<ResponseBody>,
+    answer: Answer,
     persistence: Persistence,
     wr: &mut W,
     out: &mut BytesMut,
     settings: &Settings,
 ) -> bool {
-    let (parts, mut body) = res.into_parts();
+    let parts = answer.parts;
+    let mut body = Accounted::new(answer.body, answer.accounting);
     let data = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
         Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
         _ => Bytes::new(),
@@ -402,18 +354,21 @@ where
             return Next::Abort;
         }
     };
-    let (mut parts, mut body) = response.into_parts();
-    let raw_head = body.take_raw_head();
+    let Answer {
+        parts,
+        raw: raw_head,
+        body,
+        upgraded,
+        accounting,
+    } = response;
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        let upgraded = parts
-            .extensions
-            .remove::<UpstreamUpgrade>()
-            .and_then(|u| u.take());
         let Some(upgraded) = upgraded.filter(|_| upgrade) else {
             return Next::Abort;
         };
-        drop(body);
+        // The exchange is counted now; the tunnel is the upgraded
+        // connection's, not the request's.
+        drop((body, accounting));
         encode_head(out, &parts, OutFraming::Bodyless, Persistence::Upgrade);
         let mut slices = [&out[..], &upgraded.leftover[..]];
         if !matches!(
@@ -429,6 +384,7 @@ where
         return Next::Abort;
     }
 
+    let mut body = Accounted::new(body, accounting);
     let bodyless = is_head
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
@@ -473,7 +429,7 @@ where
             // a silent close.
             let rejection = match &e {
                 BodyError::Upstream(r) => *r,
-                BodyError::UpstreamH2(e) => crate::forward::classify(e),
+                BodyError::UpstreamH2(e) => crate::upstream::classify::classify(e),
                 BodyError::Timeout => {
                     Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out")
                 }
@@ -483,8 +439,8 @@ where
                 Some(raw) => raw.request_id(),
                 None => parts.headers.get("x-request-id").cloned(),
             };
-            let res = body.into_error_response(rejection, request_id.as_ref());
-            if !write_generated(res, persistence, wr, out, settings).await {
+            let answer = respond::refuse(rejection, request_id.as_ref(), body.take_accounting());
+            if !write_generated(answer, persistence, wr, out, settings).await {
                 return Next::Abort;
             }
         }
@@ -522,7 +478,7 @@ enum Written {
 /// Streams the response body.
 #[allow(clippy::too_many_arguments)]
 async fn write_body<R, W>(
-    body: &mut ResponseBody,
+    body: &mut Accounted,
     framing: OutFraming,
     out: &mut BytesMut,
     rd: &mut R,
@@ -613,7 +569,7 @@ where
 /// The next response frame, within the body idle timeout, while feeding the
 /// request body. `None` when the body stalled or the client is gone.
 async fn next_frame<R: AsyncRead + Unpin>(
-    body: &mut ResponseBody,
+    body: &mut Accounted,
     rd: &mut R,
     buf: &mut BytesMut,
     pump: &mut Option<Pump>,

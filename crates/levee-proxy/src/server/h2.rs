@@ -22,20 +22,22 @@ use std::task::{Poll, ready};
 use std::time::Duration;
 
 use crate::drain::Drain;
-use http::Request;
+use crate::metrics::AbuseCounters;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use levee_core::outcome::{ErrorKind, Rejection};
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use self::guard::{Abuse, Budgets, Guarded};
-use super::h1::Settings;
-use super::{ConnInfo, Handler};
+use self::guard::Guarded;
+use super::handler::Handler;
+use super::settings::Settings;
 use crate::body::RequestBody;
+use crate::conn::ConnInfo;
+use crate::response::{Accounted, Answer};
 use crate::timer::LazyTimer;
 
 /// Streams the client may reset while they still wait in h2's accept queue
@@ -51,25 +53,6 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// How long a connection cut off by the guard gets to send its GOAWAY and
 /// see the client close before it is dropped.
 const ABUSE_LINGER: Duration = Duration::from_secs(2);
-
-/// The `[server]` settings for HTTP/2 connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Limits {
-    pub max_concurrent_streams: u32,
-    pub budgets: Budgets,
-}
-
-impl Limits {
-    pub(crate) fn from_config(s: &levee_config::Server) -> Limits {
-        Limits {
-            max_concurrent_streams: s.h2_max_concurrent_streams,
-            budgets: Budgets::from_config(s),
-        }
-    }
-}
-
-/// A listener's `levee_http2_abuse_total` series, in [`Abuse::ALL`] order.
-pub(crate) type AbuseCounters = [Counter; Abuse::ALL.len()];
 
 /// Spawns hyper's per-stream tasks on the gateway's tracker, so shutdown
 /// waits for them like for connections, each under a [`StallWatch`].
@@ -211,6 +194,47 @@ impl StreamGuard {
     }
 }
 
+/// An answer as hyper sends it on a stream: the head as a map (levee
+/// forwards raw heads to HTTP/1 clients only), the body with the request's
+/// accounting, and the stream's guard for as long as the body lives.
+fn stream_response(answer: Answer, guard: StreamGuard) -> Response<StreamBody> {
+    let body = StreamBody {
+        body: Accounted::new(answer.body, answer.accounting),
+        guard,
+    };
+    Response::from_parts(answer.parts, body)
+}
+
+/// A response body on an HTTP/2 stream.
+pub(crate) struct StreamBody {
+    body: Accounted,
+    guard: StreamGuard,
+}
+
+impl http_body::Body for StreamBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        this.guard
+            .polled(matches!(polled, std::task::Poll::Ready(Some(Ok(_)))));
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let s = &self.streams;
@@ -274,7 +298,7 @@ pub(crate) async fn serve<H, IO>(
                 let req = req.map(|body| RequestBody::h2(body, max_body));
                 handler.handle(req, None, &conn).await
             };
-            Ok::<_, Infallible>(res.map(|body| body.with_stream_guard(guard)))
+            Ok::<_, Infallible>(stream_response(res, guard))
         }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TrackedExecutor {

@@ -14,73 +14,33 @@
 //! while the response body is read, so an upstream that answers before the
 //! upload ends (or echoes it) never deadlocks with levee.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use super::conn::{Conn, READ_CHUNK};
 use super::stream::Stream;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
 use levee_core::outcome::{ErrorKind, Rejection};
-use levee_core::sync::lock;
+
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
-use super::{EndpointState, Slot};
+use super::EndpointState;
+use super::counters::Slot;
 use crate::body::{BodyError, RequestBody};
 use crate::codec::decode::{Decoded, Decoder};
 use crate::codec::encode::{ChunkLine, encode_last_chunk, encode_raw_request_head, encode_request_head};
 use crate::codec::parse::{Framing, ResponseHead, parse_response_head, response_framing};
 use crate::codec::raw::RawHead;
-use crate::timer::LazyTimer;
 
-/// Read sizes on upstream connections.
-const READ_CHUNK: usize = 16 * 1024;
 /// Request body bytes queued for the socket before levee stops pulling more.
 const MAX_QUEUED: usize = 64 * 1024;
 /// Trailer sections larger than this are refused.
 const MAX_TRAILERS: usize = 64 * 1024;
-
-/// An open HTTP/1.1 connection to an endpoint, idle or in use.
-pub(crate) struct Conn {
-    io: Stream,
-    rbuf: BytesMut,
-    /// Scratch space kept with the connection so that a request on a pooled
-    /// connection allocates nothing for its head or its write queue.
-    wbuf: BytesMut,
-    queue: VecDeque<Bytes>,
-    /// Deadline for the response head, re-armed lazily across requests.
-    timer: LazyTimer,
-    /// Counts the connection against the upstream's connection limit.
-    open: Option<Slot>,
-}
-
-impl Conn {
-    /// Boxed: a connection outlives many requests and moves with each of
-    /// them (into the exchange, the response body, the pool), so one
-    /// allocation per connection saves copying it around per request.
-    pub fn new(io: Stream, open: Option<Slot>) -> Box<Conn> {
-        Box::new(Conn {
-            io,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::with_capacity(1024),
-            queue: VecDeque::with_capacity(8),
-            timer: LazyTimer::new(),
-            open,
-        })
-    }
-
-    /// Whether an idle connection can carry another request: the peer has
-    /// neither closed it nor sent anything unasked. tokio remembers that the
-    /// socket had nothing to read, so in the common case this makes no
-    /// system call at all.
-    pub fn is_usable(&mut self) -> bool {
-        self.rbuf.is_empty() && self.io.is_usable()
-    }
-}
 
 /// The fields of a request on its way out.
 pub(crate) enum OutHead<'a> {
@@ -100,22 +60,6 @@ pub(crate) struct Upgraded {
     pub leftover: Bytes,
     /// Still counts against the upstream's connection limit.
     pub open: Option<Slot>,
-}
-
-/// An [`Upgraded`] connection on its way to the client connection, through
-/// the response's extensions (which require `Clone`, hence the shared slot;
-/// only the connection takes it).
-#[derive(Clone)]
-pub(crate) struct UpstreamUpgrade(Arc<std::sync::Mutex<Option<Upgraded>>>);
-
-impl UpstreamUpgrade {
-    pub fn new(upgraded: Upgraded) -> UpstreamUpgrade {
-        UpstreamUpgrade(Arc::new(std::sync::Mutex::new(Some(upgraded))))
-    }
-
-    pub fn take(&self) -> Option<Upgraded> {
-        lock(&self.0).take()
-    }
 }
 
 /// One request in flight on a connection.

@@ -22,8 +22,8 @@ use super::stream::Stream;
 use crate::tls::Connector;
 use tokio::time::Instant;
 
-use super::h1::Conn;
-use super::{Counters, Slot};
+use super::conn::Conn;
+use super::counters::{Counters, Slot};
 use crate::body::RequestBody;
 use crate::metrics::Limit;
 

@@ -1,0 +1,35 @@
+//! What a client connection hands its requests to: the proxy, or a test's
+//! handler.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::Request;
+use levee_core::id::ListenerName;
+use levee_core::outcome::Rejection;
+
+use super::settings::ListenerPolicy;
+use crate::body::RequestBody;
+use crate::codec::parse::RawRequest;
+use crate::conn::ConnInfo;
+use crate::response::Answer;
+
+/// What serves requests once the connection has read them.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// Serves a request. With `raw`, its fields are the lines received
+    /// (and the request's own header map is empty).
+    fn handle(
+        &self,
+        req: Request<RequestBody>,
+        raw: Option<RawRequest>,
+        conn: &ConnInfo,
+    ) -> impl Future<Output = Answer> + Send;
+
+    /// The response to a request refused before it could be handled
+    /// (malformed, too large, too slow).
+    fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Answer;
+
+    /// What the current config says about a listener, read once per
+    /// connection; `None` once the listener is no longer configured.
+    fn policy(&self, listener: &ListenerName) -> Option<Arc<ListenerPolicy>>;
+}
