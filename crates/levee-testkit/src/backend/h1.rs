@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use super::serving::{
     Action, HANG_LIMIT, IO_DEADLINE, InFlight, MID_BODY_PROMISED, MID_BODY_SENT, Page, Plan, Shared,
     bodiless, default_body, pattern_piece, reason,
 };
