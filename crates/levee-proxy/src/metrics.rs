@@ -213,6 +213,13 @@ pub struct Metrics {
     pub(crate) redis_up: Gauge,
     pub(crate) upstream_connects: Family<EndpointLabels, Counter>,
     pub(crate) upstream_in_flight: Family<EndpointLabels, Gauge>,
+    upstreams: UpstreamFamilies,
+    reloads: Family<ResultLabels, Counter>,
+    pub(crate) access_log: AccessLogMetrics,
+}
+
+/// The upstream and endpoint series.
+struct UpstreamFamilies {
     upstream_healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<CheckLabels, Counter>,
     upstream_ejected: Family<EndpointLabels, Gauge>,
@@ -226,8 +233,104 @@ pub struct Metrics {
     budget_exhausted: Family<UpstreamLabels, Counter>,
     overflow: Family<LimitLabels, Counter>,
     retried: Family<RetriedLabels, Counter>,
-    reloads: Family<ResultLabels, Counter>,
-    pub(crate) access_log: AccessLogMetrics,
+}
+
+impl UpstreamFamilies {
+    fn register(registry: &mut Registry) -> UpstreamFamilies {
+        let upstream_healthy = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 while an upstream endpoint is taking traffic, 0 while its health checks fail",
+            upstream_healthy.clone(),
+        );
+        let health_checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "upstream_health_checks",
+            "Active health check probes, by result",
+            health_checks.clone(),
+        );
+        let upstream_ejected = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_endpoint_ejected",
+            "1 while passive outlier detection keeps an endpoint out of rotation",
+            upstream_ejected.clone(),
+        );
+        let ejections = Family::<EjectionLabels, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Endpoints ejected by passive outlier detection, by detector",
+            ejections.clone(),
+        );
+        let priority_share = Family::<PriorityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "upstream_priority_share",
+            "Share of an upstream's requests sent to each priority level (0 to 1)",
+            priority_share.clone(),
+        );
+        let priority_panic = Family::<PriorityLabels, Gauge>::default();
+        registry.register(
+            "upstream_priority_panic",
+            "1 while a priority level is in panic (its traffic goes to all its endpoints)",
+            priority_panic.clone(),
+        );
+        let failover_active = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_failover_active",
+            "1 while part of an upstream's traffic goes to a less preferred priority level than its first",
+            failover_active.clone(),
+        );
+        let region_healthy = Family::<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "upstream_region_healthy_ratio",
+            "Share of a region's endpoint weight that can take traffic (0 to 1); drained endpoints are left out",
+            region_healthy.clone(),
+        );
+        let attempts = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Requests sent to an upstream's endpoints, first tries and retries",
+            attempts.clone(),
+        );
+        let retries = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Retries sent, by the reason the previous try failed",
+            retries.clone(),
+        );
+        let budget_exhausted = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not sent because the upstream's retry budget was spent",
+            budget_exhausted.clone(),
+        );
+        let retried = Family::<RetriedLabels, Counter>::default();
+        registry.register(
+            "upstream_retried_requests",
+            "Requests that needed at least one retry, by how they ended (success: a response below 500)",
+            retried.clone(),
+        );
+        let overflow = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "upstream_overflow",
+            "Requests or retries refused by a full circuit breaker, by limit",
+            overflow.clone(),
+        );
+        UpstreamFamilies {
+            upstream_healthy,
+            health_checks,
+            upstream_ejected,
+            ejections,
+            priority_share,
+            priority_panic,
+            failover_active,
+            region_healthy,
+            attempts,
+            retries,
+            budget_exhausted,
+            overflow,
+            retried,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -349,84 +452,7 @@ impl Metrics {
             "Requests in flight to an upstream endpoint",
             upstream_in_flight.clone(),
         );
-        let upstream_healthy = Family::<EndpointLabels, Gauge>::default();
-        registry.register(
-            "upstream_endpoint_healthy",
-            "1 while an upstream endpoint is taking traffic, 0 while its health checks fail",
-            upstream_healthy.clone(),
-        );
-        let health_checks = Family::<CheckLabels, Counter>::default();
-        registry.register(
-            "upstream_health_checks",
-            "Active health check probes, by result",
-            health_checks.clone(),
-        );
-        let upstream_ejected = Family::<EndpointLabels, Gauge>::default();
-        registry.register(
-            "upstream_endpoint_ejected",
-            "1 while passive outlier detection keeps an endpoint out of rotation",
-            upstream_ejected.clone(),
-        );
-        let ejections = Family::<EjectionLabels, Counter>::default();
-        registry.register(
-            "upstream_ejections",
-            "Endpoints ejected by passive outlier detection, by detector",
-            ejections.clone(),
-        );
-        let priority_share = Family::<PriorityLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        registry.register(
-            "upstream_priority_share",
-            "Share of an upstream's requests sent to each priority level (0 to 1)",
-            priority_share.clone(),
-        );
-        let priority_panic = Family::<PriorityLabels, Gauge>::default();
-        registry.register(
-            "upstream_priority_panic",
-            "1 while a priority level is in panic (its traffic goes to all its endpoints)",
-            priority_panic.clone(),
-        );
-        let failover_active = Family::<UpstreamLabels, Gauge>::default();
-        registry.register(
-            "upstream_failover_active",
-            "1 while part of an upstream's traffic goes to a less preferred priority level than its first",
-            failover_active.clone(),
-        );
-        let region_healthy = Family::<RegionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        registry.register(
-            "upstream_region_healthy_ratio",
-            "Share of a region's endpoint weight that can take traffic (0 to 1); drained endpoints are left out",
-            region_healthy.clone(),
-        );
-        let attempts = Family::<UpstreamLabels, Counter>::default();
-        registry.register(
-            "upstream_attempts",
-            "Requests sent to an upstream's endpoints, first tries and retries",
-            attempts.clone(),
-        );
-        let retries = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "upstream_retries",
-            "Retries sent, by the reason the previous try failed",
-            retries.clone(),
-        );
-        let budget_exhausted = Family::<UpstreamLabels, Counter>::default();
-        registry.register(
-            "upstream_retry_budget_exhausted",
-            "Retries not sent because the upstream's retry budget was spent",
-            budget_exhausted.clone(),
-        );
-        let retried = Family::<RetriedLabels, Counter>::default();
-        registry.register(
-            "upstream_retried_requests",
-            "Requests that needed at least one retry, by how they ended (success: a response below 500)",
-            retried.clone(),
-        );
-        let overflow = Family::<LimitLabels, Counter>::default();
-        registry.register(
-            "upstream_overflow",
-            "Requests or retries refused by a full circuit breaker, by limit",
-            overflow.clone(),
-        );
+        let upstreams = UpstreamFamilies::register(&mut registry);
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -463,19 +489,7 @@ impl Metrics {
             redis_up,
             upstream_connects,
             upstream_in_flight,
-            upstream_healthy,
-            health_checks,
-            upstream_ejected,
-            ejections,
-            priority_share,
-            priority_panic,
-            failover_active,
-            region_healthy,
-            attempts,
-            retries,
-            budget_exhausted,
-            overflow,
-            retried,
+            upstreams,
             reloads,
             access_log,
         }
@@ -521,7 +535,7 @@ impl Metrics {
     /// Handles for one endpoint's health series.
     pub(crate) fn endpoint(&self, labels: &EndpointLabels) -> EndpointMetrics {
         let check = |result| {
-            self.health_checks.get_or_create_owned(&CheckLabels {
+            self.upstreams.health_checks.get_or_create_owned(&CheckLabels {
                 upstream: labels.upstream.clone(),
                 region: labels.region.clone(),
                 endpoint: labels.endpoint.clone(),
@@ -534,7 +548,7 @@ impl Metrics {
             Detector::SuccessRate,
         ]
         .map(|d| {
-            self.ejections.get_or_create_owned(&EjectionLabels {
+            self.upstreams.ejections.get_or_create_owned(&EjectionLabels {
                 upstream: labels.upstream.clone(),
                 region: labels.region.clone(),
                 endpoint: labels.endpoint.clone(),
@@ -542,10 +556,10 @@ impl Metrics {
             })
         });
         EndpointMetrics {
-            healthy: self.upstream_healthy.get_or_create_owned(labels),
+            healthy: self.upstreams.upstream_healthy.get_or_create_owned(labels),
             check_ok: check("success"),
             check_failed: check("failure"),
-            ejected: self.upstream_ejected.get_or_create_owned(labels),
+            ejected: self.upstreams.upstream_ejected.get_or_create_owned(labels),
             ejections,
         }
     }
@@ -563,38 +577,38 @@ impl Metrics {
         UpstreamMetrics {
             share: priorities
                 .iter()
-                .map(|p| self.priority_share.get_or_create_owned(&level(p)))
+                .map(|p| self.upstreams.priority_share.get_or_create_owned(&level(p)))
                 .collect(),
             panic: priorities
                 .iter()
-                .map(|p| self.priority_panic.get_or_create_owned(&level(p)))
+                .map(|p| self.upstreams.priority_panic.get_or_create_owned(&level(p)))
                 .collect(),
-            failover_active: self.failover_active.get_or_create_owned(&u()),
+            failover_active: self.upstreams.failover_active.get_or_create_owned(&u()),
             region_healthy: regions
                 .iter()
                 .map(|r| {
-                    self.region_healthy.get_or_create_owned(&RegionLabels {
+                    self.upstreams.region_healthy.get_or_create_owned(&RegionLabels {
                         upstream: upstream.to_string(),
                         region: r.to_string(),
                     })
                 })
                 .collect(),
-            attempts: self.attempts.get_or_create_owned(&u()),
+            attempts: self.upstreams.attempts.get_or_create_owned(&u()),
             retries: RETRY_REASONS.map(|reason| {
-                self.retries.get_or_create_owned(&ReasonLabels {
+                self.upstreams.retries.get_or_create_owned(&ReasonLabels {
                     upstream: upstream.to_string(),
                     reason,
                 })
             }),
-            budget_exhausted: self.budget_exhausted.get_or_create_owned(&u()),
+            budget_exhausted: self.upstreams.budget_exhausted.get_or_create_owned(&u()),
             overflow: LIMITS.map(|limit| {
-                self.overflow.get_or_create_owned(&LimitLabels {
+                self.upstreams.overflow.get_or_create_owned(&LimitLabels {
                     upstream: upstream.to_string(),
                     limit,
                 })
             }),
             retried: ["success", "failure"].map(|result| {
-                self.retried.get_or_create_owned(&RetriedLabels {
+                self.upstreams.retried.get_or_create_owned(&RetriedLabels {
                     upstream: upstream.to_string(),
                     result,
                 })

@@ -38,10 +38,11 @@ use crate::codec::decode::{Decoded, Decoder};
 use crate::codec::encode::{
     ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk, encode_raw_head,
 };
-use crate::codec::parse::{Framing, Head, RequestFields, parse_head};
+use crate::codec::parse::{Framing, Head, RawRequest, RequestFields, parse_head};
 use crate::conn::ConnInfo;
 use crate::respond;
 use crate::response::{Accounted, Answer};
+use crate::upstream::h1::Upgraded;
 
 /// A request body the upstream stopped reading is read and dropped up to
 /// this size so the connection can be kept; beyond it, the connection closes.
@@ -295,35 +296,7 @@ where
         upgrade,
     } = head;
     let is_head = method == Method::HEAD;
-    let (mut pump, body) = match framing {
-        // A request is never delimited by the close (the parser says so).
-        Framing::Empty | Framing::UntilClose => (None, RequestBody::Empty),
-        Framing::Length(n) => {
-            let (tx, rx) = channel(Some(n));
-            (
-                Some(Pump::new(framing, tx, expect_continue, settings)),
-                RequestBody::H1(rx),
-            )
-        }
-        Framing::Chunked => {
-            let (tx, rx) = channel(None);
-            (
-                Some(Pump::new(framing, tx, expect_continue, settings)),
-                RequestBody::H1(rx),
-            )
-        }
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    let raw = match fields {
-        RequestFields::Raw(raw) => Some(raw),
-        RequestFields::Map(map) => {
-            *req.headers_mut() = map;
-            None
-        }
-    };
+    let (mut pump, req, raw) = request_of(method, uri, version, fields, framing, expect_continue, settings);
 
     // Phase 1: wait for the response head, feeding the request body.
     let response = {
@@ -363,54 +336,21 @@ where
     } = response;
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(upgraded) = upgraded.filter(|_| upgrade) else {
-            return Next::Abort;
-        };
         // The exchange is counted now; the tunnel is the upgraded
         // connection's, not the request's.
         drop((body, accounting));
-        encode_head(out, &parts, OutFraming::Bodyless, Persistence::Upgrade);
-        let mut slices = [&out[..], &upgraded.leftover[..]];
-        if !matches!(
-            timeout(settings.body_timeout, write_all_slices(wr, &mut slices)).await,
-            Ok(Ok(()))
-        ) {
-            return Next::Abort;
+        if let Some(upgraded) = upgraded.filter(|_| upgrade) {
+            switch_protocols(&parts, upgraded, rd, wr, buf, out, settings).await;
         }
-        let leftover = buf.split().freeze();
-        // Still one of the upstream's connections while the tunnel lasts.
-        let _counted = upgraded.open;
-        tunnel(rd, wr, leftover, upgraded.io, settings.tunnel_idle_timeout).await;
         return Next::Abort;
     }
 
     let mut body = Accounted::new(body, accounting);
-    let bodyless = is_head
-        || parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED;
-    let framing_out = if bodyless {
-        OutFraming::Bodyless
-    } else if let Some(n) = body.size_hint().exact() {
-        OutFraming::Length(n)
-    } else if version == Version::HTTP_11 {
-        OutFraming::Chunked
-    } else {
-        OutFraming::Close
-    };
-    let mut keep = keep_alive && !last && !draining.is_started() && framing_out != OutFraming::Close;
-    if let Some(p) = &pump {
-        // A client still waiting for 100 Continue will send its body or
-        // not; either way the connection's framing is in doubt.
-        if p.awaiting_continue() {
-            keep = false;
-        }
-    }
-    let persistence = match (keep, version) {
-        (false, _) => Persistence::Close,
-        (true, Version::HTTP_10) => Persistence::KeepAlive,
-        (true, _) => Persistence::Default,
-    };
+    // A client still waiting for 100 Continue will send its body or not;
+    // either way the connection's framing is in doubt.
+    let awaiting_continue = pump.as_ref().is_some_and(Pump::awaiting_continue);
+    let reusable = keep_alive && !last && !draining.is_started() && !awaiting_continue;
+    let (framing_out, keep, persistence) = response_framing(&parts, &body, is_head, version, reusable);
     if pump.as_ref().is_some_and(Pump::awaiting_continue) {
         // The body was never asked for; don't read it.
         pump = None;
@@ -427,14 +367,7 @@ where
         Written::FailedBeforeHead(e) => {
             // Nothing reached the client yet: it gets levee's answer, not
             // a silent close.
-            let rejection = match &e {
-                BodyError::Upstream(r) => *r,
-                BodyError::UpstreamH2(e) => crate::upstream::classify::classify(e),
-                BodyError::Timeout => {
-                    Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out")
-                }
-                _ => Rejection::new(ErrorKind::ConnectionTerminated, "upstream response body failed"),
-            };
+            let rejection = body_failure(&e);
             let request_id = match &raw_head {
                 Some(raw) => raw.request_id(),
                 None => parts.headers.get("x-request-id").cloned(),
@@ -463,6 +396,119 @@ where
         }
     }
     if keep { Next::KeepAlive } else { Next::Close }
+}
+
+/// The request for the handler, and the pump that will feed it its body
+/// from the connection.
+fn request_of(
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+    fields: RequestFields,
+    framing: Framing,
+    expect_continue: bool,
+    settings: &Settings,
+) -> (Option<Pump>, Request<RequestBody>, Option<RawRequest>) {
+    let (pump, body) = match framing {
+        // A request is never delimited by the close (the parser says so).
+        Framing::Empty | Framing::UntilClose => (None, RequestBody::Empty),
+        Framing::Length(n) => {
+            let (tx, rx) = channel(Some(n));
+            (
+                Some(Pump::new(framing, tx, expect_continue, settings)),
+                RequestBody::H1(rx),
+            )
+        }
+        Framing::Chunked => {
+            let (tx, rx) = channel(None);
+            (
+                Some(Pump::new(framing, tx, expect_continue, settings)),
+                RequestBody::H1(rx),
+            )
+        }
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    let raw = match fields {
+        RequestFields::Raw(raw) => Some(raw),
+        RequestFields::Map(map) => {
+            *req.headers_mut() = map;
+            None
+        }
+    };
+    (pump, req, raw)
+}
+
+/// How the response is delimited, and whether the connection is kept
+/// after it (`reusable`: nothing else stands against it).
+fn response_framing(
+    parts: &http::response::Parts,
+    body: &Accounted,
+    is_head: bool,
+    version: Version,
+    reusable: bool,
+) -> (OutFraming, bool, Persistence) {
+    let bodyless = is_head
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let framing = if bodyless {
+        OutFraming::Bodyless
+    } else if let Some(n) = body.size_hint().exact() {
+        OutFraming::Length(n)
+    } else if version == Version::HTTP_11 {
+        OutFraming::Chunked
+    } else {
+        OutFraming::Close
+    };
+    let keep = reusable && framing != OutFraming::Close;
+    let persistence = match (keep, version) {
+        (false, _) => Persistence::Close,
+        (true, Version::HTTP_10) => Persistence::KeepAlive,
+        (true, _) => Persistence::Default,
+    };
+    (framing, keep, persistence)
+}
+
+/// Writes a `101` and tunnels the connection to the upgraded upstream one
+/// until either side closes or it idles out.
+async fn switch_protocols<R, W>(
+    parts: &http::response::Parts,
+    upgraded: Upgraded,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    settings: &Settings,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    encode_head(out, parts, OutFraming::Bodyless, Persistence::Upgrade);
+    let mut slices = [&out[..], &upgraded.leftover[..]];
+    if !matches!(
+        timeout(settings.body_timeout, write_all_slices(wr, &mut slices)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let leftover = buf.split().freeze();
+    // Still one of the upstream's connections while the tunnel lasts.
+    let _counted = upgraded.open;
+    tunnel(rd, wr, leftover, upgraded.io, settings.tunnel_idle_timeout).await;
+}
+
+/// levee's answer for a response body that failed before any of it was
+/// written.
+fn body_failure(e: &BodyError) -> Rejection {
+    match e {
+        BodyError::Upstream(r) => *r,
+        BodyError::UpstreamH2(e) => crate::upstream::classify::classify(e),
+        BodyError::Timeout => Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out"),
+        _ => Rejection::new(ErrorKind::ConnectionTerminated, "upstream response body failed"),
+    }
 }
 
 /// How writing a response body ended.
