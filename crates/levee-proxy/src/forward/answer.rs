@@ -15,121 +15,78 @@ use super::record::{Record, Refusal};
 use super::tries::Reply;
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawOut};
 use crate::response::{Answer, ResponseBody, UpstreamKind};
-use crate::upstream::{InFlight, Slot, Upstream};
+use crate::upstream::{Slot, Upstream};
 
-/// A try's answer, accepted as the client's.
-pub(super) struct Answered<'s> {
-    upstream: &'s Upstream,
-    endpoint: usize,
-    in_flight: InFlight,
-    parts: http::response::Parts,
-    fields: Fields,
-    received: Received,
-    /// The upstream's requests-breaker slot, held until the response ends.
+/// The client's answer from the try that won: its head rewritten, its
+/// body under the request's deadline, and the request's accounting, which
+/// takes over `record` (and `admitted`, the requests-breaker slot held
+/// until the response ends). A `101` the client did not ask for is refused.
+pub(super) fn answer(
+    upstream: &Upstream,
+    asked_upgrade: bool,
+    reply: Reply,
     admitted: Slot,
-    /// Whether the client speaks HTTP/1 (which can take the head as it came).
     client_h1: bool,
-    /// The request's deadline, which the body is still held to.
     deadline: Instant,
-}
-
-impl<'s> Answered<'s> {
-    /// The winning try's answer; a `101` the client did not ask for is
-    /// refused.
-    pub fn new(
-        upstream: &'s Upstream,
-        reply: Reply,
-        admitted: Slot,
-        asked_upgrade: bool,
-        client_h1: bool,
-        deadline: Instant,
-    ) -> Result<Answered<'s>, Refusal> {
-        let (parts, fields, received) = reply.sent.map_err(|failed| failed.rejection)?;
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
-            let rejection =
-                Rejection::new(ErrorKind::UpstreamProtocol, "upstream switched protocols unasked");
-            return Err(rejection.into());
-        }
-        Ok(Answered {
-            upstream,
-            endpoint: reply.endpoint,
-            in_flight: reply.in_flight,
-            parts,
-            fields,
-            received,
-            admitted,
-            client_h1,
-            deadline,
-        })
+    record: &mut Record<'_>,
+) -> Result<Answer, Refusal> {
+    let endpoint = reply.endpoint;
+    let (mut parts, fields, received) = reply.sent.map_err(|failed| failed.rejection)?;
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
+        let rejection = Rejection::new(ErrorKind::UpstreamProtocol, "upstream switched protocols unasked");
+        return Err(rejection.into());
     }
-
-    /// The client's answer, carrying the request's record.
-    pub fn into_answer(self, record: Record<'_>) -> Answer {
-        let Answered {
-            upstream,
-            endpoint,
-            in_flight,
-            mut parts,
-            fields,
-            received,
-            admitted,
-            client_h1,
-            deadline,
-        } = self;
-        let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        let (accounting, request_id) = record.completion(parts.status.as_u16(), in_flight);
-        let accounting = accounting.holding(admitted);
-        let via = via(version_str(parts.version));
-        // An HTTP/1.1 response for an HTTP/1 client is forwarded as the lines
-        // that arrived; anything else goes through a header map.
-        let raw_out = match fields {
-            Fields::Raw(raw) if client_h1 && !is_upgrade && raw.fields.len() <= MAX_RAW_FIELDS => {
-                let skip = raw.hop_by_hop_mask();
-                let has_id = raw
-                    .fields
-                    .iter()
-                    .enumerate()
-                    .any(|(i, f)| f.known == Known::RequestId && skip & (1 << i) == 0);
-                Some(RawOut {
-                    head: raw,
-                    skip,
-                    via,
-                    request_id: (!has_id).then_some(request_id),
-                })
-            }
-            fields => {
-                let mut h = match fields {
-                    Fields::Raw(raw) => raw.to_header_map(3),
-                    Fields::Map(map) => map,
-                };
-                if headers::strip_hop_by_hop(&mut h, is_upgrade) {
-                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                }
-                h.append(header::VIA, via);
-                if !h.contains_key(&headers::X_REQUEST_ID) {
-                    h.insert(headers::X_REQUEST_ID, request_id);
-                }
-                parts.headers = h;
-                None
-            }
-        };
-        let (body, upgraded) = match received {
-            Received::H1(exchange, _) if is_upgrade => {
-                (ResponseBody::empty(), Some(exchange.into_upgraded()))
-            }
-            Received::H1(exchange, plan) => {
-                let state = upstream.endpoints[endpoint].state.clone();
-                let body = exchange.into_body(plan, state);
-                (ResponseBody::upstream(UpstreamKind::H1(body), deadline), None)
-            }
-            Received::H2(incoming) => (ResponseBody::upstream(UpstreamKind::H2(incoming), deadline), None),
-        };
-        Answer {
-            parts,
-            raw: raw_out,
-            body,
-            upgraded,
-            accounting: Some(accounting),
+    let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let (accounting, request_id) = record.completion(parts.status.as_u16(), reply.in_flight);
+    let accounting = accounting.holding(admitted);
+    let via = via(version_str(parts.version));
+    // An HTTP/1.1 response for an HTTP/1 client is forwarded as the lines
+    // that arrived; anything else goes through a header map.
+    let raw_out = match fields {
+        Fields::Raw(raw) if client_h1 && !is_upgrade && raw.fields.len() <= MAX_RAW_FIELDS => {
+            let skip = raw.hop_by_hop_mask();
+            let has_id = raw
+                .fields
+                .iter()
+                .enumerate()
+                .any(|(i, f)| f.known == Known::RequestId && skip & (1 << i) == 0);
+            Some(RawOut {
+                head: raw,
+                skip,
+                via,
+                request_id: (!has_id).then_some(request_id),
+            })
         }
-    }
+        fields => {
+            let mut h = match fields {
+                Fields::Raw(raw) => raw.to_header_map(3),
+                Fields::Map(map) => map,
+            };
+            if headers::strip_hop_by_hop(&mut h, is_upgrade) {
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            h.append(header::VIA, via);
+            if !h.contains_key(&headers::X_REQUEST_ID) {
+                h.insert(headers::X_REQUEST_ID, request_id);
+            }
+            parts.headers = h;
+            None
+        }
+    };
+    let (body, upgraded) = match received {
+        Received::H1(exchange, _) if is_upgrade => (ResponseBody::empty(), Some(exchange.into_upgraded())),
+        Received::H1(exchange, plan) => {
+            let state = upstream.endpoints[endpoint].state.clone();
+            let body = exchange.into_body(plan, state);
+            (ResponseBody::upstream(UpstreamKind::H1(body), deadline), None)
+        }
+        Received::H2(incoming) => (ResponseBody::upstream(UpstreamKind::H2(incoming), deadline), None),
+    };
+    Ok(Answer {
+        parts,
+        raw: raw_out,
+        body,
+        upgraded,
+        accounting: Some(accounting),
+    })
 }

@@ -93,10 +93,11 @@ impl<'s> Record<'s> {
     }
 
     /// The accounting of an upstream's answer with `status`, settled when
-    /// its body ends; the request id stays with the caller.
-    pub fn completion(self, status: u16, in_flight: InFlight) -> (Completion, HeaderValue) {
-        let completion =
-            Completion::new(self.start, status, self.metrics.clone(), Some(in_flight)).logging(self.log);
-        (completion, self.request_id)
+    /// its body ends, and the request id; the record is spent.
+    pub fn completion(&mut self, status: u16, in_flight: InFlight) -> (Completion, HeaderValue) {
+        let completion = Completion::new(self.start, status, self.metrics.clone(), Some(in_flight))
+            .logging(self.log.take());
+        let request_id = std::mem::replace(&mut self.request_id, HeaderValue::from_static(""));
+        (completion, request_id)
     }
 }

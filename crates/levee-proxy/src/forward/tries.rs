@@ -69,14 +69,13 @@ pub(super) async fn run(
                 return Err(rejection);
             }
         };
-        let reply = out.send_try(try_, bodies, attempts, &mut fleet).await;
+        let mut reply = out.send_try(try_, bodies, attempts, &mut fleet).await;
         if let Some(log) = log {
             log.tried(reply.endpoint, attempts.tries());
         }
         // A retry's breaker slot lasts until its try has an answer.
         drop(fleet.retry.take());
         let now = Instant::now();
-        let mut reply = reply;
         let outcome = observe_reply(upstream, &mut reply, now);
         if let Err(failed) = &mut reply.sent {
             bodies.put_back(failed.body.take());
