@@ -33,7 +33,6 @@ use levee_config::ClientIpHeader;
 use levee_config::Protocol;
 use levee_core::access::{client_from_chain, forwarded_for, x_forwarded_for};
 use levee_core::attempt::Attempts;
-use levee_core::concurrency::Priority;
 use levee_core::id::ListenerName;
 use levee_core::outcome::{ErrorKind, Rejection};
 use levee_core::retry::is_idempotent_method;
@@ -48,13 +47,12 @@ use crate::codec::parse::RawRequest;
 use crate::codec::raw::Known;
 use crate::conn::ConnInfo;
 use crate::fields::FieldsView;
-use crate::metrics::Limit;
 use crate::ratelimit::{KeyInput, Rule};
 use crate::response::Answer;
 use crate::router::{RouteInput, normalise_host};
 use crate::server::{Handler, ListenerPolicy};
 use crate::snapshot::{RouteRuntime, Snapshot};
-use crate::upstream::{AwaitingHead, Slot, Upstream};
+use crate::upstream::Upstream;
 
 pub(crate) struct Proxy {
     pub state: Arc<ArcSwap<Snapshot>>,
@@ -213,16 +211,24 @@ impl Proxy {
         }
         let upstream = &snap.upstreams[route.upstream];
         // Held until the response head, or a refusal, is at hand.
-        let _awaiting_head = admit_adaptive(upstream, route)?;
+        let _awaiting_head = upstream.admit(route.priority).map_err(|retry_after| {
+            let rejection = Rejection::new(ErrorKind::Overloaded, "the upstream is at its concurrency limit");
+            Refusal::retry_after(rejection, retry_after.as_secs().max(1))
+        })?;
         let hash = upstream.hash_key(view, inbound.client);
-        let admitted = take_request_slot(upstream, record.start)?;
+        let admitted = upstream.take_request_slot(record.start).ok_or_else(|| {
+            Refusal::from(Rejection::new(
+                ErrorKind::ConnectionLimit,
+                "too many requests in flight to the upstream",
+            ))
+        })?;
 
         let deadline = record.start + route.request_timeout;
         let client_h1 = req.version() != Version::HTTP_2;
         let idempotent = is_idempotent_method(req.method().as_str());
         let (mut out, body) = outgoing(upstream, req, raw, inbound, conn, &record.request_id);
         let shared_head = matches!(body, RequestBody::Empty) && out.hop.host.is_some();
-        let per_try = upstream.response_header_timeout;
+        let per_try = upstream.response_header_timeout();
         let mut attempts = Attempts::new(
             &route.retry,
             idempotent,
@@ -274,49 +280,6 @@ fn find_route<'s>(
     }
 }
 
-/// The upstream's adaptive concurrency limit, for the route's priority
-/// class: a guard while the request waits for its head, or a shed 503.
-fn admit_adaptive<'u>(
-    upstream: &'u Upstream,
-    route: &RouteRuntime,
-) -> Result<Option<AwaitingHead<'u>>, Refusal> {
-    let Some(adaptive) = &upstream.adaptive else {
-        return Ok(None);
-    };
-    match upstream.counters.admit_adaptive(adaptive, route.priority) {
-        Ok(awaiting) => Ok(Some(awaiting)),
-        Err(retry_after) => {
-            let class = Priority::ALL
-                .iter()
-                .position(|p| *p == route.priority)
-                .unwrap_or(1);
-            upstream.metrics.shed[class].inc();
-            let rejection = Rejection::new(ErrorKind::Overloaded, "the upstream is at its concurrency limit");
-            Err(Refusal::retry_after(rejection, retry_after.as_secs().max(1)))
-        }
-    }
-}
-
-/// The requests breaker: a full upstream fails fast rather than queue.
-fn take_request_slot(upstream: &Upstream, now: Instant) -> Result<Slot, Refusal> {
-    if let Some(slot) = Slot::take(&upstream.counters, Limit::Requests, upstream.limits.max_requests) {
-        return Ok(slot);
-    }
-    upstream.metrics.overflow(Limit::Requests);
-    if upstream.counters.warn_now(now) {
-        tracing::warn!(
-            upstream = %upstream.name,
-            limit = upstream.limits.max_requests,
-            "circuit breaker: too many requests in flight, answering 503 (logged at most every 10 s)",
-        );
-    }
-    Err(Rejection::new(
-        ErrorKind::ConnectionLimit,
-        "too many requests in flight to the upstream",
-    )
-    .into())
-}
-
 /// The request as every try sends it, and its body.
 // Always inlined: a separate function returns its large values through
 // memory, which cost about 100 instructions a request in copies (callgrind).
@@ -336,7 +299,7 @@ fn outgoing<'a>(
         received: version_str(req.version()),
     };
     // Raw lines go only to an HTTP/1.1 upstream; HTTP/2 needs a map.
-    if upstream.protocol == Protocol::Http2
+    if upstream.protocol() == Protocol::Http2
         && let Some(r) = raw.take()
     {
         let map = req.headers_mut();
@@ -351,7 +314,7 @@ fn outgoing<'a>(
                 req.version() == Version::HTTP_11 && r.kept().any(|(_, f)| f.known == Known::Upgrade);
             (upgrade, Head::Raw(r))
         }
-        None => (prepare_request(&mut req, &hop, upstream.protocol), Head::Map),
+        None => (prepare_request(&mut req, &hop, upstream.protocol()), Head::Map),
     };
     let (parts, body) = req.into_parts();
     let out = Outgoing {

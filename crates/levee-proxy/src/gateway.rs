@@ -334,15 +334,15 @@ impl Gateway {
     fn start_checkers(&self) {
         let snap = self.state.load();
         for u in &snap.upstreams {
-            if !u.watched.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            if u.claim_watch() {
                 self.tracker
                     .spawn(watch::run(Arc::downgrade(u), self.draining.clone()));
             }
-            for e in &u.endpoints {
+            for e in u.endpoints() {
                 let wanted = e.state.check.load().is_some();
                 if wanted && !e.state.checking.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     let name = EndpointName {
-                        upstream: u.name.to_string(),
+                        upstream: u.name().to_string(),
                         region: e.region.to_string(),
                         address: e.address.clone(),
                     };
@@ -477,7 +477,7 @@ impl Gateway {
                 let now = Instant::now();
                 let snap = state.load();
                 for u in &snap.upstreams {
-                    for e in &u.endpoints {
+                    for e in u.endpoints() {
                         e.state.pool.evict_expired(now);
                     }
                 }

@@ -110,14 +110,13 @@ impl History {
     /// config are forgotten.
     pub(crate) fn sample(&self, snap: &Snapshot, time_ms: u64) {
         let mut upstreams = lock(&self.upstreams);
-        upstreams.retain(|name, _| snap.upstreams.iter().any(|u| u.name.as_str() == name));
+        upstreams.retain(|name, _| snap.upstreams.iter().any(|u| u.name().as_str() == name));
         for u in &snap.upstreams {
-            let track = upstreams.entry(u.name.to_string()).or_default();
-            let now = u.counters.recorder.read();
+            let track = upstreams.entry(u.name().to_string()).or_default();
+            let now = u.recorder().read();
             let delta = now.since(&track.last);
-            let shed: u64 = u.metrics.shed.iter().map(|c| c.get()).sum();
-            let budget = u.metrics.budget_exhausted.get();
-            let loads = u.loads.load();
+            let (shed, budget) = u.refused_totals();
+            let loads = u.loads();
             let second = Second {
                 time_ms,
                 requests: saturate(delta.requests),

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use levee_config::Config;
@@ -72,9 +71,9 @@ impl Snapshot {
         let mut old_upstreams: HashMap<UpstreamName, &Arc<Upstream>> = HashMap::new();
         if let Some(prev) = previous {
             for u in &prev.upstreams {
-                old_upstreams.insert(u.name.clone(), u);
-                for e in &u.endpoints {
-                    let key = (u.name.clone(), e.region.clone(), e.address.clone());
+                old_upstreams.insert(u.name().clone(), u);
+                for e in u.endpoints() {
+                    let key = (u.name().clone(), e.region.clone(), e.address.clone());
                     carried.insert(key, e.state.clone());
                 }
             }
@@ -100,8 +99,7 @@ impl Snapshot {
             state.check.store(None);
         }
         for old in old_upstreams.values() {
-            old.retired.store(true, Ordering::Release);
-            old.changed.notify_one();
+            old.retire();
         }
 
         let routes = config
@@ -120,7 +118,7 @@ impl Snapshot {
                     metrics: metrics.route(
                         r.name.as_str(),
                         r.upstream.as_str(),
-                        Some(upstreams[upstream].counters.recorder.clone()),
+                        Some(upstreams[upstream].recorder().clone()),
                     ),
                 }
             })
@@ -177,7 +175,7 @@ impl Snapshot {
             connectors: self
                 .upstreams
                 .iter()
-                .filter_map(|u| Some((u.name.clone(), u.endpoints.first()?.state.pool.tls()?)))
+                .filter_map(|u| Some((u.name().clone(), u.endpoints().first()?.state.pool.tls()?)))
                 .collect(),
         }
     }

@@ -133,17 +133,17 @@ impl Gateway {
 
     pub fn upstream(&self, name: &str) -> Option<UpstreamStatus> {
         let snap = self.snapshot();
-        let u = snap.upstreams.iter().find(|u| u.name.as_str() == name)?;
+        let u = snap.upstreams.iter().find(|u| u.name().as_str() == name)?;
         Some(self.upstream_status(u, Instant::now()))
     }
 
     fn upstream_status(&self, u: &Upstream, now: Instant) -> UpstreamStatus {
         let now_ms = millis(now);
-        let loads = u.loads.load();
+        let loads = u.loads();
         let levels = u.level_shares(&loads);
         let health = u.region_health(now_ms);
         let regions = u
-            .regions
+            .regions()
             .iter()
             .zip(health)
             .map(|((name, priority, members), healthy_weight_share)| {
@@ -156,21 +156,21 @@ impl Gateway {
                     endpoints: members.len(),
                     available: members
                         .iter()
-                        .filter(|&&i| u.endpoints[i].state.is_available(now_ms))
+                        .filter(|&&i| u.endpoints()[i].state.is_available(now_ms))
                         .count(),
                     healthy_weight_share,
                 }
             })
             .collect();
-        let totals = self.history().totals(u.name.as_str(), STATS_SECONDS);
+        let totals = self.history().totals(u.name().as_str(), STATS_SECONDS);
         let seconds = totals.seconds.max(1) as f64;
         UpstreamStatus {
-            name: u.name.to_string(),
-            policy: u.policy.as_str(),
-            failover_active: u.failover_active.load(std::sync::atomic::Ordering::Relaxed),
+            name: u.name().to_string(),
+            policy: u.policy().as_str(),
+            failover_active: u.failover_active(),
             levels,
             regions,
-            endpoints: u.endpoints.iter().map(|e| endpoint_status(e, now)).collect(),
+            endpoints: u.endpoints().iter().map(|e| endpoint_status(e, now)).collect(),
             stats: Stats::of(&totals.window, seconds),
         }
     }
@@ -239,8 +239,8 @@ impl Gateway {
         snap.upstreams
             .iter()
             .map(|u| UpstreamHistory {
-                name: u.name.to_string(),
-                points: self.history().points(u.name.as_str()),
+                name: u.name().to_string(),
+                points: self.history().points(u.name().as_str()),
             })
             .collect()
     }
@@ -260,7 +260,7 @@ impl Gateway {
         if e.state.set_drained(drained) {
             tracing::info!(upstream, region = %e.region, endpoint, drained, "endpoint drain changed by the admin API");
             self.events().publish(EventKind::EndpointDrained {
-                upstream: u.name.to_string(),
+                upstream: u.name().to_string(),
                 region: e.region.to_string(),
                 endpoint: e.address.to_string(),
                 drained,
@@ -302,7 +302,7 @@ impl Gateway {
             "endpoint weight changed by the admin API"
         );
         self.events().publish(EventKind::WeightChanged {
-            upstream: u.name.to_string(),
+            upstream: u.name().to_string(),
             region,
             endpoint: e.address.to_string(),
             weight: e.weight,
@@ -319,12 +319,12 @@ fn find<'a>(
 ) -> Result<(&'a Upstream, &'a Endpoint), ChangeError> {
     let u = upstreams
         .iter()
-        .find(|u| u.name.as_str() == upstream)
+        .find(|u| u.name().as_str() == upstream)
         .ok_or_else(|| ChangeError::NoUpstream(upstream.to_string()))?;
     // An address is in at most one region of an upstream (the config
     // refuses it twice), so `region` only narrows: a wrong one is a 404.
     let e = u
-        .endpoints
+        .endpoints()
         .iter()
         .find(|e| e.address.to_string() == endpoint && region.is_none_or(|r| e.region.as_str() == r))
         .ok_or_else(|| ChangeError::NoEndpoint {
@@ -378,7 +378,7 @@ impl Source for Gateway {
         let snap = self.snapshot();
         let now_ms = millis(Instant::from_std(now));
         let seconds = (window.as_secs() as usize).clamp(1, SECONDS);
-        let upstream_label = |u: &Upstream| vec![("upstream", u.name.to_string())];
+        let upstream_label = |u: &Upstream| vec![("upstream", u.name().to_string())];
         let per_upstream = |value: &dyn Fn(&Upstream) -> f64| -> Vec<Fact> {
             snap.upstreams
                 .iter()
@@ -393,9 +393,9 @@ impl Source for Gateway {
                 .upstreams
                 .iter()
                 .flat_map(|u| {
-                    u.endpoints.iter().map(|e| Fact {
+                    u.endpoints().iter().map(|e| Fact {
                         labels: vec![
-                            ("upstream", u.name.to_string()),
+                            ("upstream", u.name().to_string()),
                             ("region", e.region.to_string()),
                             ("endpoint", e.address.to_string()),
                         ],
@@ -410,34 +410,34 @@ impl Source for Gateway {
                 .upstreams
                 .iter()
                 .flat_map(|u| {
-                    u.regions
+                    u.regions()
                         .iter()
                         .zip(u.region_health(now_ms))
                         .map(|((region, _, _), share)| Fact {
-                            labels: vec![("upstream", u.name.to_string()), ("region", region.to_string())],
+                            labels: vec![("upstream", u.name().to_string()), ("region", region.to_string())],
                             value: share,
                         })
                 })
                 .collect(),
             Kind::FailoverActive => per_upstream(&|u| {
-                let loads = u.loads.load();
+                let loads = u.loads();
                 let first = loads.shares.first().copied().unwrap_or(0);
                 1.0 - f64::from(first) / f64::from(levee_core::failover::ALL)
             }),
             Kind::ErrorRatio => per_upstream(&|u| {
-                let t = self.history().totals(u.name.as_str(), seconds);
+                let t = self.history().totals(u.name().as_str(), seconds);
                 t.window.error_ratio().unwrap_or(0.0)
             }),
             Kind::LatencyP99 => per_upstream(&|u| {
-                let t = self.history().totals(u.name.as_str(), seconds);
+                let t = self.history().totals(u.name().as_str(), seconds);
                 t.window.quantile(0.99).unwrap_or(0.0)
             }),
             Kind::Shedding => per_upstream(&|u| {
-                let t = self.history().totals(u.name.as_str(), seconds);
+                let t = self.history().totals(u.name().as_str(), seconds);
                 t.shed as f64 / t.seconds.max(1) as f64
             }),
             Kind::RetryBudgetExhausted => {
-                per_upstream(&|u| self.history().totals(u.name.as_str(), seconds).budget_exhausted as f64)
+                per_upstream(&|u| self.history().totals(u.name().as_str(), seconds).budget_exhausted as f64)
             }
             Kind::RateLimited => snap
                 .rate_limits

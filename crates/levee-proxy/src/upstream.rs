@@ -23,6 +23,7 @@ mod counters;
 pub(crate) mod h1;
 pub(crate) mod health;
 pub(crate) mod pool;
+mod requests;
 pub(crate) mod stream;
 pub(crate) mod watch;
 
@@ -49,51 +50,52 @@ use tokio::time::Instant;
 
 use crate::events::Events;
 use crate::fields::FieldsView;
-use crate::metrics::{EndpointMetrics, UpstreamMetrics};
+use crate::metrics::recorder::Recorder;
+use crate::metrics::{EndpointMetrics, Limit, UpstreamMetrics};
 
-pub(crate) use counters::{AwaitingHead, Counters, Slot, millis};
+pub(crate) use counters::{Counters, Slot, millis};
 pub(crate) use pool::{Pool, PoolSettings};
 
 pub(crate) struct Upstream {
-    pub name: UpstreamName,
-    pub selector: Selector,
-    pub endpoints: Vec<Endpoint>,
-    pub protocol: Protocol,
-    pub connect_timeout: Duration,
-    pub response_header_timeout: Duration,
-    pub hash_on: Option<HashOn>,
-    pub limits: Limits,
-    pub outlier: Option<Outlier>,
+    name: UpstreamName,
+    selector: Selector,
+    endpoints: Vec<Endpoint>,
+    protocol: Protocol,
+    connect_timeout: Duration,
+    response_header_timeout: Duration,
+    hash_on: Option<HashOn>,
+    limits: Limits,
+    outlier: Option<Outlier>,
     /// The balancing policy, for the admin API.
-    pub policy: levee_core::balance::Policy,
+    policy: levee_core::balance::Policy,
     /// Whether the balancer reads the endpoints' latency (`peak_ewma`).
-    pub tracks_latency: bool,
+    tracks_latency: bool,
     /// The breakers' counts and the retry budget, carried across reloads.
-    pub counters: Arc<Counters>,
+    counters: Arc<Counters>,
     /// The levels' priorities, most preferred first.
-    pub priorities: Vec<u32>,
-    pub failover: Mutex<Failover>,
+    priorities: Vec<u32>,
+    failover: Mutex<Failover>,
     /// The failover settings, for retries that compute shares of their own.
-    pub failover_params: levee_core::failover::Params,
+    failover_params: levee_core::failover::Params,
     /// The share of traffic each level takes now.
-    pub loads: ArcSwap<Loads>,
+    loads: ArcSwap<Loads>,
     /// Wakes the watch task: an endpoint's health changed.
-    pub changed: Arc<Notify>,
+    changed: Arc<Notify>,
     /// Where state changes are published.
-    pub events: Arc<Events>,
+    events: Arc<Events>,
     /// Whether traffic has left the most preferred level (carried across
     /// reloads, so a reload neither starts nor ends a failover).
-    pub failover_active: AtomicBool,
+    failover_active: AtomicBool,
     /// The regions, in config order, with their endpoints' indexes.
-    pub regions: Vec<(RegionName, u32, Vec<usize>)>,
+    regions: Vec<(RegionName, u32, Vec<usize>)>,
     /// Set when a reload replaced this upstream: its watch task ends.
-    pub retired: AtomicBool,
+    retired: AtomicBool,
     /// Whether its watch task was started.
-    pub watched: AtomicBool,
-    pub metrics: UpstreamMetrics,
+    watched: AtomicBool,
+    metrics: UpstreamMetrics,
     /// The adaptive concurrency limit, carried across reloads. Locked for
     /// O(1) steps only, never across an await.
-    pub adaptive: Option<Arc<Mutex<Limiter>>>,
+    adaptive: Option<Arc<Mutex<Limiter>>>,
 }
 
 pub(crate) struct Endpoint {
@@ -438,6 +440,81 @@ impl Endpoints for Choice<'_> {
 }
 
 impl Upstream {
+    pub fn name(&self) -> &UpstreamName {
+        &self.name
+    }
+
+    /// The endpoints, in config order (indexes are endpoint ids).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How long a try waits for a response head, unless its route says.
+    pub fn response_header_timeout(&self) -> Duration {
+        self.response_header_timeout
+    }
+
+    /// The circuit breakers' limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The balancing policy, for the admin API.
+    pub fn policy(&self) -> levee_core::balance::Policy {
+        self.policy
+    }
+
+    /// Whether traffic has left the most preferred level.
+    pub fn failover_active(&self) -> bool {
+        self.failover_active.load(Ordering::Relaxed)
+    }
+
+    /// The regions in config order: name, priority and endpoint indexes.
+    pub fn regions(&self) -> &[(RegionName, u32, Vec<usize>)] {
+        &self.regions
+    }
+
+    /// The share of traffic each priority level takes now.
+    pub fn loads(&self) -> arc_swap::Guard<Arc<Loads>> {
+        self.loads.load()
+    }
+
+    /// Responses and latencies of every route that sends here.
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.counters.recorder
+    }
+
+    /// Requests shed by the adaptive limit, and retries refused by the
+    /// budget, since the upstream was first configured.
+    pub fn refused_totals(&self) -> (u64, u64) {
+        let shed = self.metrics.shed.iter().map(|c| c.get()).sum();
+        (shed, self.metrics.budget_exhausted.get())
+    }
+
+    /// Counts a request or retry refused by a full breaker.
+    pub fn overflowed(&self, limit: Limit) {
+        self.metrics.overflow(limit);
+    }
+
+    /// Marks the upstream's watch task as started; false if it already was.
+    pub fn claim_watch(&self) -> bool {
+        !self.watched.swap(true, Ordering::AcqRel)
+    }
+
+    /// A reload replaced the upstream: its watch task ends.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
     /// The consistent-hash key of a request, when the upstream hashes and
     /// the request carries the key.
     pub fn hash_key(&self, fields: FieldsView<'_>, client: IpAddr) -> Option<u64> {
@@ -449,24 +526,6 @@ impl Upstream {
                 IpAddr::V6(ip) => hash64(&ip.octets()),
             }),
         }
-    }
-
-    /// Takes the upstream's retry budget for one more try, if it allows;
-    /// counts (and now and then logs) a try it refuses.
-    pub fn take_retry_budget(&self, now: Instant) -> bool {
-        let counters = &self.counters;
-        let admitted =
-            lock(&counters.budget).try_acquire(now.into_std(), counters.requests(), counters.retries());
-        if !admitted {
-            self.metrics.budget_exhausted.inc();
-            if counters.warn_now(now) {
-                tracing::warn!(
-                    upstream = %self.name,
-                    "retry budget exhausted: failed tries are not retried (logged at most every 10 s)",
-                );
-            }
-        }
-        admitted
     }
 }
 

@@ -55,6 +55,6 @@ impl Entry {
     }
 
     pub(super) fn endpoint(&self) -> Option<&Endpoint> {
-        self.upstream()?.endpoints.get(self.endpoint? as usize)
+        self.upstream()?.endpoints().get(self.endpoint? as usize)
     }
 }

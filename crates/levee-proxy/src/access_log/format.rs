@@ -76,7 +76,7 @@ fn json_value(field: LogField, e: &Entry, out: &mut String) {
             let _ = write!(out, "{:.3}", e.duration.as_secs_f64() * 1000.0);
         }
         LogField::Route => json_str(out, e.route().map(|r| r.name.as_bytes())),
-        LogField::Upstream => json_str(out, e.upstream().map(|u| u.name.as_str().as_bytes())),
+        LogField::Upstream => json_str(out, e.upstream().map(|u| u.name().as_str().as_bytes())),
         LogField::Region => json_str(out, e.endpoint().map(|p| p.region.as_str().as_bytes())),
         LogField::Endpoint => json_str(
             out,

@@ -76,7 +76,7 @@ pub(super) fn answer(
     let (body, upgraded) = match received {
         Received::H1(exchange, _) if is_upgrade => (ResponseBody::empty(), Some(exchange.into_upgraded())),
         Received::H1(exchange, plan) => {
-            let state = upstream.endpoints[endpoint].state.clone();
+            let state = upstream.endpoints()[endpoint].state.clone();
             let body = exchange.into_body(plan, state);
             (ResponseBody::upstream(UpstreamKind::H1(body), deadline), None)
         }

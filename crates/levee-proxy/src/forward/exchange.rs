@@ -124,10 +124,10 @@ impl Attempt<'_> {
         // Connecting counts against the try's own deadline too.
         let timeout = self
             .upstream
-            .connect_timeout
+            .connect_timeout()
             .min(self.head_deadline.saturating_duration_since(Instant::now()));
         let state = &self.endpoint.state;
-        let limits = &self.upstream.limits;
+        let limits = self.upstream.limits();
         let conn = match state.pool.connect_h1(timeout, limits).await {
             Err(OpenError::Full(Limit::Connections)) if self.upstream.close_an_idle_connection() => {
                 state.pool.connect_h1(timeout, limits).await
@@ -143,7 +143,7 @@ impl Attempt<'_> {
         match e {
             OpenError::Failed(kind) => connect_rejection(kind),
             OpenError::Full(limit) => {
-                self.upstream.metrics.overflow(limit);
+                self.upstream.overflowed(limit);
                 Rejection::new(ErrorKind::ConnectionLimit, "too many connections to the upstream")
             }
         }
@@ -153,10 +153,10 @@ impl Attempt<'_> {
     pub async fn send_h2(&self, parts: &http::request::Parts, body: RequestBody) -> Result<Sent, Failed> {
         let timeout = self
             .upstream
-            .connect_timeout
+            .connect_timeout()
             .min(self.head_deadline.saturating_duration_since(Instant::now()));
         let state = &self.endpoint.state;
-        let (mut sender, opened) = match state.pool.h2(timeout, &self.upstream.limits).await {
+        let (mut sender, opened) = match state.pool.h2(timeout, self.upstream.limits()).await {
             Ok(s) => s,
             Err(e) => {
                 return Err(Failed {

@@ -9,12 +9,9 @@ use http::header::HeaderValue;
 use levee_config::Protocol;
 use levee_core::attempt::{self, Attempts, Next, Outcome, Try};
 use levee_core::concurrency;
-use levee_core::failover::{Loads, undamped};
 use levee_core::outcome::{Blame, ErrorKind, Rejection};
 use levee_core::outlier::Observation;
 use levee_core::retry::Reason;
-use levee_core::select::Endpoints;
-use levee_core::sync::lock;
 use tokio::time::Instant;
 
 use super::exchange::{Attempt, Failed, Sent, retry_after};
@@ -22,9 +19,8 @@ use super::headers::{self, Hop};
 use super::prepare::{Head, set_default_host};
 use crate::access_log::Pending;
 use crate::body::{Bodies, RequestBody};
-use crate::metrics::Limit;
 use crate::upstream::h1::OutHead;
-use crate::upstream::{Choice, InFlight, Slot, Upstream, millis};
+use crate::upstream::{InFlight, Slot, Upstream};
 
 /// One try's reply, with the endpoint it went to.
 pub(super) struct Reply {
@@ -65,7 +61,7 @@ pub(super) async fn run(
         let try_ = match next {
             Ok(t) => t,
             Err(rejection) => {
-                count_retried(upstream, attempts.tries(), false);
+                upstream.count_retried(attempts.tries(), false);
                 return Err(rejection);
             }
         };
@@ -89,13 +85,13 @@ pub(super) async fn run(
         ) {
             Next::Answer => {
                 if let Outcome::Answered { status, .. } = outcome {
-                    count_retried(upstream, attempts.tries(), status < 500);
+                    upstream.count_retried(attempts.tries(), status < 500);
                 }
                 bodies.commit();
                 return Ok(reply);
             }
             Next::Refuse(rejection) => {
-                count_retried(upstream, attempts.tries(), false);
+                upstream.count_retried(attempts.tries(), false);
                 return Err(rejection);
             }
             Next::RetryAt(at) => {
@@ -116,15 +112,14 @@ fn observe_reply(upstream: &Upstream, reply: &mut Reply, now: Instant) -> Outcom
         Ok((head, fields, _)) => {
             let status = head.status.as_u16();
             let failed = status >= 500 || status == 429;
-            observe(
-                upstream,
+            let observation = Some((Observation::of_status(status), failed));
+            upstream.observe(
                 reply.endpoint,
                 now,
                 elapsed,
-                Observation::of_status(status),
-                failed,
+                observation,
+                Some(answered_with(status)),
             );
-            sample(upstream, now, elapsed, Some(answered_with(status)));
             // Only a 429 or a 5xx can be retried (validation allows no
             // other in `retry_on`), so only those have their fields searched.
             let retry_after = failed.then(|| retry_after(fields)).flatten();
@@ -132,17 +127,9 @@ fn observe_reply(upstream: &Upstream, reply: &mut Reply, now: Instant) -> Outcom
         }
         Err(failed) => {
             let kind = failed.rejection.kind;
-            if kind.blame() == Blame::Upstream {
-                observe(
-                    upstream,
-                    reply.endpoint,
-                    now,
-                    elapsed,
-                    Observation::GatewayFailure,
-                    true,
-                );
-            }
-            sample(upstream, now, elapsed, failed_with(kind));
+            let observation =
+                (kind.blame() == Blame::Upstream).then_some((Observation::GatewayFailure, true));
+            upstream.observe(reply.endpoint, now, elapsed, observation, failed_with(kind));
             Outcome::Failed(failed.rejection)
         }
     }
@@ -163,8 +150,8 @@ impl Outgoing<'_> {
         if self.hop.host.is_none()
             && let Head::Map = self.head
         {
-            let address = &self.upstream.endpoints[try_.endpoint].address;
-            set_default_host(&mut self.parts, self.upstream.protocol, address);
+            let address = &self.upstream.endpoints()[try_.endpoint].address;
+            set_default_host(&mut self.parts, self.upstream.protocol(), address);
         }
         match try_.hedge_after {
             // Boxed: two tries in one future would double the size of
@@ -176,9 +163,9 @@ impl Outgoing<'_> {
 
     /// One try, starting at `started`.
     async fn send(&self, try_: Try, body: RequestBody, started: Instant) -> Reply {
-        let endpoint = &self.upstream.endpoints[try_.endpoint];
+        let endpoint = &self.upstream.endpoints()[try_.endpoint];
         let in_flight = InFlight::start(&endpoint.state);
-        self.upstream.metrics.attempts.inc();
+        self.upstream.count_try();
         let attempt = Attempt {
             upstream: self.upstream,
             endpoint,
@@ -195,7 +182,7 @@ impl Outgoing<'_> {
                 };
                 attempt.send_h1(&self.parts, out, body).await
             }
-            Head::Map => match self.upstream.protocol {
+            Head::Map => match self.upstream.protocol() {
                 Protocol::Http1 => {
                     let out = OutHead::Map(&self.parts.headers);
                     attempt.send_h1(&self.parts, out, body).await
@@ -258,15 +245,10 @@ impl Outgoing<'_> {
         {
             let now = Instant::now();
             let latency = now.saturating_duration_since(done.started);
-            observe(
-                self.upstream,
-                done.endpoint,
-                now,
-                latency,
-                Observation::GatewayFailure,
-                true,
-            );
-            sample(self.upstream, now, latency, failed_with(failed.rejection.kind));
+            let observation = Some((Observation::GatewayFailure, true));
+            let completion = failed_with(failed.rejection.kind);
+            self.upstream
+                .observe(done.endpoint, now, latency, observation, completion);
         }
     }
 }
@@ -284,7 +266,7 @@ struct Fleet<'a> {
 
 impl attempt::Upstream for Fleet<'_> {
     fn pick(&mut self, tried: &[usize], now: std::time::Instant) -> Option<usize> {
-        pick(self.upstream, tried, self.hash, Instant::from_std(now))
+        self.upstream.pick(tried, self.hash, Instant::from_std(now))
     }
 
     fn retry_budget(&mut self, now: std::time::Instant) -> bool {
@@ -293,11 +275,7 @@ impl attempt::Upstream for Fleet<'_> {
 
     fn retry_slot(&mut self, reason: Reason, hedge: bool) -> bool {
         let upstream = self.upstream;
-        let slot = Slot::take(&upstream.counters, Limit::Retries, upstream.limits.max_retries);
-        match &slot {
-            Some(_) => upstream.metrics.retry(reason),
-            None => upstream.metrics.overflow(Limit::Retries),
-        }
+        let slot = upstream.take_retry_slot(reason);
         let admitted = slot.is_some();
         if hedge {
             self.hedge = slot;
@@ -305,68 +283,6 @@ impl attempt::Upstream for Fleet<'_> {
             self.retry = slot;
         }
         admitted
-    }
-}
-
-/// An endpoint for the next try: one not tried yet for the request when
-/// there is one, else any.
-///
-/// A retry sees the levels' shares as if the endpoints already tried were
-/// down: when a level's endpoints fail one after another (a region going
-/// dark), retries spill to the next level in proportion, as the shares
-/// will once the failures are known, rather than trying the dark level's
-/// endpoints one by one.
-fn pick(upstream: &Upstream, tried: &[usize], hash: Option<u64>, now: Instant) -> Option<usize> {
-    let now_ms = millis(now);
-    let choose = |tried: &[usize], loads: &Loads| {
-        let view = Choice {
-            upstream,
-            now_ms,
-            tried,
-        };
-        upstream
-            .selector
-            .select(&view, loads, hash, fastrand::u64(..))
-            .map(|s| s.endpoint)
-    };
-    let published = upstream.loads.load();
-    if tried.is_empty() {
-        return choose(&[], &published);
-    }
-    let view = Choice {
-        upstream,
-        now_ms,
-        tried,
-    };
-    let health = upstream.level_health(|i| view.available(i));
-    let loads = undamped(&upstream.failover_params, &health);
-    choose(tried, &loads).or_else(|| choose(&[], &published))
-}
-
-/// Records what a try taught about its endpoint (latency, outlier
-/// streaks), ejecting it if a detector trips.
-fn observe(
-    upstream: &Upstream,
-    index: usize,
-    now: Instant,
-    latency: Duration,
-    observation: Observation,
-    failed: bool,
-) {
-    let state = &upstream.endpoints[index].state;
-    if let Some(detector) = state.observe(now, latency, observation, failed, upstream) {
-        upstream.consider_ejection(index, detector, now);
-    }
-}
-
-/// Feeds the upstream's adaptive concurrency limit one try's outcome.
-fn sample(upstream: &Upstream, now: Instant, latency: Duration, completion: Option<concurrency::Completion>) {
-    let (Some(adaptive), Some(completion)) = (&upstream.adaptive, completion) else {
-        return;
-    };
-    let update = lock(adaptive).record(now.into_std(), latency, completion);
-    if let Some(update) = update {
-        upstream.metrics.concurrency_limit.set(i64::from(update.limit));
     }
 }
 
@@ -387,11 +303,4 @@ fn answered_with(status: u16) -> concurrency::Completion {
 fn failed_with(kind: ErrorKind) -> Option<concurrency::Completion> {
     matches!(kind, ErrorKind::ResponseTimeout | ErrorKind::ConnectionTimeout)
         .then_some(concurrency::Completion::Dropped)
-}
-
-/// Counts how a request that needed retries ended.
-fn count_retried(upstream: &Upstream, tries: usize, success: bool) {
-    if tries > 1 {
-        upstream.metrics.retried[usize::from(!success)].inc();
-    }
 }
