@@ -32,8 +32,9 @@ pub(crate) struct Answer {
     pub raw: Option<RawOut>,
     pub body: ResponseBody,
     /// The upstream connection after a `101 Switching Protocols`, for the
-    /// client connection to tunnel to.
-    pub upgraded: Option<Upgraded>,
+    /// client connection to tunnel to. Boxed: it is rare, and every answer
+    /// moves a few times on its way.
+    pub upgraded: Option<Box<Upgraded>>,
     /// The request's metrics and access log line, settled when the answer
     /// is finished (see [`Accounted`]). `None` for an answer that replaces
     /// one already counted: an upstream body that failed before any of it

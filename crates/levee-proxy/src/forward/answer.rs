@@ -74,7 +74,9 @@ pub(super) fn answer(
         }
     };
     let (body, upgraded) = match received {
-        Received::H1(exchange, _) if is_upgrade => (ResponseBody::empty(), Some(exchange.into_upgraded())),
+        Received::H1(exchange, _) if is_upgrade => {
+            (ResponseBody::empty(), Some(Box::new(exchange.into_upgraded())))
+        }
         Received::H1(exchange, plan) => {
             let state = upstream.endpoints()[endpoint].state.clone();
             let body = exchange.into_body(plan, state);

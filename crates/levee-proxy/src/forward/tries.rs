@@ -65,7 +65,16 @@ pub(super) async fn run(
                 return Err(rejection);
             }
         };
-        let mut reply = out.send_try(try_, bodies, attempts, &mut fleet).await;
+        let started = Instant::now();
+        let body = out.body_for(&try_, bodies);
+        // Awaited here, not in a function of its own: each async level
+        // copies the reply it returns (callgrind).
+        let mut reply = match try_.hedge_after {
+            // Boxed: two tries in one future would double the size of
+            // every request's future, hedged or not.
+            Some(after) => Box::pin(out.hedged(try_, after, attempts, &mut fleet)).await,
+            None => out.send(try_, body, started).await,
+        };
         if let Some(log) = log {
             log.tried(reply.endpoint, attempts.tries());
         }
@@ -136,29 +145,17 @@ fn observe_reply(upstream: &Upstream, reply: &mut Reply, now: Instant) -> Outcom
 }
 
 impl Outgoing<'_> {
-    /// Sends one try the machine asked for, hedged when it says so.
-    async fn send_try(
-        &mut self,
-        try_: Try,
-        bodies: &mut Bodies,
-        attempts: &mut Attempts<'_>,
-        fleet: &mut Fleet<'_>,
-    ) -> Reply {
-        let started = Instant::now();
-        // The machine sends a try only while the body can be sent again.
-        let body = bodies.next().unwrap_or(RequestBody::Empty);
+    /// The body for a try, with the request's host set for its endpoint
+    /// when the client sent none.
+    fn body_for(&mut self, try_: &Try, bodies: &mut Bodies) -> RequestBody {
         if self.hop.host.is_none()
             && let Head::Map = self.head
         {
             let address = &self.upstream.endpoints()[try_.endpoint].address;
             set_default_host(&mut self.parts, self.upstream.protocol(), address);
         }
-        match try_.hedge_after {
-            // Boxed: two tries in one future would double the size of
-            // every request's future, hedged or not.
-            Some(after) => Box::pin(self.hedged(try_, after, attempts, fleet)).await,
-            None => self.send(try_, body, started).await,
-        }
+        // The machine sends a try only while the body can be sent again.
+        bodies.next().unwrap_or(RequestBody::Empty)
     }
 
     /// One try, starting at `started`.

@@ -340,7 +340,7 @@ where
         // connection's, not the request's.
         drop((body, accounting));
         if let Some(upgraded) = upgraded.filter(|_| upgrade) {
-            switch_protocols(&parts, upgraded, rd, wr, buf, out, settings).await;
+            switch_protocols(&parts, *upgraded, rd, wr, buf, out, settings).await;
         }
         return Next::Abort;
     }
