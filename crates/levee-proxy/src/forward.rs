@@ -38,7 +38,7 @@ use levee_core::outcome::{ErrorKind, Rejection};
 use levee_core::retry::is_idempotent_method;
 use tokio::time::Instant;
 
-use self::prepare::{Head, prepare_request, version_str};
+use self::prepare::{prepare_request, version_str};
 use self::record::{Record, Refusal};
 use self::tries::Outgoing;
 use crate::access_log::{self, Sink};
@@ -179,8 +179,8 @@ impl Proxy {
         snap: &'s Snapshot,
         record: &mut Record<'s>,
         inbound: &Inbound,
-        req: Request<RequestBody>,
-        raw: Option<RawRequest>,
+        mut req: Request<RequestBody>,
+        mut raw: Option<RawRequest>,
         conn: &ConnInfo,
     ) -> Result<Answer, Refusal> {
         let view = fields_of(&req, raw.as_ref());
@@ -226,7 +226,25 @@ impl Proxy {
         let deadline = record.start + route.request_timeout;
         let client_h1 = req.version() != Version::HTTP_2;
         let idempotent = is_idempotent_method(req.method().as_str());
-        let (mut out, body) = outgoing(upstream, req, raw, inbound, conn, &record.request_id);
+        // Built here, not returned from a helper: moving the request out of
+        // a function copies it (callgrind).
+        let hop = headers::Hop {
+            client: &conn.client,
+            proto: if conn.tls { "https" } else { "http" },
+            host: inbound.host.as_ref(),
+            received: version_str(req.version()),
+        };
+        let id_to_add = inbound.id_generated.then_some(&record.request_id);
+        let upgrade = to_upstream(upstream, &mut req, &mut raw, &hop, id_to_add);
+        let (parts, body) = req.into_parts();
+        let mut out = Outgoing {
+            upstream,
+            parts,
+            head: raw,
+            hop,
+            id_to_add,
+            upgrade,
+        };
         let shared_head = matches!(body, RequestBody::Empty) && out.hop.host.is_some();
         let per_try = upstream.response_header_timeout();
         let mut attempts = Attempts::new(
@@ -238,19 +256,8 @@ impl Proxy {
         );
         let mut bodies = Bodies::new(body, attempts.keeps_body(), route.retry.max_body_bytes);
         let reply = tries::run(&mut out, &mut attempts, &mut bodies, hash, &mut record.log).await?;
-        let asked_upgrade = out.upgrade;
-        // What the request was sent as is no longer needed (and its id
-        // goes to the answer).
-        drop(out);
-        answer::answer(
-            upstream,
-            asked_upgrade,
-            reply,
-            admitted,
-            client_h1,
-            deadline,
-            record,
-        )
+        let log = record.log.take();
+        answer::answer(&out, reply, admitted, client_h1, deadline, record, log)
     }
 }
 
@@ -280,52 +287,31 @@ fn find_route<'s>(
     }
 }
 
-/// The request as every try sends it, and its body.
-// Always inlined: a separate function returns its large values through
-// memory, which cost about 100 instructions a request in copies (callgrind).
-#[inline(always)]
-fn outgoing<'a>(
-    upstream: &'a Upstream,
-    mut req: Request<RequestBody>,
-    mut raw: Option<RawRequest>,
-    inbound: &'a Inbound,
-    conn: &'a ConnInfo,
-    request_id: &'a HeaderValue,
-) -> (Outgoing<'a>, RequestBody) {
-    let hop = headers::Hop {
-        client: &conn.client,
-        proto: if conn.tls { "https" } else { "http" },
-        host: inbound.host.as_ref(),
-        received: version_str(req.version()),
-    };
+/// Rewrites the request for `upstream`, in place: its fields as a map
+/// for HTTP/2 (which takes no raw lines), or, for a request that has no
+/// raw lines, hop-by-hop fields out and forwarding fields in. Returns
+/// whether a protocol upgrade is forwarded.
+fn to_upstream(
+    upstream: &Upstream,
+    req: &mut Request<RequestBody>,
+    raw: &mut Option<RawRequest>,
+    hop: &headers::Hop<'_>,
+    id_generated: Option<&HeaderValue>,
+) -> bool {
     // Raw lines go only to an HTTP/1.1 upstream; HTTP/2 needs a map.
     if upstream.protocol() == Protocol::Http2
         && let Some(r) = raw.take()
     {
         let map = req.headers_mut();
         *map = r.into_map(8);
-        if inbound.id_generated {
-            map.insert(headers::X_REQUEST_ID, request_id.clone());
+        if let Some(id) = id_generated {
+            map.insert(headers::X_REQUEST_ID, id.clone());
         }
     }
-    let (upgrade, head) = match raw {
-        Some(r) => {
-            let upgrade =
-                req.version() == Version::HTTP_11 && r.kept().any(|(_, f)| f.known == Known::Upgrade);
-            (upgrade, Head::Raw(r))
-        }
-        None => (prepare_request(&mut req, &hop, upstream.protocol()), Head::Map),
-    };
-    let (parts, body) = req.into_parts();
-    let out = Outgoing {
-        upstream,
-        parts,
-        head,
-        hop,
-        id_to_add: inbound.id_generated.then_some(request_id),
-        upgrade,
-    };
-    (out, body)
+    match raw {
+        Some(r) => req.version() == Version::HTTP_11 && r.kept().any(|(_, f)| f.known == Known::Upgrade),
+        None => prepare_request(req, hop, upstream.protocol()),
+    }
 }
 
 /// The client's address, for access lists, rate-limit keys and hashing:

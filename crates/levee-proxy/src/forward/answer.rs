@@ -12,32 +12,34 @@ use super::exchange::{Fields, Received};
 use super::headers::{self, via};
 use super::prepare::version_str;
 use super::record::{Record, Refusal};
-use super::tries::Reply;
+use super::tries::{Outgoing, Reply};
+use crate::access_log::Pending;
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawOut};
 use crate::response::{Answer, ResponseBody, UpstreamKind};
-use crate::upstream::{Slot, Upstream};
+use crate::upstream::Slot;
 
 /// The client's answer from the try that won: its head rewritten, its
 /// body under the request's deadline, and the request's accounting, which
 /// takes over `record` (and `admitted`, the requests-breaker slot held
 /// until the response ends). A `101` the client did not ask for is refused.
 pub(super) fn answer(
-    upstream: &Upstream,
-    asked_upgrade: bool,
+    out: &Outgoing<'_>,
     reply: Reply,
     admitted: Slot,
     client_h1: bool,
     deadline: Instant,
-    record: &mut Record<'_>,
+    record: &Record<'_>,
+    log: Option<Pending>,
 ) -> Result<Answer, Refusal> {
+    let upstream = out.upstream;
     let endpoint = reply.endpoint;
     let (mut parts, fields, received) = reply.sent.map_err(|failed| failed.rejection)?;
-    if parts.status == StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS && !out.upgrade {
         let rejection = Rejection::new(ErrorKind::UpstreamProtocol, "upstream switched protocols unasked");
         return Err(rejection.into());
     }
     let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    let (accounting, request_id) = record.completion(parts.status.as_u16(), reply.in_flight);
+    let (accounting, request_id) = record.completion(parts.status.as_u16(), reply.in_flight, log);
     let accounting = accounting.holding(admitted);
     let via = via(version_str(parts.version));
     // An HTTP/1.1 response for an HTTP/1 client is forwarded as the lines

@@ -91,10 +91,7 @@ pub(super) fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// The request's fields, prepared once for all its tries.
-pub(super) enum Head {
-    /// Lines as received, rewritten per try by [`headers::raw_plan`].
-    Raw(RawRequest),
-    /// Rewritten in the request's header map.
-    Map,
-}
+/// The request's fields, prepared once for all its tries: the lines as
+/// received, rewritten per try by [`headers::raw_plan`], or `None` when
+/// they were rewritten in the request's header map.
+pub(super) type Head = Option<RawRequest>;

@@ -148,9 +148,7 @@ impl Outgoing<'_> {
     /// The body for a try, with the request's host set for its endpoint
     /// when the client sent none.
     fn body_for(&mut self, try_: &Try, bodies: &mut Bodies) -> RequestBody {
-        if self.hop.host.is_none()
-            && let Head::Map = self.head
-        {
+        if self.hop.host.is_none() && self.head.is_none() {
             let address = &self.upstream.endpoints()[try_.endpoint].address;
             set_default_host(&mut self.parts, self.upstream.protocol(), address);
         }
@@ -170,7 +168,7 @@ impl Outgoing<'_> {
             head_deadline: Instant::from_std(try_.head_deadline),
         };
         let sent = match &self.head {
-            Head::Raw(r) => {
+            Some(r) => {
                 let plan = headers::raw_plan(r, &self.hop, self.id_to_add, self.upgrade, &endpoint.address);
                 let out = OutHead::Raw {
                     head: &r.head,
@@ -179,7 +177,7 @@ impl Outgoing<'_> {
                 };
                 attempt.send_h1(&self.parts, out, body).await
             }
-            Head::Map => match self.upstream.protocol() {
+            None => match self.upstream.protocol() {
                 Protocol::Http1 => {
                     let out = OutHead::Map(&self.parts.headers);
                     attempt.send_h1(&self.parts, out, body).await

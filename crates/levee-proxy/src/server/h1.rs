@@ -38,7 +38,7 @@ use crate::codec::decode::{Decoded, Decoder};
 use crate::codec::encode::{
     ChunkLine, OutFraming, Persistence, encode_head, encode_last_chunk, encode_raw_head,
 };
-use crate::codec::parse::{Framing, Head, RawRequest, RequestFields, parse_head};
+use crate::codec::parse::{Framing, Head, RequestFields, parse_head};
 use crate::conn::ConnInfo;
 use crate::respond;
 use crate::response::{Accounted, Answer};
@@ -296,7 +296,20 @@ where
         upgrade,
     } = head;
     let is_head = method == Method::HEAD;
-    let (mut pump, req, raw) = request_of(method, uri, version, fields, framing, expect_continue, settings);
+    let (mut pump, body) = body_of(framing, expect_continue, settings);
+    // Built here rather than returned from a helper: moving a request out
+    // of a function copies it (callgrind).
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    let raw = match fields {
+        RequestFields::Raw(raw) => Some(raw),
+        RequestFields::Map(map) => {
+            *req.headers_mut() = map;
+            None
+        }
+    };
 
     // Phase 1: wait for the response head, feeding the request body.
     let response = {
@@ -398,21 +411,10 @@ where
     if keep { Next::KeepAlive } else { Next::Close }
 }
 
-/// The request for the handler, and the pump that will feed it its body
+/// The request's body for the handler, and the pump that will feed it
 /// from the connection.
-// Always inlined: a separate function returns its large values through
-// memory, which cost about 100 instructions a request in copies (callgrind).
-#[inline(always)]
-fn request_of(
-    method: Method,
-    uri: http::Uri,
-    version: Version,
-    fields: RequestFields,
-    framing: Framing,
-    expect_continue: bool,
-    settings: &Settings,
-) -> (Option<Pump>, Request<RequestBody>, Option<RawRequest>) {
-    let (pump, body) = match framing {
+fn body_of(framing: Framing, expect_continue: bool, settings: &Settings) -> (Option<Pump>, RequestBody) {
+    match framing {
         // A request is never delimited by the close (the parser says so).
         Framing::Empty | Framing::UntilClose => (None, RequestBody::Empty),
         Framing::Length(n) => {
@@ -429,19 +431,7 @@ fn request_of(
                 RequestBody::H1(rx),
             )
         }
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    let raw = match fields {
-        RequestFields::Raw(raw) => Some(raw),
-        RequestFields::Map(map) => {
-            *req.headers_mut() = map;
-            None
-        }
-    };
-    (pump, req, raw)
+    }
 }
 
 /// How the response is delimited, and whether the connection is kept
