@@ -77,16 +77,16 @@ impl Handler for Proxy {
         mut req: Request<RequestBody>,
         raw: Option<RawRequest>,
         conn: &ConnInfo,
-    ) -> Answer {
+    ) -> Box<Answer> {
         let snap = self.state.load_full();
         let (mut record, inbound) = self.begin(&snap, &mut req, raw.as_ref(), conn);
         match self.forward(&snap, &mut record, &inbound, req, raw, conn).await {
             Ok(answer) => answer,
-            Err(refusal) => record.refuse(refusal),
+            Err(refusal) => Box::new(record.refuse(refusal)),
         }
     }
 
-    fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Answer {
+    fn reject(&self, rejection: Rejection, conn: &ConnInfo) -> Box<Answer> {
         let snap = self.state.load_full();
         // Refused before its head could be read: only the peer is known.
         let log = (self.access_log.load().as_ref())
@@ -97,7 +97,7 @@ impl Handler for Proxy {
             metrics: &snap.unmatched,
             log,
         };
-        record.refuse(rejection.into())
+        Box::new(record.refuse(rejection.into()))
     }
 
     fn policy(&self, listener: &ListenerName) -> Option<Arc<ListenerPolicy>> {
@@ -182,7 +182,7 @@ impl Proxy {
         mut req: Request<RequestBody>,
         mut raw: Option<RawRequest>,
         conn: &ConnInfo,
-    ) -> Result<Answer, Refusal> {
+    ) -> Result<Box<Answer>, Refusal> {
         let view = fields_of(&req, raw.as_ref());
         if let Some(rules) = snap.listener_limits(&conn.listener) {
             let input = KeyInput {

@@ -30,7 +30,7 @@ pub(super) fn answer(
     deadline: Instant,
     record: &Record<'_>,
     log: Option<Pending>,
-) -> Result<Answer, Refusal> {
+) -> Result<Box<Answer>, Refusal> {
     let upstream = out.upstream;
     let endpoint = reply.endpoint;
     let (mut parts, fields, received) = reply.sent.map_err(|failed| failed.rejection)?;
@@ -86,11 +86,11 @@ pub(super) fn answer(
         }
         Received::H2(incoming) => (ResponseBody::upstream(UpstreamKind::H2(incoming), deadline), None),
     };
-    Ok(Answer {
+    Ok(Box::new(Answer {
         parts,
         raw: raw_out,
         body,
         upgraded,
         accounting: Some(accounting),
-    })
+    }))
 }

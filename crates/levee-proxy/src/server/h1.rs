@@ -228,7 +228,7 @@ async fn reject<H, R, W>(
     W: AsyncWrite + Unpin,
 {
     let res = handler.reject(r, conn);
-    if write_generated(res, Persistence::Close, wr, out, settings).await {
+    if write_generated(*res, Persistence::Close, wr, out, settings).await {
         linger_close(rd, wr).await;
     }
 }
@@ -346,7 +346,7 @@ where
         body,
         upgraded,
         accounting,
-    } = response;
+    } = *response;
 
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // The exchange is counted now; the tunnel is the upgraded

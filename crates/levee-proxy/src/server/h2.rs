@@ -197,7 +197,8 @@ impl StreamGuard {
 /// An answer as hyper sends it on a stream: the head as a map (levee
 /// forwards raw heads to HTTP/1 clients only), the body with the request's
 /// accounting, and the stream's guard for as long as the body lives.
-fn stream_response(answer: Answer, guard: StreamGuard) -> Response<StreamBody> {
+fn stream_response(answer: Box<Answer>, guard: StreamGuard) -> Response<StreamBody> {
+    let answer = *answer;
     let body = StreamBody {
         body: Accounted::new(answer.body, answer.accounting),
         guard,
