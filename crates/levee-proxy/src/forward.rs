@@ -242,7 +242,6 @@ impl Proxy {
             parts,
             head: raw,
             hop,
-            id_to_add,
             upgrade,
         };
         let shared_head = matches!(body, RequestBody::Empty) && out.hop.host.is_some();
@@ -255,9 +254,16 @@ impl Proxy {
             shared_head,
         );
         let mut bodies = Bodies::new(body, attempts.keeps_body(), route.retry.max_body_bytes);
-        let reply = tries::run(&mut out, &mut attempts, &mut bodies, hash, &mut record.log).await?;
-        let log = record.log.take();
-        answer::answer(&out, reply, admitted, client_h1, deadline, record, log)
+        let reply = tries::run(
+            &mut out,
+            id_to_add,
+            &mut attempts,
+            &mut bodies,
+            hash,
+            &mut record.log,
+        )
+        .await?;
+        answer::answer(&out, reply, admitted, client_h1, deadline, record)
     }
 }
 

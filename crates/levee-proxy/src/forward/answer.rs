@@ -13,7 +13,6 @@ use super::headers::{self, via};
 use super::prepare::version_str;
 use super::record::{Record, Refusal};
 use super::tries::{Outgoing, Reply};
-use crate::access_log::Pending;
 use crate::codec::raw::{Known, MAX_RAW_FIELDS, RawOut};
 use crate::response::{Answer, ResponseBody, UpstreamKind};
 use crate::upstream::Slot;
@@ -28,8 +27,7 @@ pub(super) fn answer(
     admitted: Slot,
     client_h1: bool,
     deadline: Instant,
-    record: &Record<'_>,
-    log: Option<Pending>,
+    record: &mut Record<'_>,
 ) -> Result<Box<Answer>, Refusal> {
     let upstream = out.upstream;
     let endpoint = reply.endpoint;
@@ -39,7 +37,7 @@ pub(super) fn answer(
         return Err(rejection.into());
     }
     let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    let (accounting, request_id) = record.completion(parts.status.as_u16(), reply.in_flight, log);
+    let (accounting, request_id) = record.completion(parts.status.as_u16(), reply.in_flight);
     let accounting = accounting.holding(admitted);
     let via = via(version_str(parts.version));
     // An HTTP/1.1 response for an HTTP/1 client is forwarded as the lines

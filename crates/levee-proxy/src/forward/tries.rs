@@ -36,7 +36,6 @@ pub(super) struct Outgoing<'a> {
     pub parts: http::request::Parts,
     pub head: Head,
     pub hop: Hop<'a>,
-    pub id_to_add: Option<&'a HeaderValue>,
     pub upgrade: bool,
 }
 
@@ -44,6 +43,7 @@ pub(super) struct Outgoing<'a> {
 /// reply, with a response head) or the machine refuses.
 pub(super) async fn run(
     out: &mut Outgoing<'_>,
+    id_to_add: Option<&HeaderValue>,
     attempts: &mut Attempts<'_>,
     bodies: &mut Bodies,
     hash: Option<u64>,
@@ -72,8 +72,8 @@ pub(super) async fn run(
         let mut reply = match try_.hedge_after {
             // Boxed: two tries in one future would double the size of
             // every request's future, hedged or not.
-            Some(after) => Box::pin(out.hedged(try_, after, attempts, &mut fleet)).await,
-            None => out.send(try_, body, started).await,
+            Some(after) => Box::pin(out.hedged(try_, after, id_to_add, attempts, &mut fleet)).await,
+            None => out.send(try_, body, id_to_add, started).await,
         };
         if let Some(log) = log {
             log.tried(reply.endpoint, attempts.tries());
@@ -157,7 +157,13 @@ impl Outgoing<'_> {
     }
 
     /// One try, starting at `started`.
-    async fn send(&self, try_: Try, body: RequestBody, started: Instant) -> Reply {
+    async fn send(
+        &self,
+        try_: Try,
+        body: RequestBody,
+        id_to_add: Option<&HeaderValue>,
+        started: Instant,
+    ) -> Reply {
         let endpoint = &self.upstream.endpoints()[try_.endpoint];
         let in_flight = InFlight::start(&endpoint.state);
         self.upstream.count_try();
@@ -169,7 +175,7 @@ impl Outgoing<'_> {
         };
         let sent = match &self.head {
             Some(r) => {
-                let plan = headers::raw_plan(r, &self.hop, self.id_to_add, self.upgrade, &endpoint.address);
+                let plan = headers::raw_plan(r, &self.hop, id_to_add, self.upgrade, &endpoint.address);
                 let out = OutHead::Raw {
                     head: &r.head,
                     skip: plan.skip,
@@ -201,10 +207,11 @@ impl Outgoing<'_> {
         &self,
         first: Try,
         after: Duration,
+        id_to_add: Option<&HeaderValue>,
         attempts: &mut Attempts<'_>,
         fleet: &mut Fleet<'_>,
     ) -> Reply {
-        let one = self.send(first, RequestBody::Empty, Instant::now());
+        let one = self.send(first, RequestBody::Empty, id_to_add, Instant::now());
         tokio::pin!(one);
         tokio::select! {
             biased;
@@ -215,7 +222,7 @@ impl Outgoing<'_> {
         let Some(second) = attempts.hedge(now.into_std(), first.endpoint, fleet) else {
             return one.await;
         };
-        let two = self.send(second, RequestBody::Empty, now);
+        let two = self.send(second, RequestBody::Empty, id_to_add, now);
         tokio::pin!(two);
         // A try that fails waits for the other; the last failure stands.
         let done = tokio::select! {
