@@ -3,8 +3,7 @@
 //!
 //! - no import cycle between the files of a crate, beyond the ones listed
 //!   in [`KNOWN_CYCLES`];
-//! - no function longer than 150 lines in levee-proxy, or 200 anywhere,
-//!   beyond the ones listed in [`KNOWN_LONG_FUNCTIONS`].
+//! - no function longer than 150 lines, beyond the ones listed in [`KNOWN_LONG_FUNCTIONS`].
 //!
 //! Both lists are empty: the workspace has no import cycle and no function
 //! over its limit. They only ever shrink: the test fails on a new cycle or
@@ -31,10 +30,8 @@ const KNOWN_CYCLES: &[&[&str]] = &[];
 /// ever shrink.
 const KNOWN_LONG_FUNCTIONS: &[(&str, &str, usize)] = &[];
 
-/// The longest a function may be in levee-proxy, the request path.
-const PROXY_LIMIT: usize = 150;
-/// The longest a function may be anywhere else.
-const LIMIT: usize = 200;
+/// The longest a function outside tests may be, in any crate.
+const LIMIT: usize = 150;
 
 #[test]
 fn no_new_import_cycles_and_the_known_ones_are_listed_exactly() {
@@ -89,7 +86,7 @@ fn no_new_long_functions_and_the_known_ones_are_listed_exactly() {
     for krate in crates() {
         for file in read_crate(&krate).into_values() {
             for f in functions(&file.text) {
-                if f.lines > limit(&file.path) {
+                if f.lines > LIMIT {
                     let key = (file.path.clone(), f.name);
                     found.entry(key.clone()).or_default().push(f.lines);
                     lines.entry(key).or_default().push(f.line);
@@ -112,8 +109,7 @@ fn no_new_long_functions_and_the_known_ones_are_listed_exactly() {
             let line = lines[key][i];
             match was.get(i) {
                 None => problems.push(format!(
-                    "new: {file}:{line}: fn {name} is {n} lines (limit {}); split it",
-                    limit(file)
+                    "new: {file}:{line}: fn {name} is {n} lines (limit {LIMIT}); split it"
                 )),
                 Some(&w) if n > w => problems.push(format!(
                     "grew: {file}:{line}: fn {name} is {n} lines, listed at {w}; shorten it"
@@ -133,15 +129,6 @@ fn no_new_long_functions_and_the_known_ones_are_listed_exactly() {
         ));
     }
     assert!(problems.is_empty(), "\n{}\n", problems.join("\n"));
-}
-
-/// The longest a function of this file may be.
-fn limit(path: &str) -> usize {
-    if path.starts_with("crates/levee-proxy/") {
-        PROXY_LIMIT
-    } else {
-        LIMIT
-    }
 }
 
 /// The crates' directories, relative to the workspace root.

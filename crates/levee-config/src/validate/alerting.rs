@@ -208,44 +208,11 @@ fn rule(
         }
         ok
     });
-    let notifiers = match raw.notifiers {
-        None => all_notifiers.to_vec(),
-        Some(list) => {
-            let mut seen = HashSet::new();
-            for (i, n) in list.iter().enumerate() {
-                if !known_notifiers.contains(n.as_str()) {
-                    e.push(
-                        format!("{path}.notifiers[{i}]"),
-                        format!("no notifier named {n:?} (declare it as [alerting.notifier.{n}])"),
-                    );
-                } else if !seen.insert(n) {
-                    e.push(format!("{path}.notifiers[{i}]"), format!("{n:?} is listed twice"));
-                }
-            }
-            list
-        }
-    };
+    let notifiers = rule_notifiers(e, path, raw.notifiers, known_notifiers, all_notifiers);
     // Everything below depends on the kind.
     let kind = kind?;
     let threshold = threshold(e, path, kind, raw.threshold);
-    let window = if kind.uses_window() {
-        let w = timeout(e, &format!("{path}.window"), raw.window, Duration::from_secs(60));
-        if w > Duration::from_secs(3600) {
-            e.push(format!("{path}.window"), "must be at most 1h");
-        }
-        w
-    } else {
-        if raw.window.is_some() {
-            e.push(
-                format!("{path}.window"),
-                format!(
-                    "has no effect on {} rules, which read the present state",
-                    kind.as_str()
-                ),
-            );
-        }
-        Duration::from_secs(60)
-    };
+    let window = rule_window(e, path, kind, raw.window);
     let upstream = raw.upstream.filter(|u| {
         if !kind.labels().contains(&"upstream") {
             e.push(
@@ -324,6 +291,56 @@ fn rule(
         runbook_url,
         notifiers,
     })
+}
+
+/// The notifiers a rule goes to: those it names (each known, none twice),
+/// or all of them.
+fn rule_notifiers(
+    e: &mut Errors,
+    path: &str,
+    notifiers: Option<Vec<String>>,
+    known_notifiers: &HashSet<&str>,
+    all_notifiers: &[String],
+) -> Vec<String> {
+    match notifiers {
+        None => all_notifiers.to_vec(),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for (i, n) in list.iter().enumerate() {
+                if !known_notifiers.contains(n.as_str()) {
+                    e.push(
+                        format!("{path}.notifiers[{i}]"),
+                        format!("no notifier named {n:?} (declare it as [alerting.notifier.{n}])"),
+                    );
+                } else if !seen.insert(n) {
+                    e.push(format!("{path}.notifiers[{i}]"), format!("{n:?} is listed twice"));
+                }
+            }
+            list
+        }
+    }
+}
+
+/// The window a rule reads, for the kinds that read one.
+fn rule_window(e: &mut Errors, path: &str, kind: AlertKind, window: Option<String>) -> Duration {
+    if kind.uses_window() {
+        let w = timeout(e, &format!("{path}.window"), window, Duration::from_secs(60));
+        if w > Duration::from_secs(3600) {
+            e.push(format!("{path}.window"), "must be at most 1h");
+        }
+        w
+    } else {
+        if window.is_some() {
+            e.push(
+                format!("{path}.window"),
+                format!(
+                    "has no effect on {} rules, which read the present state",
+                    kind.as_str()
+                ),
+            );
+        }
+        Duration::from_secs(60)
+    }
 }
 
 /// A rule's threshold, read as its kind means it.
@@ -425,6 +442,36 @@ fn is_label_name(name: &str) -> bool {
     first_ok && !name.starts_with("__") && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// A notifier's own request headers; their values may be secrets, so no
+/// error repeats them.
+fn notifier_headers(
+    e: &mut Errors,
+    path: &str,
+    headers: BTreeMap<String, String>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .into_iter()
+        .filter_map(|(n, v)| {
+            let p = format!("{path}.headers.{n}");
+            let Ok(name) = HeaderName::from_bytes(n.as_bytes()) else {
+                e.push(p, "is not a valid header name");
+                return None;
+            };
+            if OWN_HEADERS.contains(&name.as_str()) {
+                e.push(p, "is set by levee itself");
+                return None;
+            }
+            // Values are secrets too: not repeated.
+            let Ok(mut value) = HeaderValue::from_str(&v) else {
+                e.push(p, "is not a valid header value");
+                return None;
+            };
+            value.set_sensitive(true);
+            Some((name, value))
+        })
+        .collect()
+}
+
 fn notifier(e: &mut Errors, name: &str, raw: RawNotifier) -> Option<Notifier> {
     let path = format!("alerting.notifier.{}", crate::raw::key(name));
     let checked_name = name_of(e, &path, name);
@@ -458,29 +505,7 @@ fn notifier(e: &mut Errors, name: &str, raw: RawNotifier) -> Option<Notifier> {
             }
         },
     };
-    let headers = raw
-        .headers
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(n, v)| {
-            let p = format!("{path}.headers.{n}");
-            let Ok(name) = HeaderName::from_bytes(n.as_bytes()) else {
-                e.push(p, "is not a valid header name");
-                return None;
-            };
-            if OWN_HEADERS.contains(&name.as_str()) {
-                e.push(p, "is set by levee itself");
-                return None;
-            }
-            // Values are secrets too: not repeated.
-            let Ok(mut value) = HeaderValue::from_str(&v) else {
-                e.push(p, "is not a valid header value");
-                return None;
-            };
-            value.set_sensitive(true);
-            Some((name, value))
-        })
-        .collect();
+    let headers = notifier_headers(e, &path, raw.headers.unwrap_or_default());
     let request_timeout = timeout(e, &format!("{path}.timeout"), raw.timeout, Duration::from_secs(5));
     let queue = count(e, &format!("{path}.queue"), raw.queue, 1000, 1, 100_000);
     let max_retries = count(e, &format!("{path}.max_retries"), raw.max_retries, 5, 0, 100);
