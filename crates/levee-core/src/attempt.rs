@@ -337,7 +337,7 @@ impl<'p> Attempts<'p> {
 /// levee's own answer of the same kind.
 fn status_failure(status: u16) -> Rejection {
     match status {
-        504 => Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out"),
+        504 => Rejection::RESPONSE_TIMEOUT,
         503 | 429 => NO_ENDPOINT,
         _ => Rejection::new(
             ErrorKind::ConnectionTerminated,

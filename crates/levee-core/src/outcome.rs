@@ -264,6 +264,11 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// No response head within the per-try or response-header timeout:
+    /// the one wording, wherever a try runs out of time.
+    pub const RESPONSE_TIMEOUT: Rejection =
+        Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out");
+
     pub const fn new(kind: ErrorKind, detail: &'static str) -> Rejection {
         Rejection { kind, detail }
     }

@@ -121,6 +121,8 @@ fn fields_of<'r>(req: &'r Request<RequestBody>, raw: Option<&'r RawRequest>) -> 
 impl Proxy {
     /// The request's record and what its head says, before anything can
     /// refuse it.
+    // Inlined into the request's future: called, it would return the record
+    // through memory, a copy on every request.
     #[inline(always)]
     fn begin<'s>(
         &self,
@@ -268,6 +270,7 @@ impl Proxy {
 }
 
 /// The route of the request, or the refusal when none matches.
+// Inlined for the same reason as `Proxy::begin`.
 #[inline(always)]
 fn find_route<'s>(
     snap: &'s Snapshot,

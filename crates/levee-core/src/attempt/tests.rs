@@ -60,7 +60,7 @@ impl Upstream for Fleet {
 const SECOND: Duration = Duration::from_secs(1);
 const REFUSED: Rejection = Rejection::new(ErrorKind::ConnectionRefused, "upstream refused the connection");
 const RESET: Rejection = Rejection::new(ErrorKind::ConnectionTerminated, "reset");
-const TIMED_OUT: Rejection = Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out");
+const TIMED_OUT: Rejection = Rejection::RESPONSE_TIMEOUT;
 
 fn answered(status: u16) -> Outcome {
     Outcome::Answered {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::body::RequestBody;
 use crate::codec::raw::RawHead;
 use crate::metrics::Limit;
-use crate::upstream::classify::{classify, response_timeout};
+use crate::upstream::classify::classify;
 use crate::upstream::h1::{BodyPlan, Exchange, OutHead};
 use crate::upstream::pool::OpenError;
 use crate::upstream::{Endpoint, Upstream};
@@ -173,7 +173,7 @@ impl Attempt<'_> {
             .is_err()
         {
             return Err(Failed {
-                rejection: response_timeout(),
+                rejection: Rejection::RESPONSE_TIMEOUT,
                 body: Some(body),
             });
         }
@@ -189,7 +189,7 @@ impl Attempt<'_> {
                 Ok((parts, Fields::Map(headers), Received::H2(body)))
             }
             Ok(Err(e)) => Err(Failed::without_body(classify(&e))),
-            Err(_) => Err(Failed::without_body(response_timeout())),
+            Err(_) => Err(Failed::without_body(Rejection::RESPONSE_TIMEOUT)),
         }
     }
 }

@@ -499,7 +499,7 @@ fn body_failure(e: &BodyError) -> Rejection {
     match e {
         BodyError::Upstream(r) => *r,
         BodyError::UpstreamH2(e) => crate::upstream::classify::classify(e),
-        BodyError::Timeout => Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out"),
+        BodyError::Timeout => Rejection::RESPONSE_TIMEOUT,
         _ => Rejection::new(ErrorKind::ConnectionTerminated, "upstream response body failed"),
     }
 }

@@ -6,10 +6,6 @@ use levee_core::outcome::{ErrorKind, Rejection};
 
 use crate::body::{BodyError, RequestBody};
 
-pub(crate) fn response_timeout() -> Rejection {
-    Rejection::new(ErrorKind::ResponseTimeout, "upstream response timed out")
-}
-
 /// Classifies a failed exchange with an upstream.
 pub(crate) fn classify(e: &hyper::Error) -> Rejection {
     // The client's body failing is the client's fault, not the upstream's;
@@ -37,7 +33,7 @@ pub(crate) fn classify(e: &hyper::Error) -> Rejection {
     } else if e.is_incomplete_message() {
         incomplete_response()
     } else if e.is_timeout() {
-        response_timeout()
+        Rejection::RESPONSE_TIMEOUT
     } else {
         Rejection::new(
             ErrorKind::ConnectionTerminated,

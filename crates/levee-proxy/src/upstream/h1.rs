@@ -260,10 +260,7 @@ impl Exchange {
             return Poll::Ready(r);
         }
         match self.conn.timer.poll_until(deadline, cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Rejection::new(
-                ErrorKind::ResponseTimeout,
-                "upstream response timed out",
-            ))),
+            Poll::Ready(()) => Poll::Ready(Err(Rejection::RESPONSE_TIMEOUT)),
             Poll::Pending => Poll::Pending,
         }
     }
