@@ -156,13 +156,16 @@ pub enum LogField {
     Attempts,
     /// The `Proxy-Status` error type when levee generated the response.
     ProxyStatus,
+    /// For a request that ended on a failure, why no retry saved it
+    /// (`attempts`, `budget`, `deadline`, `all_down`, ...).
+    RetryStop,
     RequestId,
     UserAgent,
     Referer,
 }
 
 impl LogField {
-    pub const ALL: [LogField; 21] = [
+    pub const ALL: [LogField; 22] = [
         LogField::Time,
         LogField::ClientIp,
         LogField::Listener,
@@ -181,13 +184,14 @@ impl LogField {
         LogField::Endpoint,
         LogField::Attempts,
         LogField::ProxyStatus,
+        LogField::RetryStop,
         LogField::RequestId,
         LogField::UserAgent,
         LogField::Referer,
     ];
 
     /// The fields of a `json` line when `fields` is not set.
-    pub const DEFAULT: [LogField; 14] = [
+    pub const DEFAULT: [LogField; 15] = [
         LogField::Time,
         LogField::ClientIp,
         LogField::Method,
@@ -201,6 +205,7 @@ impl LogField {
         LogField::Endpoint,
         LogField::Attempts,
         LogField::ProxyStatus,
+        LogField::RetryStop,
         LogField::RequestId,
     ];
 
@@ -225,6 +230,7 @@ impl LogField {
             LogField::Endpoint => "endpoint",
             LogField::Attempts => "attempts",
             LogField::ProxyStatus => "proxy_status",
+            LogField::RetryStop => "retry_stop",
             LogField::RequestId => "request_id",
             LogField::UserAgent => "user_agent",
             LogField::Referer => "referer",
@@ -456,7 +462,7 @@ impl RateLimitRef {
 }
 
 /// `[route.retry]`: the attempt machine's policy, defaults included.
-pub use levee_core::attempt::Policy as Retry;
+pub use levee_core::attempt::{LeaveRegion, Policy as Retry};
 
 /// `[route.match]`: every condition given must hold.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -213,6 +213,7 @@ pub struct RawRetry {
     pub max_body_bytes: Option<i64>,
     pub idempotent: Option<bool>,
     pub hedge_after: Option<String>,
+    pub leave_region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

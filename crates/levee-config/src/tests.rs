@@ -382,6 +382,7 @@ fn resilience_defaults() {
     assert_eq!(r.max_body_bytes, 65536);
     assert!(!r.idempotent);
     assert_eq!(r.hedge_after, None);
+    assert_eq!(r.leave_region, LeaveRegion::WhenFailing);
     let u = &c.upstreams[0];
     assert_eq!(u.failover, FailoverParams::DEFAULT);
     assert_eq!(u.outlier, None, "passive ejection is opted into");
@@ -403,6 +404,7 @@ retry_after_max = \"0s\"
 max_body_bytes = 1024
 idempotent = true
 hedge_after = \"50ms\"
+leave_region = \"always\"
 
 [upstream.app.failover]
 mode = \"strict\"
@@ -431,6 +433,7 @@ min_per_second = 1
     assert_eq!(r.per_try_timeout, Some(Duration::from_secs(2)));
     assert_eq!(r.retry_after_max, Duration::ZERO);
     assert_eq!(r.hedge_after, Some(Duration::from_millis(50)));
+    assert_eq!(r.leave_region, LeaveRegion::Always);
     let u = &c.upstreams[0];
     assert_eq!(u.failover.mode, FailoverMode::Strict);
     assert_eq!(u.failover.failback_after, Duration::from_secs(5));
@@ -456,6 +459,7 @@ attempts = 0
 retry_on = [\"5xx\"]
 backoff_base = \"1s\"
 backoff_max = \"10ms\"
+leave_region = \"sometimes\"
 
 [upstream.app.failover]
 mode = \"eager\"
@@ -476,6 +480,7 @@ max_requests = 0
         "route[0].retry.attempts: must be between 1 and 10, got 0",
         "route[0].retry.retry_on[0]: \"5xx\" is not one of",
         "route[0].retry.backoff_max: must not be shorter than backoff_base",
+        "route[0].retry.leave_region: \"sometimes\" is not one of when_failing, always or never",
         "upstream.app.failover.mode: \"eager\" is not one of proportional, strict",
         "upstream.app.failover.overprovisioning: must be between 1.0 and 10.0, got 0.5",
         "upstream.app.failover.failback_after: must be a duration",

@@ -859,6 +859,19 @@ fn retry(e: &mut Errors, path: &str, raw: RawRetry) -> Retry {
             "needs attempts of at least 2: a hedge is a second try",
         );
     }
+    let leave_region = match raw.leave_region.as_deref() {
+        None => d.leave_region,
+        Some("when_failing") => LeaveRegion::WhenFailing,
+        Some("always") => LeaveRegion::Always,
+        Some("never") => LeaveRegion::Never,
+        Some(other) => {
+            e.push(
+                format!("{path}.leave_region"),
+                format!("{other:?} is not one of when_failing, always or never"),
+            );
+            d.leave_region
+        }
+    };
     Retry {
         attempts,
         retry_on,
@@ -868,6 +881,7 @@ fn retry(e: &mut Errors, path: &str, raw: RawRetry) -> Retry {
         max_body_bytes,
         idempotent: raw.idempotent.unwrap_or(false),
         hedge_after,
+        leave_region,
     }
 }
 

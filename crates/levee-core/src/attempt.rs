@@ -17,14 +17,19 @@
 //!   provably never reached the upstream (no connection: not one byte
 //!   written), so it is never executed twice;
 //! - a retry goes to an endpoint not tried yet when there is one (the
-//!   [`Upstream::pick`] behind the trait prefers those);
+//!   [`Upstream::pick`] behind the trait prefers those), and, as
+//!   [`LeaveRegion`] says, outside the level (region) of the try that
+//!   failed when that level looks like it is going down, so that a region
+//!   going dark does not take a request's every try with it;
 //! - a retry waits a full-jitter backoff, or the `Retry-After` the upstream
 //!   asked for when that is within `retry_after_max` (a longer one is passed
 //!   on to the client instead), and is not planned when its wait would reach
 //!   the request's deadline;
 //! - every retry and hedge takes the upstream's retry budget, asked last,
 //!   when everything else says yes, so a retry that does not happen costs
-//!   no budget.
+//!   no budget;
+//! - when a failure stands, the machine says why no retry saved it
+//!   ([`Attempts::stop`]), for the access log and the metrics.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +60,93 @@ pub struct Policy {
     /// Idempotent requests without a body get a second try on another
     /// endpoint when no response head came within this long.
     pub hedge_after: Option<Duration>,
+    /// When a retry leaves the level (region) of the try that failed.
+    pub leave_region: LeaveRegion,
+}
+
+/// When a retry leaves the priority level of the try before it, for
+/// another level that has an endpoint available (in the spirit of Envoy's
+/// `previous_priorities` retry predicate). A level left is only avoided:
+/// when no other has an endpoint, the retry stays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaveRegion {
+    /// When the level looks like it is going down: the try failed without
+    /// an answer (refused, reset, timed out), or another endpoint of its
+    /// level has failed, been ejected or failed its checks moments ago.
+    #[default]
+    WhenFailing,
+    /// After every failed try.
+    Always,
+    /// Never: retries follow the levels' shares (with the endpoints tried
+    /// counted as down).
+    Never,
+}
+
+impl LeaveRegion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveRegion::WhenFailing => "when_failing",
+            LeaveRegion::Always => "always",
+            LeaveRegion::Never => "never",
+        }
+    }
+}
+
+/// Why a request's last failure stands: what kept another try from saving
+/// it. A closed set: the label values of the metric and the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The route does not retry this failure (`retry_on`).
+    NotRetryable,
+    /// The request may have reached the upstream and is not idempotent.
+    NotIdempotent,
+    /// The request body was too large to be kept for another try.
+    BodyNotKept,
+    /// The upstream asked to wait longer (`Retry-After`) than the route does.
+    RetryAfter,
+    /// Every try the route allows was made.
+    Attempts,
+    /// Every try was made, some on an endpoint already tried: the upstream
+    /// had no other endpoint to try.
+    NoUntriedEndpoint,
+    /// No endpoint was available at all: every level was down.
+    AllDown,
+    /// The retry's wait would have reached the request's deadline.
+    Deadline,
+    /// The upstream's retry budget was spent.
+    Budget,
+    /// The upstream's retries breaker (`max_retries`) was full.
+    Breaker,
+}
+
+impl Stop {
+    pub const ALL: [Stop; 10] = [
+        Stop::NotRetryable,
+        Stop::NotIdempotent,
+        Stop::BodyNotKept,
+        Stop::RetryAfter,
+        Stop::Attempts,
+        Stop::NoUntriedEndpoint,
+        Stop::AllDown,
+        Stop::Deadline,
+        Stop::Budget,
+        Stop::Breaker,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stop::NotRetryable => "not_retryable",
+            Stop::NotIdempotent => "not_idempotent",
+            Stop::BodyNotKept => "body_not_kept",
+            Stop::RetryAfter => "retry_after",
+            Stop::Attempts => "attempts",
+            Stop::NoUntriedEndpoint => "no_untried_endpoint",
+            Stop::AllDown => "all_down",
+            Stop::Deadline => "deadline",
+            Stop::Budget => "budget",
+            Stop::Breaker => "breaker",
+        }
+    }
 }
 
 impl Default for Policy {
@@ -68,6 +160,7 @@ impl Default for Policy {
             max_body_bytes: 64 * 1024,
             idempotent: false,
             hedge_after: None,
+            leave_region: LeaveRegion::WhenFailing,
         }
     }
 }
@@ -76,8 +169,14 @@ impl Default for Policy {
 /// implements it over the live upstream; tests over plain data.
 pub trait Upstream {
     /// An endpoint for a try: one not in `tried` when there is one, else
-    /// any available; `None` when none is.
-    fn pick(&mut self, tried: &[usize], now: Instant) -> Option<usize>;
+    /// any available; outside the level of endpoint `leave` when another
+    /// level has one; `None` when no endpoint is available.
+    fn pick(&mut self, tried: &[usize], leave: Option<usize>, now: Instant) -> Option<usize>;
+
+    /// Whether the level of `endpoint` looks like it is going down: another
+    /// of its endpoints failed, was ejected or failed its checks moments
+    /// before `now`.
+    fn level_failing(&mut self, endpoint: usize, now: Instant) -> bool;
 
     /// Takes the upstream's retry budget for one more try, if it allows.
     fn retry_budget(&mut self, now: Instant) -> bool;
@@ -98,6 +197,12 @@ pub enum Outcome {
     },
     /// No response head: the try failed.
     Failed(Rejection),
+    /// The try was called off before anything was sent, because another
+    /// connection to its endpoint failed meanwhile (it waited on a connect
+    /// that was going to fail too). It goes elsewhere at once, and counts
+    /// against neither the route's attempts nor the budget: nothing reached
+    /// the upstream, so a redirect adds no load.
+    Redirected,
 }
 
 /// A try to send.
@@ -156,13 +261,25 @@ pub struct Attempts<'p> {
     per_try: Duration,
     deadline: Instant,
     tried: Tried,
+    /// Tries in `tried` that were redirected before sending anything.
+    redirected: usize,
     /// What the client gets if no later try answers.
     last_failure: Rejection,
     /// The reason of the retry being waited for.
     waiting: Option<Reason>,
+    /// The endpoint whose level the next try leaves.
+    leave: Option<usize>,
+    /// A try went to an endpoint tried before.
+    repeated: bool,
+    /// Why the last failure stands, once no retry follows it.
+    stop: Option<Stop>,
 }
 
 const NO_ENDPOINT: Rejection = Rejection::new(ErrorKind::NoEndpoint, "no endpoint available");
+const REDIRECTED: Rejection = Rejection::new(
+    ErrorKind::ConnectionRefused,
+    "the endpoint failed another connection meanwhile, and no other was available",
+);
 
 impl<'p> Attempts<'p> {
     /// A request's tries under `policy`. `idempotent_method` is the
@@ -187,8 +304,12 @@ impl<'p> Attempts<'p> {
             per_try: policy.per_try_timeout.unwrap_or(per_try),
             deadline,
             tried: Tried::default(),
+            redirected: 0,
             last_failure: NO_ENDPOINT,
             waiting: None,
+            leave: None,
+            repeated: false,
+            stop: None,
         }
     }
 
@@ -203,6 +324,12 @@ impl<'p> Attempts<'p> {
         self.tried.len
     }
 
+    /// Why no further try followed the last one, when the request ends on
+    /// a failure (or on an answer the route would have retried).
+    pub fn stop(&self) -> Option<Stop> {
+        self.stop
+    }
+
     /// The request's first try, or levee's refusal when no endpoint is
     /// available.
     pub fn start(&mut self, now: Instant, upstream: &mut impl Upstream) -> Result<Try, Rejection> {
@@ -214,17 +341,33 @@ impl<'p> Attempts<'p> {
     pub fn resume(&mut self, now: Instant, upstream: &mut impl Upstream) -> Result<Try, Rejection> {
         // The breaker counts retries in flight, not retries waiting: a burst
         // of failures waits out its backoffs side by side.
-        let reason = self.waiting.take().unwrap_or(Reason::Timeout);
-        if !upstream.retry_slot(reason, false) {
+        // A redirect is no retry: it takes no slot (`waiting` is `None`).
+        if let Some(reason) = self.waiting.take()
+            && !upstream.retry_slot(reason, false)
+        {
+            self.stop = Some(Stop::Breaker);
             return Err(self.last_failure);
         }
         self.send_next(now, upstream)
     }
 
+    /// Tries that count against the route's attempts: redirects do not.
+    fn counted(&self) -> usize {
+        self.tried.len - self.redirected
+    }
+
+    /// Whether the route's attempts (and the fixed set) have room for one
+    /// more try.
+    fn has_room(&self) -> bool {
+        self.counted() < self.cap && self.tried.len < MAX_ATTEMPTS
+    }
+
     fn send_next(&mut self, now: Instant, upstream: &mut impl Upstream) -> Result<Try, Rejection> {
-        let Some(endpoint) = upstream.pick(self.tried.as_slice(), now) else {
+        let Some(endpoint) = upstream.pick(self.tried.as_slice(), self.leave, now) else {
+            self.stop = Some(Stop::AllDown);
             return Err(self.last_failure);
         };
+        self.repeated |= self.tried.as_slice().contains(&endpoint);
         self.tried.push(endpoint);
         Ok(Try {
             endpoint,
@@ -232,7 +375,7 @@ impl<'p> Attempts<'p> {
             hedge_after: self
                 .policy
                 .hedge_after
-                .filter(|_| self.hedgeable && self.tried.len < self.cap),
+                .filter(|_| self.hedgeable && self.has_room()),
         })
     }
 
@@ -244,11 +387,11 @@ impl<'p> Attempts<'p> {
     /// on another endpoint, at once, if the budget and the breaker allow.
     /// The first head of the two wins.
     pub fn hedge(&mut self, now: Instant, first: usize, upstream: &mut impl Upstream) -> Option<Try> {
-        if self.tried.len >= self.cap {
+        if !self.has_room() {
             return None;
         }
         let second = upstream
-            .pick(self.tried.as_slice(), now)
+            .pick(self.tried.as_slice(), None, now)
             .filter(|&e| e != first)?;
         if !upstream.retry_budget(now) || !upstream.retry_slot(Reason::Timeout, true) {
             return None;
@@ -278,58 +421,126 @@ impl<'p> Attempts<'p> {
                 self.last_failure = rejection;
                 Next::Refuse(rejection)
             }
+            Outcome::Redirected => return self.redirect(now, upstream),
         };
-        let Some((reason, wait)) = self.repeatable(outcome) else {
-            return done;
+        let (reason, wait) = match self.repeatable(outcome) {
+            Ok(repeat) => repeat,
+            Err(stop) => return self.stopped(stop, done),
         };
         if !replayable {
-            return done;
+            return self.stopped(Stop::BodyNotKept, done);
         }
         let delay = self
             .policy
             .backoff
-            .delay(self.tried.len as u32, entropy)
+            .delay(self.counted() as u32, entropy)
             .max(wait);
         let at = now + delay;
+        let leave = self.leave_after(outcome, now, upstream);
         // The whole decision comes before the answer is set aside: when a
         // retry cannot happen after all, the upstream's answer (or failure)
         // is what the client gets. The budget is asked last, so that only a
         // retry that happens takes it.
-        if at >= self.deadline
-            || upstream.pick(self.tried.as_slice(), now).is_none()
-            || !upstream.retry_budget(now)
-        {
-            return done;
+        if at >= self.deadline {
+            return self.stopped(Stop::Deadline, done);
         }
+        if upstream.pick(self.tried.as_slice(), leave, now).is_none() {
+            return self.stopped(Stop::AllDown, done);
+        }
+        if !upstream.retry_budget(now) {
+            return self.stopped(Stop::Budget, done);
+        }
+        self.leave = leave;
         self.waiting = Some(reason);
         Next::RetryAt(at)
     }
 
+    /// After [`Outcome::Redirected`]: at once, to another endpoint, away
+    /// from the redirected try's level when another has one.
+    fn redirect(&mut self, now: Instant, upstream: &mut impl Upstream) -> Next {
+        self.redirected += 1;
+        if self.last_failure == NO_ENDPOINT {
+            self.last_failure = REDIRECTED;
+        }
+        let refuse = Next::Refuse(self.last_failure);
+        if self.tried.len >= MAX_ATTEMPTS {
+            return self.stopped(Stop::Attempts, refuse);
+        }
+        let leave = self.tried.as_slice().last().copied();
+        if now >= self.deadline {
+            return self.stopped(Stop::Deadline, refuse);
+        }
+        if upstream.pick(self.tried.as_slice(), leave, now).is_none() {
+            return self.stopped(Stop::AllDown, refuse);
+        }
+        self.leave = leave;
+        self.waiting = None;
+        Next::RetryAt(now)
+    }
+
+    fn stopped(&mut self, stop: Stop, done: Next) -> Next {
+        self.stop = Some(stop);
+        done
+    }
+
+    /// The endpoint whose level the retry after `outcome` leaves, if any:
+    /// the latest try's, as the route's [`LeaveRegion`] says.
+    fn leave_after(&self, outcome: Outcome, now: Instant, upstream: &mut impl Upstream) -> Option<usize> {
+        let last = *self.tried.as_slice().last()?;
+        let leave = match self.policy.leave_region {
+            LeaveRegion::Never => false,
+            LeaveRegion::Always => true,
+            // No answer at all is what a region going dark looks like; an
+            // answered 5xx only when the level's other endpoints agree.
+            LeaveRegion::WhenFailing => {
+                matches!(outcome, Outcome::Failed(_)) || upstream.level_failing(last, now)
+            }
+        };
+        leave.then_some(last)
+    }
+
     /// Why the try might be repeated and the least wait first, when the
     /// rules allow repeating it at all.
-    fn repeatable(&mut self, outcome: Outcome) -> Option<(Reason, Duration)> {
+    fn repeatable(&mut self, outcome: Outcome) -> Result<(Reason, Duration), Stop> {
         let (reason, sent, wait) = match outcome {
             Outcome::Answered { status, retry_after } => {
                 let reason = Reason::Status(status);
                 if !self.policy.retry_on.covers(reason) {
-                    return None;
+                    return Err(Stop::NotRetryable);
                 }
                 self.last_failure = status_failure(status);
                 let wait = match retry_after {
                     None => Duration::ZERO,
                     // A `Retry-After` beyond what the route waits: passed on.
-                    Some(after) => honour_retry_after(after, self.policy.retry_after_max)?,
+                    Some(after) => {
+                        honour_retry_after(after, self.policy.retry_after_max).ok_or(Stop::RetryAfter)?
+                    }
                 };
                 (reason, true, wait)
             }
             Outcome::Failed(rejection) => {
                 let kind = rejection.kind;
-                let reason = Reason::of_error(kind)?;
+                let reason = Reason::of_error(kind).ok_or(Stop::NotRetryable)?;
                 (reason, kind.delivery() != Delivery::NotSent, Duration::ZERO)
             }
+            Outcome::Redirected => return Ok((Reason::ConnectFailure, Duration::ZERO)),
         };
-        let room = self.tried.len < self.cap;
-        (room && may_retry(reason, &self.policy.retry_on, self.idempotent, sent)).then_some((reason, wait))
+        if !may_retry(reason, &self.policy.retry_on, self.idempotent, sent) {
+            let covered = self.policy.retry_on.covers(reason);
+            return Err(if covered {
+                Stop::NotIdempotent
+            } else {
+                Stop::NotRetryable
+            });
+        }
+        if !self.has_room() {
+            return Err(if self.repeated {
+                Stop::NoUntriedEndpoint
+            } else {
+                Stop::Attempts
+            });
+        }
+        Ok((reason, wait))
     }
 }
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::header::{self, HeaderValue};
 use http::{Method, Uri, Version};
 use levee_config::{AccessLog, LogField, LogFormat, LogOutput};
+use levee_core::attempt::Stop;
 use levee_core::outcome::ErrorKind;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
@@ -173,6 +174,7 @@ impl Sink {
             route: None,
             endpoint: None,
             attempts: 0,
+            retry_stop: None,
             status: 0,
             proxy_status: None,
             bytes: 0,
@@ -214,6 +216,11 @@ impl Pending {
     pub fn tried(&mut self, index: usize, attempts: usize) {
         self.entry.endpoint = u32::try_from(index).ok();
         self.entry.attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+    }
+
+    /// The request ended on a failure that no retry saved, for this reason.
+    pub fn stopped(&mut self, stop: Stop) {
+        self.entry.retry_stop = Some(stop);
     }
 
     /// levee answered the request itself.

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use levee_core::attempt::Stop;
 use levee_core::concurrency::Priority;
 use levee_core::outcome::{ErrorKind, StatusClass};
 use levee_core::outlier::Detector;
@@ -233,6 +234,7 @@ struct UpstreamFamilies {
     budget_exhausted: Family<UpstreamLabels, Counter>,
     overflow: Family<LimitLabels, Counter>,
     retried: Family<RetriedLabels, Counter>,
+    failed_requests: Family<ReasonLabels, Counter>,
 }
 
 impl UpstreamFamilies {
@@ -309,6 +311,12 @@ impl UpstreamFamilies {
             "Requests that needed at least one retry, by how they ended (success: a response below 500)",
             retried.clone(),
         );
+        let failed_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_failed_requests",
+            "Requests whose tries ended in a failure (a 5xx or 429, or levee's refusal), by what kept a retry from saving them",
+            failed_requests.clone(),
+        );
         let overflow = Family::<LimitLabels, Counter>::default();
         registry.register(
             "upstream_overflow",
@@ -329,6 +337,7 @@ impl UpstreamFamilies {
             budget_exhausted,
             overflow,
             retried,
+            failed_requests,
         }
     }
 }
@@ -613,6 +622,12 @@ impl Metrics {
                     result,
                 })
             }),
+            failed: Stop::ALL.map(|stop| {
+                self.upstreams.failed_requests.get_or_create_owned(&ReasonLabels {
+                    upstream: upstream.to_string(),
+                    reason: stop.as_str(),
+                })
+            }),
             concurrency_limit: self.concurrency_limit.get_or_create_owned(&u()),
             shed: Priority::ALL.map(|p| {
                 self.shed.get_or_create_owned(&ShedLabels {
@@ -743,6 +758,8 @@ pub(crate) struct UpstreamMetrics {
     pub overflow: [Counter; 4],
     /// Requests that needed retries: succeeded, failed.
     pub retried: [Counter; 2],
+    /// Requests that ended on a failure, in `Stop::ALL` order.
+    pub failed: [Counter; Stop::ALL.len()],
     /// The adaptive concurrency limit now (0 without one).
     pub concurrency_limit: Gauge,
     /// Requests shed by the adaptive limit, in `Priority::ALL` order.
@@ -753,6 +770,13 @@ impl UpstreamMetrics {
     pub fn retry(&self, reason: levee_core::retry::Reason) {
         if let Some(i) = RETRY_REASONS.iter().position(|&r| r == reason.as_str()) {
             self.retries[i].inc();
+        }
+    }
+
+    /// Counts a request that ended on a failure no retry saved, by why.
+    pub fn failed(&self, stop: Stop) {
+        if let Some(i) = Stop::ALL.iter().position(|&s| s == stop) {
+            self.failed[i].inc();
         }
     }
 

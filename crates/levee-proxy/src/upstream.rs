@@ -154,8 +154,19 @@ pub(crate) struct EndpointState {
     volume_total: AtomicU64,
     /// Wakes the watch task of the upstream that owns the endpoint now.
     pub changed: ArcSwap<Notify>,
+    /// When the endpoint last failed a try (a gateway failure: refused,
+    /// reset, timed out, 502–504), as a [`millis`] time; 0 for never.
+    failed_at: AtomicU64,
+    /// Brings the endpoint's next active check forward: real traffic saw
+    /// its level fail. Shared with the checker task, which holds no strong
+    /// reference to the state.
+    pub probe_soon: Arc<Notify>,
     pub metrics: EndpointMetrics,
 }
+
+/// How long after an endpoint's failed try its level counts as failing,
+/// for a retry deciding whether to leave that level.
+const FAILING_FOR_MS: u64 = 2_000;
 
 /// What exchanges taught about an endpoint, updated after each.
 #[derive(Default)]
@@ -220,8 +231,24 @@ impl EndpointState {
             volume_ok: AtomicU64::new(0),
             volume_total: AtomicU64::new(0),
             changed: ArcSwap::from_pointee(Notify::new()),
+            failed_at: AtomicU64::new(0),
+            probe_soon: Arc::new(Notify::new()),
             metrics,
         }
+    }
+
+    /// Records a gateway failure of a try at `now_ms` ([`millis`]).
+    pub fn failed(&self, now_ms: u64) {
+        self.failed_at.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint is failing at `now_ms`: out of rotation (not
+    /// healthy, or ejected), or a try on it failed moments ago.
+    pub fn is_failing(&self, now_ms: u64) -> bool {
+        let failed_at = self.failed_at.load(Ordering::Relaxed);
+        !self.is_healthy()
+            || self.is_ejected(now_ms)
+            || (failed_at != 0 && now_ms.saturating_sub(failed_at) < FAILING_FOR_MS)
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -416,18 +443,31 @@ pub(crate) struct Choice<'a> {
     pub upstream: &'a Upstream,
     pub now_ms: u64,
     pub tried: &'a [usize],
+    /// The priority level a retry leaves, if it leaves one.
+    pub leaving: Option<u32>,
+}
+
+impl Choice<'_> {
+    fn left(&self, endpoint: usize) -> bool {
+        self.leaving == Some(self.upstream.endpoints[endpoint].priority)
+    }
 }
 
 impl Endpoints for Choice<'_> {
     fn available(&self, endpoint: usize) -> bool {
         // is_available already leaves drained endpoints out.
-        self.upstream.endpoints[endpoint].state.is_available(self.now_ms) && !self.tried.contains(&endpoint)
+        self.upstream.endpoints[endpoint].state.is_available(self.now_ms)
+            && !self.tried.contains(&endpoint)
+            && !self.left(endpoint)
     }
 
-    /// A retry's earlier tries, and drained endpoints: a drain is an
-    /// operator's order, which panic must not override.
+    /// A retry's earlier tries and the level it leaves, and drained
+    /// endpoints: a drain is an operator's order, which panic must not
+    /// override.
     fn excluded(&self, endpoint: usize) -> bool {
-        self.tried.contains(&endpoint) || self.upstream.endpoints[endpoint].state.is_drained()
+        self.tried.contains(&endpoint)
+            || self.left(endpoint)
+            || self.upstream.endpoints[endpoint].state.is_drained()
     }
 
     fn in_flight(&self, endpoint: usize) -> u64 {

@@ -5,10 +5,17 @@ use proptest::prelude::*;
 use super::*;
 
 /// An upstream of `n` endpoints, all available unless marked down, with a
-/// retry budget of `budget` grants and a breaker of `slots` retries.
+/// retry budget of `budget` grants and a breaker of `slots` retries. Every
+/// endpoint is in level 0 unless `levels` says otherwise.
 struct Fleet {
     n: usize,
     down: Vec<usize>,
+    /// Each endpoint's level, when not all are in level 0.
+    levels: Vec<usize>,
+    /// Levels whose endpoints look like they are failing.
+    failing: Vec<usize>,
+    /// Every `leave` a pick was asked with.
+    left: Vec<Option<usize>>,
     budget: u32,
     slots: u32,
     /// Grants the budget gave.
@@ -18,10 +25,17 @@ struct Fleet {
 }
 
 impl Fleet {
+    fn level(&self, endpoint: usize) -> usize {
+        self.levels.get(endpoint).copied().unwrap_or(0)
+    }
+
     fn new(n: usize) -> Fleet {
         Fleet {
             n,
             down: Vec::new(),
+            levels: Vec::new(),
+            failing: Vec::new(),
+            left: Vec::new(),
             budget: u32::MAX,
             slots: u32::MAX,
             granted: 0,
@@ -31,12 +45,19 @@ impl Fleet {
 }
 
 impl Upstream for Fleet {
-    fn pick(&mut self, tried: &[usize], _now: Instant) -> Option<usize> {
+    fn pick(&mut self, tried: &[usize], leave: Option<usize>, _now: Instant) -> Option<usize> {
         self.asked.push(tried.to_vec());
+        self.left.push(leave);
+        let left = leave.map(|e| self.level(e));
         let up = (0..self.n).filter(|e| !self.down.contains(e));
         up.clone()
-            .find(|e| !tried.contains(e))
+            .find(|&e| !tried.contains(&e) && Some(self.level(e)) != left)
+            .or_else(|| up.clone().find(|e| !tried.contains(e)))
             .or_else(|| up.clone().next())
+    }
+
+    fn level_failing(&mut self, endpoint: usize, _now: Instant) -> bool {
+        self.failing.contains(&self.level(endpoint))
     }
 
     fn retry_budget(&mut self, _now: Instant) -> bool {
@@ -111,7 +132,7 @@ fn a_post_that_may_have_reached_the_upstream_is_never_retried() {
         let next = a.outcome(outcome, t0, true, 0, &mut fleet);
         let expected = match outcome {
             Outcome::Failed(r) => Next::Refuse(r),
-            Outcome::Answered { .. } => Next::Answer,
+            Outcome::Answered { .. } | Outcome::Redirected => Next::Answer,
         };
         assert_eq!(next, expected, "{outcome:?}");
         assert_eq!(fleet.granted, 0, "no budget taken for a retry that cannot happen");
@@ -422,6 +443,194 @@ fn hedges_need_an_idempotent_request_a_shared_head_and_another_endpoint() {
 
 /// One step of a random run: what the try came to, and what the world
 /// says on the way.
+/// Endpoints 0–2 in level 0 (the primary region), 3–4 in level 1.
+fn two_levels() -> Fleet {
+    let mut fleet = Fleet::new(5);
+    fleet.levels = vec![0, 0, 0, 1, 1];
+    fleet
+}
+
+#[test]
+fn a_retry_after_a_gateway_failure_leaves_the_level() {
+    let p = policy(2);
+    let t0 = Instant::now();
+    for failure in [REFUSED, RESET, TIMED_OUT] {
+        let mut fleet = two_levels();
+        let mut a = Attempts::new(&p, true, SECOND, t0 + 10 * SECOND, false);
+        assert_eq!(sent_to(a.start(t0, &mut fleet)), 0);
+        assert_eq!(fleet.left.last(), Some(&None), "a first try leaves nothing");
+        let next = a.outcome(Outcome::Failed(failure), t0, true, 0, &mut fleet);
+        assert_eq!(next, Next::RetryAt(t0));
+        assert_eq!(
+            sent_to(a.resume(t0, &mut fleet)),
+            3,
+            "{failure:?}: the other level"
+        );
+        assert_eq!(
+            fleet.left.last(),
+            Some(&Some(0)),
+            "asked to leave endpoint 0's level"
+        );
+    }
+}
+
+#[test]
+fn an_answered_5xx_leaves_the_level_only_when_the_level_is_failing() {
+    let p = policy(2);
+    let t0 = Instant::now();
+    for (failing, expected) in [(false, 1), (true, 3)] {
+        let mut fleet = two_levels();
+        if failing {
+            fleet.failing = vec![0];
+        }
+        let mut a = Attempts::new(&p, true, SECOND, t0 + 10 * SECOND, false);
+        let _ = a.start(t0, &mut fleet);
+        assert_eq!(
+            a.outcome(answered(503), t0, true, 0, &mut fleet),
+            Next::RetryAt(t0)
+        );
+        assert_eq!(
+            sent_to(a.resume(t0, &mut fleet)),
+            expected,
+            "level failing: {failing}"
+        );
+    }
+}
+
+#[test]
+fn leave_region_always_and_never() {
+    let t0 = Instant::now();
+    for (leave_region, failure, expected) in [
+        (LeaveRegion::Always, answered(503), 3),
+        (LeaveRegion::Never, Outcome::Failed(REFUSED), 1),
+    ] {
+        let p = Policy {
+            leave_region,
+            ..policy(2)
+        };
+        let mut fleet = two_levels();
+        let mut a = Attempts::new(&p, true, SECOND, t0 + 10 * SECOND, false);
+        let _ = a.start(t0, &mut fleet);
+        assert_eq!(a.outcome(failure, t0, true, 0, &mut fleet), Next::RetryAt(t0));
+        assert_eq!(sent_to(a.resume(t0, &mut fleet)), expected, "{leave_region:?}");
+    }
+}
+
+#[test]
+fn a_level_left_is_only_avoided_when_no_other_has_an_endpoint() {
+    let p = policy(2);
+    let t0 = Instant::now();
+    let mut fleet = two_levels();
+    fleet.down = vec![3, 4];
+    let mut a = Attempts::new(&p, true, SECOND, t0 + 10 * SECOND, false);
+    let _ = a.start(t0, &mut fleet);
+    assert_eq!(
+        a.outcome(Outcome::Failed(REFUSED), t0, true, 0, &mut fleet),
+        Next::RetryAt(t0)
+    );
+    assert_eq!(
+        sent_to(a.resume(t0, &mut fleet)),
+        1,
+        "the same level's next endpoint"
+    );
+}
+
+#[test]
+fn a_redirect_goes_elsewhere_at_once_and_costs_no_attempt_or_budget() {
+    let p = policy(2);
+    let t0 = Instant::now();
+    let mut fleet = two_levels();
+    fleet.budget = 1;
+    fleet.slots = 0;
+    let mut a = Attempts::new(&p, false, SECOND, t0 + 10 * SECOND, false);
+    let _ = a.start(t0, &mut fleet);
+    // Even with a full breaker and a backoff drawn at its ceiling.
+    assert_eq!(
+        a.outcome(Outcome::Redirected, t0, true, u64::MAX, &mut fleet),
+        Next::RetryAt(t0)
+    );
+    assert_eq!(sent_to(a.resume(t0, &mut fleet)), 3, "away from the level");
+    assert_eq!(fleet.granted, 0);
+    // The route's two tries are both still there.
+    fleet.slots = 1;
+    let next = a.outcome(Outcome::Failed(REFUSED), t0, true, 0, &mut fleet);
+    assert_eq!(next, Next::RetryAt(t0), "a POST never sent may be retried");
+    assert!(a.resume(t0, &mut fleet).is_ok());
+    assert_eq!(a.tries(), 3);
+    let next = a.outcome(Outcome::Failed(REFUSED), t0, true, 0, &mut fleet);
+    assert_eq!(next, Next::Refuse(REFUSED));
+    assert_eq!(a.stop(), Some(Stop::Attempts));
+}
+
+#[test]
+fn every_failure_that_stands_says_why() {
+    let t0 = Instant::now();
+    let deadline = t0 + 10 * SECOND;
+    let case = |p: &Policy, idempotent: bool, fleet: &mut Fleet, outcome: Outcome, replayable: bool| {
+        let mut a = Attempts::new(p, idempotent, SECOND, deadline, false);
+        let _ = a.start(t0, fleet);
+        let next = a.outcome(outcome, t0, replayable, 0, fleet);
+        if let Next::RetryAt(at) = next
+            && a.resume(at, fleet).is_ok()
+        {
+            let _ = a.outcome(outcome, at, replayable, 0, fleet);
+        }
+        a.stop()
+    };
+    let two = policy(2);
+    let one = policy(1);
+    let failed = Outcome::Failed(RESET);
+    assert_eq!(
+        case(&one, true, &mut Fleet::new(3), failed, true),
+        Some(Stop::Attempts)
+    );
+    assert_eq!(
+        case(&two, true, &mut Fleet::new(1), failed, true),
+        Some(Stop::NoUntriedEndpoint)
+    );
+    assert_eq!(
+        case(&two, false, &mut Fleet::new(3), failed, true),
+        Some(Stop::NotIdempotent)
+    );
+    assert_eq!(
+        case(&two, true, &mut Fleet::new(3), answered(500), true),
+        Some(Stop::NotRetryable)
+    );
+    assert_eq!(
+        case(&two, true, &mut Fleet::new(3), failed, false),
+        Some(Stop::BodyNotKept)
+    );
+    let mut broke = Fleet::new(3);
+    broke.budget = 0;
+    assert_eq!(case(&two, true, &mut broke, failed, true), Some(Stop::Budget));
+    let mut full = Fleet::new(3);
+    full.slots = 0;
+    assert_eq!(case(&two, true, &mut full, failed, true), Some(Stop::Breaker));
+    let mut dark = Fleet::new(3);
+    dark.down = vec![0, 1, 2];
+    assert_eq!(case(&two, true, &mut dark, failed, true), Some(Stop::AllDown));
+    let slow = Outcome::Answered {
+        status: 503,
+        retry_after: Some(Duration::from_secs(30)),
+    };
+    assert_eq!(
+        case(&two, true, &mut Fleet::new(3), slow, true),
+        Some(Stop::RetryAfter)
+    );
+    let late = Policy {
+        backoff: Backoff {
+            base: 20 * SECOND,
+            cap: 20 * SECOND,
+        },
+        ..policy(2)
+    };
+    let mut a = Attempts::new(&late, true, SECOND, deadline, false);
+    let _ = a.start(t0, &mut Fleet::new(3));
+    let next = a.outcome(failed, t0, true, u64::MAX, &mut Fleet::new(3));
+    assert_eq!(next, Next::Refuse(RESET));
+    assert_eq!(a.stop(), Some(Stop::Deadline));
+}
+
 #[derive(Clone, Debug)]
 struct Step {
     outcome: u8,
@@ -435,7 +644,7 @@ struct Step {
 
 fn step() -> impl Strategy<Value = Step> {
     (
-        0u8..6,
+        0u8..7,
         prop::sample::select(vec![200u16, 429, 500, 502, 503, 504]),
         prop::option::of(0u64..2000),
         prop::bool::weighted(0.8),
@@ -464,6 +673,7 @@ fn outcome_of(s: &Step) -> Outcome {
         2 => failed(ErrorKind::ConnectionTerminated, "reset"),
         3 => failed(ErrorKind::ResponseTimeout, "timeout"),
         4 => failed(ErrorKind::UpstreamProtocol, "malformed"),
+        5 => Outcome::Redirected,
         _ => Outcome::Answered {
             status: s.status,
             retry_after: s.retry_after_ms.map(Duration::from_millis),
@@ -476,6 +686,7 @@ fn maybe_sent(o: Outcome) -> bool {
     match o {
         Outcome::Answered { .. } => true,
         Outcome::Failed(r) => r.kind.delivery() != Delivery::NotSent,
+        Outcome::Redirected => false,
     }
 }
 
@@ -507,6 +718,7 @@ proptest! {
         let mut a = Attempts::new(&p, idempotent_method, SECOND, deadline, true);
         let mut now = t0;
         let mut sends = 0usize;
+        let mut redirects = 0usize;
         let mut seen = false;
         let mut next = a.start(now, &mut fleet);
         let mut steps = steps.iter();
@@ -528,8 +740,17 @@ proptest! {
             now += Duration::from_millis(s.advance_ms);
             let outcome = outcome_of(s);
             seen |= maybe_sent(outcome);
+            redirects += usize::from(outcome == Outcome::Redirected);
             next = match a.outcome(outcome, now, s.replayable, s.entropy, &mut fleet) {
-                Next::Answer | Next::Refuse(_) => break true,
+                Next::Answer => {
+                    let failed = matches!(outcome, Outcome::Answered { status, .. } if status >= 500 || status == 429);
+                    prop_assert!(!failed || a.stop().is_some(), "a failure stands unexplained");
+                    break true;
+                }
+                Next::Refuse(_) => {
+                    prop_assert!(a.stop().is_some(), "a refusal unexplained");
+                    break true;
+                }
                 Next::RetryAt(at) => {
                     prop_assert!(at < deadline, "a wait that reaches the deadline");
                     prop_assert!(at >= now);
@@ -538,14 +759,19 @@ proptest! {
                 }
             };
         };
-        prop_assert!(sends <= (attempts as usize).min(MAX_ATTEMPTS), "{sends} tries, cap {attempts}");
+        // A redirect sent nothing: it counts against neither the cap nor
+        // the budget, only against the fixed set.
+        let counted = sends - redirects.min(sends);
+        prop_assert!(counted <= (attempts as usize).min(MAX_ATTEMPTS), "{counted} tries, cap {attempts}");
+        prop_assert!(sends <= MAX_ATTEMPTS);
         prop_assert_eq!(sends, a.tries());
+        let retries = sends.saturating_sub(1).saturating_sub(redirects);
         prop_assert!(
-            sends.saturating_sub(1) <= fleet.granted as usize,
-            "{} retries beyond a budget that granted {}", sends - 1, fleet.granted
+            retries <= fleet.granted as usize,
+            "{} retries beyond a budget that granted {}", retries, fleet.granted
         );
         if finished {
-            prop_assert!(sends <= 1 + fleet.granted as usize);
+            prop_assert!(retries <= fleet.granted as usize);
         }
     }
 }

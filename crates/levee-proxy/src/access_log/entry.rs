@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri, Version};
+use levee_core::attempt::Stop;
 use levee_core::id::ListenerName;
 use levee_core::outcome::ErrorKind;
 
@@ -33,6 +34,8 @@ pub(crate) struct Entry {
     /// Index into the route's upstream's endpoints.
     pub(super) endpoint: Option<u32>,
     pub(super) attempts: u32,
+    /// Why no retry saved a request that ended on a failure.
+    pub(super) retry_stop: Option<Stop>,
     pub(super) status: u16,
     pub(super) proxy_status: Option<ErrorKind>,
     pub(super) bytes: u64,

@@ -87,6 +87,7 @@ fn json_value(field: LogField, e: &Entry, out: &mut String) {
         LogField::Attempts => {
             let _ = write!(out, "{}", e.attempts);
         }
+        LogField::RetryStop => json_str(out, e.retry_stop.map(|s| s.as_str().as_bytes())),
         LogField::ProxyStatus => json_str(out, e.proxy_status.map(|k| k.proxy_status().as_bytes())),
         LogField::RequestId => json_str(out, e.request_id.as_ref().map(|v| v.as_bytes())),
         LogField::UserAgent => json_str(out, e.user_agent.as_ref().map(|v| v.as_bytes())),

@@ -38,6 +38,9 @@ pub(super) type Sent = (http::response::Parts, Fields, Received);
 pub(super) struct Failed {
     pub rejection: Rejection,
     pub body: Option<RequestBody>,
+    /// Called off before anything was sent, because another connection to
+    /// the endpoint failed while this try waited for one.
+    pub redirected: bool,
 }
 
 impl Failed {
@@ -45,9 +48,17 @@ impl Failed {
         Failed {
             rejection,
             body: None,
+            redirected: false,
         }
     }
 }
+
+/// What a try that found the endpoint gone meanwhile says, should no other
+/// endpoint take it.
+const REDIRECTED: Rejection = Rejection::new(
+    ErrorKind::ConnectionRefused,
+    "another connection to the upstream failed meanwhile",
+);
 
 /// One try of a request on one endpoint.
 pub(super) struct Attempt<'a> {
@@ -73,12 +84,7 @@ impl Attempt<'_> {
             Some(c) => (c, true),
             None => match self.connect_h1().await {
                 Ok(c) => (c, false),
-                Err(rejection) => {
-                    return Err(Failed {
-                        rejection,
-                        body: Some(body),
-                    });
-                }
+                Err(e) => return Err(self.open_failed(e, Some(body))),
             },
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -108,19 +114,14 @@ impl Attempt<'_> {
                             continue;
                         }
                     }
-                    Err(rejection) => {
-                        return Err(Failed {
-                            rejection,
-                            body: exchange.into_untouched_body(),
-                        });
-                    }
+                    Err(e) => return Err(self.open_failed(e, exchange.into_untouched_body())),
                 }
             }
             return Err(Failed::without_body(rejection));
         }
     }
 
-    async fn connect_h1(&self) -> Result<Box<crate::upstream::conn::Conn>, Rejection> {
+    async fn connect_h1(&self) -> Result<Box<crate::upstream::conn::Conn>, OpenError> {
         // Connecting counts against the try's own deadline too.
         let timeout = self
             .upstream
@@ -133,19 +134,26 @@ impl Attempt<'_> {
                 state.pool.connect_h1(timeout, limits).await
             }
             opened => opened,
-        }
-        .map_err(|e| self.open_failed(e))?;
+        }?;
         state.connects.inc();
         Ok(conn)
     }
 
-    fn open_failed(&self, e: OpenError) -> Rejection {
-        match e {
+    /// The failed try for a connection that could not be had, with the
+    /// request body when none of it was sent.
+    fn open_failed(&self, e: OpenError, body: Option<RequestBody>) -> Failed {
+        let rejection = match e {
             OpenError::Failed(kind) => connect_rejection(kind),
             OpenError::Full(limit) => {
                 self.upstream.overflowed(limit);
                 Rejection::new(ErrorKind::ConnectionLimit, "too many connections to the upstream")
             }
+            OpenError::Redirected => REDIRECTED,
+        };
+        Failed {
+            rejection,
+            body,
+            redirected: e == OpenError::Redirected,
         }
     }
 
@@ -158,12 +166,7 @@ impl Attempt<'_> {
         let state = &self.endpoint.state;
         let (mut sender, opened) = match state.pool.h2(timeout, self.upstream.limits()).await {
             Ok(s) => s,
-            Err(e) => {
-                return Err(Failed {
-                    rejection: self.open_failed(e),
-                    body: Some(body),
-                });
-            }
+            Err(e) => return Err(self.open_failed(e, Some(body))),
         };
         if opened {
             state.connects.inc();
@@ -175,6 +178,7 @@ impl Attempt<'_> {
             return Err(Failed {
                 rejection: Rejection::RESPONSE_TIMEOUT,
                 body: Some(body),
+                redirected: false,
             });
         }
         let mut req = Request::new(body);

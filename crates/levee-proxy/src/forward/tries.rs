@@ -61,7 +61,7 @@ pub(super) async fn run(
         let try_ = match next {
             Ok(t) => t,
             Err(rejection) => {
-                upstream.count_retried(attempts.tries(), false);
+                ended(upstream, attempts, false, log);
                 return Err(rejection);
             }
         };
@@ -94,13 +94,13 @@ pub(super) async fn run(
         ) {
             Next::Answer => {
                 if let Outcome::Answered { status, .. } = outcome {
-                    upstream.count_retried(attempts.tries(), status < 500);
+                    ended(upstream, attempts, status < 500 && status != 429, log);
                 }
                 bodies.commit();
                 return Ok(reply);
             }
             Next::Refuse(rejection) => {
-                upstream.count_retried(attempts.tries(), false);
+                ended(upstream, attempts, false, log);
                 return Err(rejection);
             }
             Next::RetryAt(at) => {
@@ -109,6 +109,21 @@ pub(super) async fn run(
                 tokio::time::sleep_until(Instant::from_std(at)).await;
                 next = attempts.resume(Instant::now().into_std(), &mut fleet);
             }
+        }
+    }
+}
+
+/// Counts how a request's tries ended, and for one that ended on a failure,
+/// records why no retry saved it.
+fn ended(upstream: &Upstream, attempts: &Attempts<'_>, success: bool, log: &mut Option<Pending>) {
+    upstream.count_retried(attempts.tries(), success);
+    if success {
+        return;
+    }
+    if let Some(stop) = attempts.stop() {
+        upstream.count_failed(stop);
+        if let Some(log) = log {
+            log.stopped(stop);
         }
     }
 }
@@ -134,6 +149,9 @@ fn observe_reply(upstream: &Upstream, reply: &mut Reply, now: Instant) -> Outcom
             let retry_after = failed.then(|| retry_after(fields)).flatten();
             Outcome::Answered { status, retry_after }
         }
+        // Nothing was sent: the endpoint's failure is the other try's to
+        // count.
+        Err(failed) if failed.redirected => Outcome::Redirected,
         Err(failed) => {
             let kind = failed.rejection.kind;
             let observation =
@@ -243,6 +261,7 @@ impl Outgoing<'_> {
     /// Counts a failed try that is not the request's last word.
     fn observe_failure(&self, done: &Reply) {
         if let Err(failed) = &done.sent
+            && !failed.redirected
             && failed.rejection.kind.blame() == Blame::Upstream
         {
             let now = Instant::now();
@@ -267,8 +286,13 @@ struct Fleet<'a> {
 }
 
 impl attempt::Upstream for Fleet<'_> {
-    fn pick(&mut self, tried: &[usize], now: std::time::Instant) -> Option<usize> {
-        self.upstream.pick(tried, self.hash, Instant::from_std(now))
+    fn pick(&mut self, tried: &[usize], leave: Option<usize>, now: std::time::Instant) -> Option<usize> {
+        self.upstream
+            .pick(tried, leave, self.hash, Instant::from_std(now))
+    }
+
+    fn level_failing(&mut self, endpoint: usize, now: std::time::Instant) -> bool {
+        self.upstream.level_failing(endpoint, Instant::from_std(now))
     }
 
     fn retry_budget(&mut self, now: std::time::Instant) -> bool {

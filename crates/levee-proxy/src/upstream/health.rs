@@ -15,6 +15,7 @@ use levee_config::{CheckKind, EndpointAddress, HealthCheck};
 use levee_core::health::{Health, Thresholds, Transition, jittered};
 use levee_core::outcome::ErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Pool;
@@ -53,8 +54,16 @@ pub(crate) async fn run(
     }
 }
 
+/// The least time between two probes of one endpoint when real traffic
+/// brings them forward.
+const SOONEST: Duration = Duration::from_millis(50);
+
 async fn check(state: &Weak<EndpointState>, name: &EndpointName, events: &Events, stop: &CancellationToken) {
     let mut health = Health::new();
+    let Some(soon) = state.upgrade().map(|s| s.probe_soon.clone()) else {
+        return;
+    };
+    let mut probed = tokio::time::Instant::now();
     // The first probe comes anywhere within the first interval, so a fleet
     // (or many endpoints started at once) does not probe in step.
     let mut delay = match state.upgrade().and_then(|s| s.check.load_full()) {
@@ -65,7 +74,9 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, events: &Events
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
+            () = brought_forward(&soon, probed) => {}
         }
+        probed = tokio::time::Instant::now();
         let Some(s) = state.upgrade() else { break };
         let Some(check) = current(&s) else {
             break;
@@ -126,6 +137,13 @@ async fn check(state: &Weak<EndpointState>, name: &EndpointName, events: &Events
         }
         delay = health.next_delay(&thresholds, fastrand::u64(..));
     }
+}
+
+/// Returns when a failed try asked for an early probe, no sooner than
+/// [`SOONEST`] after the last one.
+async fn brought_forward(soon: &Notify, last: tokio::time::Instant) {
+    soon.notified().await;
+    tokio::time::sleep_until(last + SOONEST).await;
 }
 
 fn health_event(name: &EndpointName, healthy: bool) -> EventKind {

@@ -34,6 +34,10 @@ pub(crate) enum OpenError {
     Failed(ErrorKind),
     /// A circuit breaker is full.
     Full(Limit),
+    /// Called off while waiting: another connection to the endpoint failed
+    /// meanwhile, so this one would most likely fail too (see
+    /// [`Pool::went_dark`]).
+    Redirected,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,6 +62,10 @@ pub(crate) struct Pool {
     connecting: tokio::sync::Mutex<()>,
     /// TLS to the endpoint, as the upstream's config says.
     tls: arc_swap::ArcSwapOption<Connector>,
+    /// Wakes the requests waiting for a connection to the endpoint when
+    /// one fails to open: they go elsewhere at once rather than each
+    /// waiting out its own refusal or connect timeout.
+    dark: tokio::sync::Notify,
 }
 
 struct IdleSet {
@@ -83,6 +91,19 @@ impl Pool {
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             tls: arc_swap::ArcSwapOption::empty(),
+            dark: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A connection to the endpoint failed to open in a way that says it
+    /// is gone (refused, unreachable, timed out): every request waiting
+    /// for a connection to it is redirected.
+    fn went_dark(&self, failure: &OpenError) {
+        if let OpenError::Failed(
+            ErrorKind::ConnectionRefused | ErrorKind::ConnectionTimeout | ErrorKind::DestinationUnreachable,
+        ) = failure
+        {
+            self.dark.notify_waiters();
         }
     }
 
@@ -203,12 +224,29 @@ impl Pool {
     /// A new HTTP/1.1 connection, within `timeout`.
     pub async fn connect_h1(&self, timeout: Duration, limits: &Limits) -> Result<Box<Conn>, OpenError> {
         let (_pending, slot) = self.may_open(limits)?;
-        let deadline = Instant::now() + timeout;
-        let stream = tokio::time::timeout_at(deadline, self.open_stream())
-            .await
-            .map_err(|_| OpenError::Failed(ErrorKind::ConnectionTimeout))?
-            .map_err(OpenError::Failed)?;
+        let stream = self.open_by(Instant::now() + timeout).await?;
         Ok(Conn::new(stream, Some(slot)))
+    }
+
+    /// A new stream by `deadline`, unless another connection to the
+    /// endpoint fails first ([`OpenError::Redirected`]).
+    async fn open_by(&self, deadline: Instant) -> Result<Stream, OpenError> {
+        let dark = self.dark.notified();
+        tokio::pin!(dark);
+        // Registered before connecting, so that no failure is missed.
+        dark.as_mut().enable();
+        let opened = tokio::select! {
+            biased;
+            opened = tokio::time::timeout_at(deadline, self.open_stream()) => opened,
+            () = dark => return Err(OpenError::Redirected),
+        };
+        let opened = opened
+            .map_err(|_| OpenError::Failed(ErrorKind::ConnectionTimeout))
+            .and_then(|r| r.map_err(OpenError::Failed));
+        if let Err(failure) = &opened {
+            self.went_dark(failure);
+        }
+        opened
     }
 
     /// The shared HTTP/2 connection, opening it if there is none (one
@@ -220,17 +258,23 @@ impl Pool {
         }
         let timed_out = OpenError::Failed(ErrorKind::ConnectionTimeout);
         let deadline = Instant::now() + timeout;
-        let _opening = tokio::time::timeout_at(deadline, self.connecting.lock())
-            .await
-            .map_err(|_| timed_out)?;
+        let dark = self.dark.notified();
+        tokio::pin!(dark);
+        dark.as_mut().enable();
+        // The requests of a burst wait for the one opening the connection;
+        // when it fails, they go elsewhere rather than each trying in turn.
+        let _opening = tokio::select! {
+            biased;
+            opening = tokio::time::timeout_at(deadline, self.connecting.lock()) => {
+                opening.map_err(|_| timed_out)?
+            }
+            () = dark => return Err(OpenError::Redirected),
+        };
         if let Some(s) = self.shared_h2() {
             return Ok((s, false));
         }
         let (_pending, open_slot) = self.may_open(limits)?;
-        let stream = tokio::time::timeout_at(deadline, self.open_stream())
-            .await
-            .map_err(|_| timed_out)?
-            .map_err(OpenError::Failed)?;
+        let stream = self.open_by(deadline).await?;
         let (sender, conn) = tokio::time::timeout_at(
             deadline,
             http2::Builder::new(TokioExecutor::new())

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use levee_core::attempt::Stop;
 use levee_core::concurrency::{self, Priority};
 use levee_core::failover::{Loads, undamped};
 use levee_core::outlier::Observation;
@@ -84,37 +85,60 @@ impl Upstream {
     }
 
     /// An endpoint for a try: one not in `tried` when there is one, else
-    /// any available.
+    /// any available; outside the priority level of endpoint `leave` when
+    /// another level has one.
     ///
     /// A retry sees the levels' shares as if the endpoints already tried
-    /// were down: when a level's endpoints fail one after another (a region
-    /// going dark), retries spill to the next level in proportion, as the
-    /// shares will once the failures are known, rather than trying the dark
-    /// level's endpoints one by one.
-    pub fn pick(&self, tried: &[usize], hash: Option<u64>, now: Instant) -> Option<usize> {
+    /// (and the level it leaves) were down: when a level's endpoints fail
+    /// one after another (a region going dark), retries spill to the next
+    /// level in proportion, as the shares will once the failures are known,
+    /// rather than trying the dark level's endpoints one by one.
+    pub fn pick(
+        &self,
+        tried: &[usize],
+        leave: Option<usize>,
+        hash: Option<u64>,
+        now: Instant,
+    ) -> Option<usize> {
         let now_ms = millis(now);
-        let choose = |tried: &[usize], loads: &Loads| {
+        let choose = |view: &Choice<'_>, loads: &Loads| {
+            (self.selector)
+                .select(view, loads, hash, fastrand::u64(..))
+                .map(|s| s.endpoint)
+        };
+        let first = Choice {
+            upstream: self,
+            now_ms,
+            tried: &[],
+            leaving: None,
+        };
+        if tried.is_empty() && leave.is_none() {
+            return choose(&first, &self.loads.load());
+        }
+        let retry = |leaving: Option<u32>| {
             let view = Choice {
                 upstream: self,
                 now_ms,
                 tried,
+                leaving,
             };
-            (self.selector)
-                .select(&view, loads, hash, fastrand::u64(..))
-                .map(|s| s.endpoint)
+            let health = self.level_health(|i| view.available(i));
+            choose(&view, &undamped(&self.failover_params, &health))
         };
-        let published = self.loads.load();
-        if tried.is_empty() {
-            return choose(&[], &published);
-        }
-        let view = Choice {
-            upstream: self,
-            now_ms,
-            tried,
-        };
-        let health = self.level_health(|i| view.available(i));
-        let loads = undamped(&self.failover_params, &health);
-        choose(tried, &loads).or_else(|| choose(&[], &published))
+        let leaving = leave.map(|e| self.endpoints[e].priority);
+        (leaving.is_some().then(|| retry(leaving)).flatten())
+            .or_else(|| retry(None))
+            .or_else(|| choose(&first, &self.loads.load()))
+    }
+
+    /// Whether the priority level of `endpoint` looks like it is going
+    /// down: another of its endpoints is out of rotation or failed a try
+    /// moments ago.
+    pub fn level_failing(&self, endpoint: usize, now: Instant) -> bool {
+        let now_ms = millis(now);
+        let priority = self.endpoints[endpoint].priority;
+        (self.endpoints.iter().enumerate())
+            .any(|(i, e)| i != endpoint && e.priority == priority && e.state.is_failing(now_ms))
     }
 
     /// Counts a try sent to one of the endpoints.
@@ -135,6 +159,10 @@ impl Upstream {
     ) {
         if let Some((observation, failed)) = observation {
             let state = &self.endpoints[endpoint].state;
+            if observation == Observation::GatewayFailure {
+                state.failed(millis(now));
+                self.probe_level_soon(endpoint);
+            }
             if let Some(detector) = state.observe(now, latency, observation, failed, self) {
                 self.consider_ejection(endpoint, detector, now);
             }
@@ -144,6 +172,22 @@ impl Upstream {
         {
             self.metrics.concurrency_limit.set(i64::from(update.limit));
         }
+    }
+
+    /// Brings the active checks of `endpoint` and the rest of its level
+    /// forward: a try on it failed, and a region going dark should be known
+    /// in milliseconds, not at the next check. (Each checker keeps a
+    /// minimum gap between probes, so a burst of failures probes once.)
+    fn probe_level_soon(&self, endpoint: usize) {
+        let priority = self.endpoints[endpoint].priority;
+        for e in self.endpoints.iter().filter(|e| e.priority == priority) {
+            e.state.probe_soon.notify_one();
+        }
+    }
+
+    /// Counts a request that ended on a failure, by why no retry saved it.
+    pub fn count_failed(&self, stop: Stop) {
+        self.metrics.failed(stop);
     }
 
     /// Counts how a request that needed retries (`tries` > 1) ended.

@@ -19,6 +19,7 @@ mod metrics;
 mod protection;
 mod proxy;
 mod ratelimit;
+mod regions;
 mod reload;
 mod resilience;
 mod shedding;
