@@ -25,5 +25,6 @@ mod resilience;
 mod shedding;
 mod shutdown;
 mod slowclients;
+mod soak;
 mod streaming;
 mod strict;
