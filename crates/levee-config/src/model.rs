@@ -551,7 +551,11 @@ impl Default for Limits {
             max_connections: 1024,
             max_pending: 1024,
             max_requests: 1024,
-            max_retries: 3,
+            // A backstop, as the others are: the retry budget is what bounds
+            // retries to a share of the traffic. A small fixed cap would
+            // refuse the retries of a region going dark, which all come at
+            // once, exactly when they are needed.
+            max_retries: 1024,
         }
     }
 }

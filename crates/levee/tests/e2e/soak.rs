@@ -215,7 +215,7 @@ fn topology(backends: &[Backend], access_log: &Path) -> String {
     );
     text.push_str(&format!(
         "\n[access_log]\nenabled = true\npath = {:?}\nformat = \"json\"\nbuffer = 1048576\n\
-         fields = [\"request_id\", \"status\", \"attempts\", \"region\", \"endpoint\", \"proxy_status\", \"duration_ms\"]\n",
+         fields = [\"request_id\", \"status\", \"attempts\", \"region\", \"endpoint\", \"proxy_status\", \"retry_stop\", \"duration_ms\"]\n",
         access_log.display().to_string()
     ));
     text
@@ -568,12 +568,13 @@ fn levee_view(path: &Path, outcomes: &[Outcome], backends: &[Backend]) -> HashMa
         view.insert(
             id.to_owned(),
             format!(
-                "levee: {} tries, last to {} ({}), {} after {} ms",
+                "levee: {} tries, last to {} ({}), {} after {} ms, not saved: {}",
                 v["attempts"],
                 names.get(endpoint).copied().unwrap_or(endpoint),
                 v["region"].as_str().unwrap_or("-"),
                 v["status"],
-                v["duration_ms"]
+                v["duration_ms"],
+                v["retry_stop"].as_str().unwrap_or("-")
             ),
         );
     }
