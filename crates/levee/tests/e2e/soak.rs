@@ -1,4 +1,4 @@
-//! Issue 16, "zero failed idempotent requests under chaos": the reference
+//! Zero failed idempotent requests under chaos: the reference
 //! topology (`examples/two-regions.toml`, read at test time and moved to
 //! free loopback ports) in front of five testkit backends sharing one
 //! ledger, under closed-loop keep-alive load from eight clients, while a
