@@ -138,11 +138,7 @@ impl Handler for Proxy {
             hash,
             &mut record.log,
         );
-        let reply = match tried.await {
-            Ok(reply) => reply,
-            Err(rejection) => return Box::new(record.refuse(rejection.into())),
-        };
-        match answer::answer(&out, reply, admitted, client_h1, deadline, &mut record) {
+        match answer::answer(tried.await, &out, admitted, client_h1, deadline, &mut record) {
             Ok(answer) => answer,
             Err(refusal) => Box::new(record.refuse(refusal)),
         }
