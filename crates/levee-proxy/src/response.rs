@@ -101,6 +101,8 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
+    // Inlined into `Accounted`'s, its one caller on a request's way.
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -172,6 +174,13 @@ impl Accounted {
         if self.body.is_end_stream() {
             drop(self.accounting.take());
         }
+    }
+
+    /// Drops the body and settles the accounting, as dropping the whole
+    /// would, but in place: moving it out to drop it copies it (callgrind).
+    pub fn end(&mut self) {
+        self.body = ResponseBody::empty();
+        drop(self.accounting.take());
     }
 
     /// The accounting, for an answer that replaces this one before any of

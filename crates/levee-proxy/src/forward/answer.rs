@@ -3,8 +3,8 @@
 //! under the request's deadline, and the request's accounting attached to
 //! the body, settled when it ends.
 
-use http::StatusCode;
 use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
@@ -20,24 +20,40 @@ use crate::upstream::Slot;
 /// The client's answer from the try that won: its head rewritten, its
 /// body under the request's deadline, and the request's accounting, which
 /// takes over `record` (and `admitted`, the requests-breaker slot held
-/// until the response ends). A `101` the client did not ask for is refused.
+/// until the response ends). Refused when the tries were, or the last one
+/// failed, or for a `101` the client did not ask for.
+// The tries' result is taken whole rather than matched by the caller: each
+// move of a reply is a copy (callgrind).
 pub(super) fn answer(
+    tried: Result<Reply, Rejection>,
     out: &Outgoing<'_>,
-    reply: Reply,
     admitted: Slot,
     client_h1: bool,
     deadline: Instant,
     record: &mut Record<'_>,
 ) -> Result<Box<Answer>, Refusal> {
     let upstream = out.upstream;
-    let endpoint = reply.endpoint;
-    let (mut parts, fields, received) = reply.sent.map_err(|failed| failed.rejection)?;
+    let (endpoint, in_flight, (line, fields, received)) = match tried {
+        Ok(Reply {
+            endpoint,
+            in_flight,
+            sent: Ok(sent),
+            ..
+        }) => (endpoint, in_flight, sent),
+        Ok(Reply {
+            sent: Err(failed), ..
+        }) => return Err(failed.rejection.into()),
+        Err(rejection) => return Err(rejection.into()),
+    };
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = line.status;
+    parts.version = line.version;
     if parts.status == StatusCode::SWITCHING_PROTOCOLS && !out.upgrade {
         let rejection = Rejection::new(ErrorKind::UpstreamProtocol, "upstream switched protocols unasked");
         return Err(rejection.into());
     }
     let is_upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    let (accounting, request_id) = record.completion(parts.status.as_u16(), reply.in_flight);
+    let (accounting, request_id) = record.completion(parts.status.as_u16(), in_flight);
     let accounting = accounting.holding(admitted);
     let via = via(version_str(parts.version));
     // An HTTP/1.1 response for an HTTP/1 client is forwarded as the lines
@@ -60,7 +76,7 @@ pub(super) fn answer(
         fields => {
             let mut h = match fields {
                 Fields::Raw(raw) => raw.to_header_map(3),
-                Fields::Map(map) => map,
+                Fields::Map(map) => *map,
             };
             if headers::strip_hop_by_hop(&mut h, is_upgrade) {
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -82,7 +98,10 @@ pub(super) fn answer(
             let body = exchange.into_body(plan, state);
             (ResponseBody::upstream(UpstreamKind::H1(body), deadline), None)
         }
-        Received::H2(incoming) => (ResponseBody::upstream(UpstreamKind::H2(incoming), deadline), None),
+        Received::H2(incoming, extensions) => {
+            parts.extensions = extensions;
+            (ResponseBody::upstream(UpstreamKind::H2(incoming), deadline), None)
+        }
     };
     Ok(Box::new(Answer {
         parts,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Request, StatusCode, Version};
 use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
@@ -18,20 +18,32 @@ use crate::upstream::h1::{BodyPlan, Exchange, OutHead};
 use crate::upstream::pool::OpenError;
 use crate::upstream::{Endpoint, Upstream};
 
-/// A response head and what its body will be read from.
+/// A response head and what its body will be read from (with, from
+/// HTTP/2, the extensions hyper gave the response).
 pub(super) enum Received {
     H1(Exchange, BodyPlan),
-    H2(hyper::body::Incoming),
+    H2(hyper::body::Incoming, http::Extensions),
 }
 
 /// A response head's fields: as received from an HTTP/1.1 upstream, or the
 /// map hyper built from HTTP/2.
 pub(super) enum Fields {
     Raw(RawHead),
-    Map(http::HeaderMap),
+    /// Boxed, as it is the rarer case: see [`Sent`].
+    Map(Box<http::HeaderMap>),
 }
 
-pub(super) type Sent = (http::response::Parts, Fields, Received);
+/// A response's status line.
+pub(super) struct StatusLine {
+    pub status: StatusCode,
+    pub version: Version,
+}
+
+/// A try's response head and body. Every reply moves a few times on its way
+/// from the try to the answer, and a copy of more than 256 bytes costs
+/// twice as much as a smaller one (callgrind): hence a status line rather
+/// than `http::response::Parts`, and the boxed map.
+pub(super) type Sent = (StatusLine, Fields, Received);
 
 /// A failed try, with the request body when none of it was read (the
 /// connection failed first), so that another try can send it.
@@ -94,10 +106,11 @@ impl Attempt<'_> {
             let rejection = match polled {
                 Ok(head) => {
                     let plan = exchange.plan(&head);
-                    let (mut parts, ()) = Response::new(()).into_parts();
-                    parts.status = head.status;
-                    parts.version = head.version;
-                    return Ok((parts, Fields::Raw(head.raw), Received::H1(exchange, plan)));
+                    let line = StatusLine {
+                        status: head.status,
+                        version: head.version,
+                    };
+                    return Ok((line, Fields::Raw(head.raw), Received::H1(exchange, plan)));
                 }
                 Err(r) => r,
             };
@@ -188,9 +201,13 @@ impl Attempt<'_> {
         *req.headers_mut() = parts.headers.clone();
         match tokio::time::timeout_at(self.head_deadline, sender.send_request(req)).await {
             Ok(Ok(res)) => {
-                let (mut parts, body) = res.into_parts();
-                let headers = std::mem::take(&mut parts.headers);
-                Ok((parts, Fields::Map(headers), Received::H2(body)))
+                let (parts, body) = res.into_parts();
+                let line = StatusLine {
+                    status: parts.status,
+                    version: parts.version,
+                };
+                let fields = Fields::Map(Box::new(parts.headers));
+                Ok((line, fields, Received::H2(body, parts.extensions)))
             }
             Ok(Err(e)) => Err(Failed::without_body(classify(&e))),
             Err(_) => Err(Failed::without_body(Rejection::RESPONSE_TIMEOUT)),
