@@ -64,7 +64,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 fn change_error(e: ChangeError) -> Response {
     let status = match e {
         ChangeError::NoUpstream(_) | ChangeError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
-        ChangeError::Weight => StatusCode::BAD_REQUEST,
+        ChangeError::Weight | ChangeError::Fault(_) => StatusCode::BAD_REQUEST,
+        ChangeError::NoRoute(_) => StatusCode::NOT_FOUND,
         ChangeError::Gateway(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
@@ -215,6 +216,49 @@ pub(crate) async fn weight(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the weight change did not finish",
         ),
+    }
+}
+
+pub(crate) async fn route_fault(
+    State(state): State<AdminState>,
+    ApiPath(route): ApiPath<String>,
+) -> Response {
+    match state.gateway.route_fault(&route) {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => change_error(e),
+    }
+}
+
+/// Sets a route's faults: the body has the keys of `[route.fault]`.
+pub(crate) async fn put_route_fault(
+    State(state): State<AdminState>,
+    ApiPath(route): ApiPath<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let json = (headers.get(header::CONTENT_TYPE))
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON (content-type: application/json)",
+        );
+    }
+    let mut body = serde_json::Deserializer::from_slice(&body);
+    match state.gateway.put_route_fault(&route, &mut body) {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => change_error(e),
+    }
+}
+
+pub(crate) async fn remove_route_fault(
+    State(state): State<AdminState>,
+    ApiPath(route): ApiPath<String>,
+) -> Response {
+    match state.gateway.remove_route_fault(&route) {
+        Ok(f) => Json(f).into_response(),
+        Err(e) => change_error(e),
     }
 }
 

@@ -90,6 +90,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/listeners", get(api::listeners))
         .route("/api/v1/routes", get(api::routes))
+        .route(
+            "/api/v1/routes/{route}/fault",
+            get(api::route_fault)
+                .put(api::put_route_fault)
+                .delete(api::remove_route_fault),
+        )
         .route("/api/v1/upstreams", get(api::upstreams))
         .route("/api/v1/upstreams/{upstream}", get(api::upstream))
         .route(

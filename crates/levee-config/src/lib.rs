@@ -34,6 +34,22 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
+/// A route's faults from anything serde reads (the admin API's JSON), held
+/// to the rules of `[route.fault]`: every problem named by its path under
+/// `fault`. Fault headers are honoured from `headers_from`, or else from
+/// `trusted` (the config's `server.trusted_proxies`).
+pub fn route_fault<'de, D: serde::Deserializer<'de>>(
+    input: D,
+    trusted: &CidrSet,
+) -> Result<RouteFault, ConfigErrors> {
+    use serde::Deserialize;
+    let raw = raw::RawFault::deserialize(input)
+        .map_err(|e| ConfigErrors(vec![ConfigError::new("fault", e.to_string())]))?;
+    let mut e = error::Errors::default();
+    let fault = validate::route_fault(&mut e, "fault", raw, trusted);
+    e.into_result(fault)
+}
+
 /// What replaces a secret in [`Config::document`].
 pub const REDACTED: &str = "<redacted>";
 

@@ -14,6 +14,7 @@ pub use levee_core::access::{Access, Cidr, CidrSet};
 use levee_core::balance::Policy;
 pub use levee_core::concurrency::{Params as AdaptiveParams, Priority};
 pub use levee_core::failover::{Mode as FailoverMode, Params as FailoverParams};
+pub use levee_core::fault::Faults;
 use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
 pub use levee_core::outlier::{Params as OutlierParams, SuccessRate};
 pub use levee_core::ratelimit::Quota;
@@ -159,13 +160,16 @@ pub enum LogField {
     /// For a request that ended on a failure, why no retry saved it
     /// (`attempts`, `budget`, `deadline`, `all_down`, ...).
     RetryStop,
+    /// The faults injected into the request (`delay`, `abort`,
+    /// `response_rate`, comma-separated), or null.
+    Fault,
     RequestId,
     UserAgent,
     Referer,
 }
 
 impl LogField {
-    pub const ALL: [LogField; 22] = [
+    pub const ALL: [LogField; 23] = [
         LogField::Time,
         LogField::ClientIp,
         LogField::Listener,
@@ -185,13 +189,14 @@ impl LogField {
         LogField::Attempts,
         LogField::ProxyStatus,
         LogField::RetryStop,
+        LogField::Fault,
         LogField::RequestId,
         LogField::UserAgent,
         LogField::Referer,
     ];
 
     /// The fields of a `json` line when `fields` is not set.
-    pub const DEFAULT: [LogField; 15] = [
+    pub const DEFAULT: [LogField; 16] = [
         LogField::Time,
         LogField::ClientIp,
         LogField::Method,
@@ -206,6 +211,7 @@ impl LogField {
         LogField::Attempts,
         LogField::ProxyStatus,
         LogField::RetryStop,
+        LogField::Fault,
         LogField::RequestId,
     ];
 
@@ -231,6 +237,7 @@ impl LogField {
             LogField::Attempts => "attempts",
             LogField::ProxyStatus => "proxy_status",
             LogField::RetryStop => "retry_stop",
+            LogField::Fault => "fault",
             LogField::RequestId => "request_id",
             LogField::UserAgent => "user_agent",
             LogField::Referer => "referer",
@@ -437,6 +444,18 @@ pub struct Route {
     pub rate_limits: Vec<RateLimitRef>,
     /// Which share of an adaptive concurrency limit the route may use.
     pub priority: Priority,
+    /// `[route.fault]`: faults injected into the route's requests.
+    pub fault: Option<RouteFault>,
+}
+
+/// `[route.fault]`: what the route injects, and from whom its fault
+/// headers are honoured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteFault {
+    pub faults: Faults,
+    /// The addresses whose fault headers count: `headers_from`, or else
+    /// `server.trusted_proxies`.
+    pub headers_from: CidrSet,
 }
 
 /// An upstream a route sends to: an index into [`Config::upstreams`],

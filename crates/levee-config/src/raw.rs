@@ -113,10 +113,25 @@ pub struct RawRoute {
     pub matcher: RawMatch,
     pub request_timeout: Option<String>,
     pub retry: Option<RawRetry>,
+    pub fault: Option<RawFault>,
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub rate_limits: Option<Vec<String>>,
     pub priority: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFault {
+    pub delay: Option<String>,
+    pub delay_percent: Option<f64>,
+    pub abort_status: Option<i64>,
+    pub abort_percent: Option<f64>,
+    pub abort_grpc_status: Option<i64>,
+    pub response_rate: Option<i64>,
+    pub response_rate_percent: Option<f64>,
+    pub headers: Option<bool>,
+    pub headers_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1036,3 +1036,61 @@ fn the_shown_document_hides_secrets() {
     );
     assert!(shown.contains("127.0.0.1:9101"), "{shown}");
 }
+
+/// `MINIMAL`'s route with `fault` as its `[route.fault]` table.
+fn with_fault(fault: &str) -> String {
+    MINIMAL.replace(
+        "upstream = \"app\"\n",
+        &format!("upstream = \"app\"\n[route.fault]\n{fault}\n"),
+    )
+}
+
+#[test]
+fn route_faults_parse_with_their_shares() {
+    let c = parse(&with_fault(
+        "delay = \"250ms\"\ndelay_percent = 12.5\nabort_status = 503\nabort_grpc_status = 14\n\
+         response_rate = 1024\nheaders = true\nheaders_from = [\"127.0.0.1/32\"]",
+    ))
+    .expect("valid");
+    let f = c.routes[0].fault.as_ref().expect("faults");
+    let delay = f.faults.delay.expect("delay");
+    assert_eq!(delay.duration, Duration::from_millis(250));
+    assert_eq!(delay.share.percent(), 12.5);
+    let abort = f.faults.abort.expect("abort");
+    assert_eq!(
+        (abort.status, abort.grpc_status, abort.share.percent()),
+        (503, Some(14), 100.0)
+    );
+    assert_eq!(f.faults.response_rate.map(|r| r.bytes_per_second), Some(1024));
+    assert!(f.faults.headers && f.headers_from.contains("127.0.0.1".parse().unwrap()));
+    assert_eq!(
+        parse(MINIMAL).expect("valid").routes[0].fault,
+        None,
+        "off by default"
+    );
+}
+
+#[test]
+fn route_fault_errors_name_their_key() {
+    let e = errors(&with_fault(
+        "delay = \"soon\"\ndelay_percent = 150\nabort_status = 200\nabort_grpc_status = 99\n\
+         response_rate_percent = 5\nheaders = true",
+    ));
+    for expected in [
+        "route[0].fault.delay:",
+        "route[0].fault.delay_percent: must be between 0 and 100, got 150",
+        "route[0].fault.abort_status: must be between 400 and 599, got 200",
+        "route[0].fault.abort_grpc_status: must be between 1 and 16, got 99",
+        "route[0].fault.response_rate_percent: has no fault to apply to",
+        "route[0].fault.headers: needs headers_from or server.trusted_proxies",
+    ] {
+        assert!(has(&e, expected), "missing {expected:?} in {e:#?}");
+    }
+    let e = errors(&with_fault("headers = false"));
+    assert!(has(&e, "route[0].fault: injects nothing"), "{e:#?}");
+    let e = errors(&with_fault("abort_grpc_status = 14"));
+    assert!(
+        has(&e, "route[0].fault.abort_grpc_status: needs abort_status"),
+        "{e:#?}"
+    );
+}

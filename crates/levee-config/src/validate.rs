@@ -1,6 +1,9 @@
 //! Raw shape → validated [`Config`], collecting every error with its path.
 
 mod alerting;
+mod fault;
+
+pub(crate) use fault::fault as route_fault;
 mod scalar;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,7 +18,7 @@ use levee_core::id::{ListenerName, RegionName, RouteName, UpstreamName};
 use crate::error::{ConfigErrors, Errors};
 use crate::model::*;
 use crate::raw::*;
-use scalar::{count, duration_or_zero, name_of, timeout};
+use scalar::{cidr_set, count, duration_or_zero, name_of, timeout};
 
 /// Default admin address: loopback, so the API is not reachable from
 /// elsewhere unless the operator says so.
@@ -96,6 +99,7 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
                     format!("duplicate route name {:?}", r.name),
                 );
             }
+            let fault = r.fault.take();
             let mut route = route(
                 &mut e,
                 &path,
@@ -104,9 +108,12 @@ pub fn validate(raw: RawConfig, shape_errors: Errors) -> Result<Config, ConfigEr
                 &upstream_refs,
                 &known_listeners,
             );
+            let fault =
+                fault.map(|f| fault::fault(&mut e, &format!("{path}.fault"), f, &server.trusted_proxies));
             let limits = rate_limit_refs(&mut e, &path, &limits, &known_rate_limits, &rate_limits);
             if let Some(route) = &mut route {
                 route.rate_limits = limits;
+                route.fault = fault;
             }
             route
         })
@@ -628,21 +635,6 @@ fn access(e: &mut Errors, path: &str, allow: Option<Vec<String>>, deny: Option<V
     }
 }
 
-fn cidr_set(e: &mut Errors, path: &str, raw: Option<Vec<String>>) -> CidrSet {
-    let blocks = raw
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .filter_map(|(i, text)| match text.parse::<Cidr>() {
-            Ok(c) => Some(c),
-            Err(why) => {
-                e.push(format!("{path}[{i}]"), format!("{text:?}: {why}"));
-                None
-            }
-        })
-        .collect();
-    CidrSet::new(blocks)
-}
 
 /// Certificate files are not read here (validation does no I/O): they are
 /// loaded, and their errors reported with these paths, when the listeners
@@ -768,6 +760,7 @@ fn route(
         access,
         rate_limits: Vec::new(),
         priority,
+        fault: None,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod calendar;
 pub mod concurrency;
 pub mod ewma;
 pub mod failover;
+pub mod fault;
 pub mod hash;
 pub mod health;
 pub mod id;

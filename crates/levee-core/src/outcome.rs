@@ -91,11 +91,15 @@ pub enum ErrorKind {
     TlsProtocol,
     /// A bug or resource failure inside levee.
     Internal,
+    /// An abort injected on purpose (`[route.fault]`, a fault header or the
+    /// admin API): told apart from every real failure, so that a chaos
+    /// test's 503 is never mistaken for an outage.
+    FaultInjected,
 }
 
 impl ErrorKind {
     /// Every kind, for metrics that must list them.
-    pub const ALL: [ErrorKind; 25] = [
+    pub const ALL: [ErrorKind; 26] = [
         ErrorKind::BadRequest,
         ErrorKind::UriTooLong,
         ErrorKind::HeaderTooLarge,
@@ -121,6 +125,7 @@ impl ErrorKind {
         ErrorKind::TlsCertificate,
         ErrorKind::TlsProtocol,
         ErrorKind::Internal,
+        ErrorKind::FaultInjected,
     ];
 
     /// The status code of the response levee generates for this error.
@@ -150,6 +155,8 @@ impl ErrorKind {
             ErrorKind::UpgradeFailed => 502,
             ErrorKind::TlsCertificate | ErrorKind::TlsProtocol => 502,
             ErrorKind::Internal => 500,
+            // The route's `abort_status` replaces it.
+            ErrorKind::FaultInjected => 503,
         }
     }
 
@@ -180,6 +187,9 @@ impl ErrorKind {
             ErrorKind::TlsCertificate => "tls_certificate_error",
             ErrorKind::TlsProtocol => "tls_protocol_error",
             ErrorKind::Internal => "proxy_internal_error",
+            // Not a registered RFC 9209 type, on purpose: no real failure
+            // may share its name.
+            ErrorKind::FaultInjected => "fault_injected",
         }
     }
 
@@ -209,7 +219,8 @@ impl ErrorKind {
             | ErrorKind::NoEndpoint
             | ErrorKind::ConnectionLimit
             | ErrorKind::Overloaded
-            | ErrorKind::Internal => Blame::Proxy,
+            | ErrorKind::Internal
+            | ErrorKind::FaultInjected => Blame::Proxy,
         }
     }
 

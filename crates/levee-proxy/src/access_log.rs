@@ -32,6 +32,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Uri, Version};
 use levee_config::{AccessLog, LogField, LogFormat, LogOutput};
 use levee_core::attempt::Stop;
+use levee_core::fault::Kind as FaultKind;
 use levee_core::outcome::ErrorKind;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
@@ -175,6 +176,7 @@ impl Sink {
             endpoint: None,
             attempts: 0,
             retry_stop: None,
+            faults: 0,
             status: 0,
             proxy_status: None,
             bytes: 0,
@@ -216,6 +218,13 @@ impl Pending {
     pub fn tried(&mut self, index: usize, attempts: usize) {
         self.entry.endpoint = u32::try_from(index).ok();
         self.entry.attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+    }
+
+    /// Faults of these kinds were injected into the request.
+    pub fn faulted(&mut self, kinds: impl Iterator<Item = FaultKind>) {
+        for kind in kinds {
+            self.entry.faults |= 1 << kind as u8;
+        }
     }
 
     /// The request ended on a failure that no retry saved, for this reason.

@@ -70,6 +70,13 @@ impl Completion {
     }
 }
 
+impl Completion {
+    /// levee's own answer has `status` after all (an injected abort's).
+    pub(crate) fn answered_with(&mut self, status: u16) {
+        self.status = status;
+    }
+}
+
 impl Drop for Completion {
     /// Records the request: its answer ended, or was dropped before its end
     /// (the client went away, or levee replaced it).

@@ -5,12 +5,14 @@
 //!    log entry ([`Proxy::begin`]);
 //! 2. the listener's rate limits, before any route is known;
 //! 3. the route ([`crate::router`]), its access list and rate limits;
-//! 4. admission: the upstream's adaptive concurrency limit and its requests
+//! 4. injected faults ([`crate::fault`]): a delay, an abort, a paced
+//!    response body;
+//! 5. admission: the upstream's adaptive concurrency limit and its requests
 //!    breaker;
-//! 5. the request as the upstream will see it ([`prepare`]);
-//! 6. the tries ([`tries`]): the attempt machine of `levee_core::attempt`
+//! 6. the request as the upstream will see it ([`prepare`]);
+//! 7. the tries ([`tries`]): the attempt machine of `levee_core::attempt`
 //!    decides, [`exchange`] sends each try on a pooled connection;
-//! 7. the answer ([`answer`]): the upstream's head rewritten, its body
+//! 8. the answer ([`answer`]): the upstream's head rewritten, its body
 //!    streamed, the request's accounting attached.
 //!
 //! Every stage either passes the request on or returns a [`Refusal`];
@@ -33,6 +35,7 @@ use levee_config::ClientIpHeader;
 use levee_config::Protocol;
 use levee_core::access::{client_from_chain, forwarded_for, x_forwarded_for};
 use levee_core::attempt::Attempts;
+use levee_core::fault::Injected;
 use levee_core::id::ListenerName;
 use levee_core::outcome::{ErrorKind, Rejection};
 use levee_core::retry::is_idempotent_method;
@@ -46,9 +49,10 @@ use crate::body::{Bodies, RequestBody};
 use crate::codec::parse::RawRequest;
 use crate::codec::raw::Known;
 use crate::conn::ConnInfo;
+use crate::fault;
 use crate::fields::FieldsView;
 use crate::ratelimit::{KeyInput, Rule};
-use crate::response::Answer;
+use crate::response::{Answer, ResponseBody};
 use crate::router::{RouteInput, normalise_host};
 use crate::server::{Handler, ListenerPolicy};
 use crate::snapshot::{RouteRuntime, Snapshot};
@@ -90,6 +94,13 @@ impl Handler for Proxy {
         let route = match gate(&snap, &mut record, &inbound, &req, view, conn).await {
             Ok(route) => route,
             Err(refusal) => return Box::new(record.refuse(refusal)),
+        };
+        let response_rate = match fault::injected(&route.fault, view, conn.peer.ip()) {
+            None => None,
+            Some(injected) => match suffer(&mut record, injected).await {
+                Ok(rate) => rate,
+                Err(refusal) => return Box::new(record.refuse(refusal)),
+            },
         };
         let upstream = &snap.upstreams[route.upstream];
         // The guard is held until the response head, or a refusal, is at hand.
@@ -139,7 +150,12 @@ impl Handler for Proxy {
             &mut record.log,
         );
         match answer::answer(tried.await, &out, admitted, client_h1, deadline, &mut record) {
-            Ok(answer) => answer,
+            Ok(mut answer) => {
+                if let Some(rate) = response_rate {
+                    answer.body = std::mem::replace(&mut answer.body, ResponseBody::empty()).paced(rate);
+                }
+                answer
+            }
             Err(refusal) => Box::new(record.refuse(refusal)),
         }
     }
@@ -165,6 +181,20 @@ impl Handler for Proxy {
             .find(|(name, _)| name == listener)
             .map(|(_, p)| p.clone())
     }
+}
+
+/// The faults injected into a request: counted and logged, a delay waited
+/// out, an abort refused; what is left is the response rate, if any.
+async fn suffer(record: &mut Record<'_>, injected: Injected) -> Result<Option<u64>, Refusal> {
+    record.faulted(&injected);
+    if let Some(delay) = injected.delay {
+        // Boxed: the timer would otherwise grow every request's future.
+        Box::pin(tokio::time::sleep(delay)).await;
+    }
+    if let Some((status, grpc)) = injected.abort {
+        return Err(Refusal::fault(status, grpc));
+    }
+    Ok(injected.response_rate)
 }
 
 /// The request's fields: the lines received when it came with them (its

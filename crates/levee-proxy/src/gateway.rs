@@ -244,6 +244,13 @@ impl Gateway {
         lock(&self.last_reload).clone()
     }
 
+    /// Runs `f` on the current snapshot with reloads held off, so that a
+    /// run-time change it makes there is carried into the next snapshot.
+    pub(crate) fn holding_reloads<T>(&self, f: impl FnOnce(&Snapshot) -> T) -> T {
+        let _applying = lock(&self.applying);
+        f(&self.state.load())
+    }
+
     /// Rebuilds the snapshot from the running config and TLS material, to
     /// take in run-time changes that the balancers are built with
     /// (weights). Unlike a reload it reads no file: certificates, listeners

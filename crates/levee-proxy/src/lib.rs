@@ -21,6 +21,7 @@ mod completion;
 mod conn;
 mod drain;
 pub mod events;
+mod fault;
 mod fields;
 mod forward;
 #[doc(hidden)]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use levee_core::attempt::Stop;
 use levee_core::concurrency::Priority;
+use levee_core::fault::Kind as FaultKind;
 use levee_core::outcome::{ErrorKind, StatusClass};
 use levee_core::outlier::Detector;
 
@@ -73,6 +74,22 @@ pub struct RequestLabels {
     pub route: String,
     pub upstream: String,
     pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub route: String,
+    pub kind: &'static str,
+}
+
+fn register_faults(registry: &mut Registry) -> Family<FaultLabels, Counter> {
+    let faults = Family::<FaultLabels, Counter>::default();
+    registry.register(
+        "route_faults_injected",
+        "Faults injected into requests (route.fault, fault headers or the admin API), by kind",
+        faults.clone(),
+    );
+    faults
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -216,6 +233,7 @@ pub struct Metrics {
     pub(crate) upstream_in_flight: Family<EndpointLabels, Gauge>,
     upstreams: UpstreamFamilies,
     reloads: Family<ResultLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
     pub(crate) access_log: AccessLogMetrics,
 }
 
@@ -469,6 +487,7 @@ impl Metrics {
             reloads.clone(),
         );
         let access_log = register_access_log(&mut registry);
+        let faults = register_faults(&mut registry);
         registry.register_collector(Box::new(process::Collector));
         // Every cause and reload result is visible from the start, at 0, so
         // alerts on rates see a series before the first event.
@@ -500,6 +519,7 @@ impl Metrics {
             upstream_in_flight,
             upstreams,
             reloads,
+            faults,
             access_log,
         }
     }
@@ -694,10 +714,17 @@ impl Metrics {
             route: route.to_string(),
             upstream: upstream.to_string(),
         });
+        let faults = FaultKind::ALL.map(|kind| {
+            self.faults.get_or_create_owned(&FaultLabels {
+                route: route.to_string(),
+                kind: kind.as_str(),
+            })
+        });
         Arc::new(RouteMetrics {
             by_class,
             duration,
             generated: self.generated.clone(),
+            faults,
             recorder,
         })
     }
@@ -799,10 +826,21 @@ pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
     generated: Arc<[Counter; ErrorKind::ALL.len()]>,
+    /// Faults injected, in `FaultKind::ALL` order.
+    faults: [Counter; FaultKind::ALL.len()],
     recorder: Option<Arc<Recorder>>,
 }
 
 impl RouteMetrics {
+    /// Counts the faults injected into one request.
+    pub fn faulted(&self, kinds: impl Iterator<Item = FaultKind>) {
+        for kind in kinds {
+            if let Some(i) = FaultKind::ALL.iter().position(|&k| k == kind) {
+                self.faults[i].inc();
+            }
+        }
+    }
+
     /// Counts a response levee generated itself.
     pub fn generated(&self, kind: ErrorKind) {
         if let Some(i) = ErrorKind::ALL.iter().position(|&k| k == kind) {

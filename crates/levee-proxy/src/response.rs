@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 use crate::body::BodyError;
 use crate::codec::raw::RawOut;
 use crate::completion::Completion;
+use crate::fault::Paced;
 use crate::upstream::h1::{Upgraded, UpstreamBody};
 
 /// levee's answer to one request.
@@ -65,6 +66,8 @@ pub struct ResponseBody {
 
 enum Inner {
     Full(Option<Bytes>),
+    /// Sent no faster than an injected response rate. Boxed: rare.
+    Paced(Box<Paced<ResponseBody>>),
     Upstream {
         body: UpstreamKind,
         /// The route's whole-request deadline still applies to the body.
@@ -83,6 +86,14 @@ impl ResponseBody {
     pub fn full(bytes: Bytes) -> ResponseBody {
         ResponseBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// This body, sent no faster than `bytes_per_second` (an injected
+    /// fault).
+    pub(crate) fn paced(self, bytes_per_second: u64) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Paced(Box::new(Paced::new(self, bytes_per_second))),
         }
     }
 
@@ -109,6 +120,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().inner {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Paced(paced) => paced.poll_frame(cx),
             Inner::Upstream {
                 body,
                 deadline,
@@ -136,6 +148,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(data) => data.is_none(),
+            Inner::Paced(paced) => paced.is_end_stream(),
             Inner::Upstream { body, .. } => match body {
                 UpstreamKind::H1(b) => b.is_end_stream(),
                 UpstreamKind::H2(b) => b.is_end_stream(),
@@ -146,6 +159,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Paced(paced) => paced.size_hint(),
             Inner::Upstream { body, .. } => match body {
                 UpstreamKind::H1(b) => b.size_hint(),
                 UpstreamKind::H2(b) => b.size_hint(),

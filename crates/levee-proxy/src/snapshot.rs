@@ -16,6 +16,7 @@ use levee_core::id::{ListenerName, UpstreamName};
 use tokio::time::Instant;
 
 use crate::events::Events;
+use crate::fault::FaultSwitch;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::{self, Rule};
 use crate::router::Router;
@@ -47,6 +48,8 @@ pub(crate) struct RouteRuntime {
     pub rate_limits: Vec<Arc<Rule>>,
     pub priority: Priority,
     pub metrics: Arc<RouteMetrics>,
+    /// The faults the route injects, if any.
+    pub fault: FaultSwitch,
 }
 
 impl Snapshot {
@@ -107,6 +110,7 @@ impl Snapshot {
             .iter()
             .map(|r| {
                 let upstream = r.upstream_ref.index();
+                let before = previous.and_then(|p| p.routes.iter().find(|old| old.name == r.name.as_str()));
                 RouteRuntime {
                     name: r.name.to_string(),
                     upstream,
@@ -120,6 +124,7 @@ impl Snapshot {
                         r.upstream.as_str(),
                         Some(upstreams[upstream].recorder().clone()),
                     ),
+                    fault: FaultSwitch::new(r.fault.clone(), before.map(|b| &b.fault)),
                 }
             })
             .collect();

@@ -15,6 +15,7 @@ use crate::events::{EventKind, LevelShare};
 use crate::gateway::{Gateway, GatewayError};
 use crate::history::{Point, SECONDS, Stats};
 use crate::metrics::ListenerLabels;
+use crate::snapshot::{RouteRuntime, Snapshot};
 use crate::upstream::{Endpoint, Upstream, millis};
 
 /// The seconds the `stats` of an upstream cover.
@@ -101,10 +102,68 @@ pub struct RouteStatus {
     pub rate_limits: Vec<String>,
 }
 
+/// A route's faults, as the admin API shows and takes them.
+#[derive(Debug, Serialize)]
+pub struct FaultStatus {
+    pub route: String,
+    /// `"config"` or `"api"`; `null` when the route injects nothing.
+    pub source: Option<&'static str>,
+    /// The keys of `[route.fault]`; `null` when none are in force.
+    pub fault: Option<FaultView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaultView {
+    pub delay: Option<String>,
+    pub delay_percent: Option<f64>,
+    pub abort_status: Option<u16>,
+    pub abort_percent: Option<f64>,
+    pub abort_grpc_status: Option<u32>,
+    pub response_rate: Option<u64>,
+    pub response_rate_percent: Option<f64>,
+    pub headers: bool,
+    pub headers_from: Vec<String>,
+}
+
+impl FaultView {
+    fn of(f: &levee_config::RouteFault) -> FaultView {
+        let faults = &f.faults;
+        FaultView {
+            delay: faults.delay.map(|d| format!("{}ms", d.duration.as_millis())),
+            delay_percent: faults.delay.map(|d| d.share.percent()),
+            abort_status: faults.abort.map(|a| a.status),
+            abort_percent: faults.abort.map(|a| a.share.percent()),
+            abort_grpc_status: faults.abort.and_then(|a| a.grpc_status),
+            response_rate: faults.response_rate.map(|r| r.bytes_per_second),
+            response_rate_percent: faults.response_rate.map(|r| r.share.percent()),
+            headers: faults.headers,
+            headers_from: f.headers_from.blocks().iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct UpstreamHistory {
     pub name: String,
     pub points: Vec<Point>,
+}
+
+fn find_route<'s>(snap: &'s Snapshot, route: &str) -> Result<&'s RouteRuntime, ChangeError> {
+    (snap.routes.iter())
+        .find(|r| r.name == route)
+        .ok_or_else(|| ChangeError::NoRoute(route.to_string()))
+}
+
+fn fault_status(snap: &Snapshot, route: &str) -> Result<FaultStatus, ChangeError> {
+    let r = find_route(snap, route)?;
+    let current = r.fault.current();
+    Ok(FaultStatus {
+        route: route.to_string(),
+        source: current
+            .as_ref()
+            .map(|_| if r.fault.is_from_api() { "api" } else { "config" }),
+        fault: current.as_deref().map(FaultView::of),
+    })
 }
 
 /// Why an operator's change was refused.
@@ -116,11 +175,49 @@ pub enum ChangeError {
     NoEndpoint { upstream: String, endpoint: String },
     #[error("weight must be from 1 to 1000")]
     Weight,
+    #[error("no route {0}")]
+    NoRoute(String),
+    #[error("invalid fault: {0}")]
+    Fault(levee_config::ConfigErrors),
     #[error(transparent)]
     Gateway(#[from] GatewayError),
 }
 
 impl Gateway {
+    /// The faults of `route` as they stand.
+    pub fn route_fault(&self, route: &str) -> Result<FaultStatus, ChangeError> {
+        let snap = self.snapshot();
+        fault_status(&snap, route)
+    }
+
+    /// Sets the faults of `route` from the admin API's `body` (the keys of
+    /// `[route.fault]`), in place of the config's until they are removed
+    /// ([`Gateway::remove_route_fault`]), reloads included.
+    pub fn put_route_fault<'de, D: serde::Deserializer<'de>>(
+        &self,
+        route: &str,
+        body: D,
+    ) -> Result<FaultStatus, ChangeError> {
+        let trusted = self.config().server.trusted_proxies.clone();
+        let fault = levee_config::route_fault(body, &trusted).map_err(ChangeError::Fault)?;
+        self.holding_reloads(|snap| {
+            let r = find_route(snap, route)?;
+            r.fault.set_api(Some(Some(std::sync::Arc::new(fault))));
+            tracing::info!(route, "faults set by the admin API");
+            fault_status(snap, route)
+        })
+    }
+
+    /// Removes the admin API's faults of `route`: the config's (if any)
+    /// are in force again.
+    pub fn remove_route_fault(&self, route: &str) -> Result<FaultStatus, ChangeError> {
+        self.holding_reloads(|snap| {
+            find_route(snap, route)?.fault.set_api(None);
+            tracing::info!(route, "faults of the admin API removed");
+            fault_status(snap, route)
+        })
+    }
+
     /// Every upstream, in config order.
     pub fn upstreams(&self) -> Vec<UpstreamStatus> {
         let snap = self.snapshot();

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use levee_core::access::{Cidr, CidrSet};
 use levee_core::id::check_name;
 
 use crate::duration::parse_duration;
@@ -73,4 +74,21 @@ pub(super) fn count(
         return None;
     }
     Some(n as usize)
+}
+
+/// A list of CIDR blocks, each error named by its index.
+pub(super) fn cidr_set(e: &mut Errors, path: &str, raw: Option<Vec<String>>) -> CidrSet {
+    let blocks = raw
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| match text.parse::<Cidr>() {
+            Ok(c) => Some(c),
+            Err(why) => {
+                e.push(format!("{path}[{i}]"), format!("{text:?}: {why}"));
+                None
+            }
+        })
+        .collect();
+    CidrSet::new(blocks)
 }

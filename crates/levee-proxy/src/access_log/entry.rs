@@ -36,6 +36,8 @@ pub(crate) struct Entry {
     pub(super) attempts: u32,
     /// Why no retry saved a request that ended on a failure.
     pub(super) retry_stop: Option<Stop>,
+    /// The kinds of fault injected, one bit each (`FaultKind as u8`).
+    pub(super) faults: u8,
     pub(super) status: u16,
     pub(super) proxy_status: Option<ErrorKind>,
     pub(super) bytes: u64,

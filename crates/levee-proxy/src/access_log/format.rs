@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use levee_config::{LogField, LogFormat};
 use levee_core::calendar::Civil;
+use levee_core::fault::Kind as FaultKind;
 
 use super::entry::{Entry, RequestLine};
 
@@ -86,6 +87,18 @@ fn json_value(field: LogField, e: &Entry, out: &mut String) {
         ),
         LogField::Attempts => {
             let _ = write!(out, "{}", e.attempts);
+        }
+        LogField::Fault => {
+            let kinds: Vec<&str> = (FaultKind::ALL.iter())
+                .filter(|&&k| e.faults & (1 << k as u8) != 0)
+                .map(|k| k.as_str())
+                .collect();
+            json_str(
+                out,
+                (!kinds.is_empty())
+                    .then(|| kinds.join(",").into_bytes())
+                    .as_deref(),
+            );
         }
         LogField::RetryStop => json_str(out, e.retry_stop.map(|s| s.as_str().as_bytes())),
         LogField::ProxyStatus => json_str(out, e.proxy_status.map(|k| k.proxy_status().as_bytes())),

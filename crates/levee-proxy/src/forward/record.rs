@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use levee_core::outcome::Rejection;
+use levee_core::fault::Injected;
+use levee_core::outcome::{ErrorKind, Rejection};
 use tokio::time::Instant;
 
 use crate::access_log::Pending;
@@ -15,7 +16,7 @@ use crate::completion::Completion;
 use crate::metrics::RouteMetrics;
 use crate::ratelimit::Limited;
 use crate::respond;
-use crate::response::Answer;
+use crate::response::{Answer, ResponseBody};
 use crate::upstream::InFlight;
 
 pub(crate) struct Record<'s> {
@@ -40,6 +41,9 @@ enum Extra {
     Limited(Limited),
     /// A shed 503's `Retry-After`, in seconds.
     RetryAfter(u64),
+    /// An injected abort: its status, and for a gRPC request the
+    /// `grpc-status` of the `200` it gets instead.
+    Fault(u16, Option<u32>),
 }
 
 impl Refusal {
@@ -58,12 +62,46 @@ impl Refusal {
     }
 }
 
+/// What an injected abort says of itself, in `Proxy-Status` and `grpc-message`.
+const FAULT_INJECTED: Rejection = Rejection::new(ErrorKind::FaultInjected, "fault injected");
+
+impl Refusal {
+    /// An injected abort with `status` (or, for gRPC, `grpc_status`).
+    pub fn fault(status: u16, grpc_status: Option<u32>) -> Refusal {
+        Refusal {
+            rejection: FAULT_INJECTED,
+            extra: Extra::Fault(status, grpc_status),
+        }
+    }
+}
+
 impl From<Rejection> for Refusal {
     fn from(rejection: Rejection) -> Refusal {
         Refusal {
             rejection,
             extra: Extra::None,
         }
+    }
+}
+
+/// Turns levee's refusal into an injected abort's answer: the route's
+/// status, or for gRPC a `200` whose `grpc-status` says the call failed,
+/// with no body (a trailers-only response).
+fn fault_answer(answer: &mut Answer, status: u16, grpc: Option<u32>) {
+    let (status, grpc) = match grpc {
+        Some(code) => (200, Some(code)),
+        None => (status, None),
+    };
+    answer.parts.status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+    if let Some(a) = &mut answer.accounting {
+        a.answered_with(status);
+    }
+    if let Some(code) = grpc {
+        let fields = &mut answer.parts.headers;
+        fields.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        fields.insert("grpc-status", HeaderValue::from(code));
+        fields.insert("grpc-message", HeaderValue::from_static("fault injected"));
+        answer.body = ResponseBody::empty();
     }
 }
 
@@ -88,8 +126,17 @@ impl<'s> Record<'s> {
             Extra::RetryAfter(seconds) => {
                 fields.append(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
+            Extra::Fault(status, grpc) => fault_answer(&mut answer, status, grpc),
         }
         answer
+    }
+
+    /// Faults were injected into the request: counted and logged.
+    pub fn faulted(&mut self, injected: &Injected) {
+        self.metrics.faulted(injected.kinds());
+        if let Some(log) = &mut self.log {
+            log.faulted(injected.kinds());
+        }
     }
 
     /// The accounting of an upstream's answer with `status`, settled when

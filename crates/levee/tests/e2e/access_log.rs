@@ -15,7 +15,7 @@ use crate::support::*;
 /// Every field there is, in the order the lines must have them.
 const ALL_FIELDS: &str = "[\"time\", \"client_ip\", \"listener\", \"method\", \"path\", \"query\", \"uri\", \"host\", \
      \"protocol\", \"status\", \"bytes_sent\", \"duration_ms\", \"route\", \"upstream\", \"region\", \"endpoint\", \
-     \"attempts\", \"proxy_status\", \"retry_stop\", \"request_id\", \"user_agent\", \"referer\"]";
+     \"attempts\", \"proxy_status\", \"retry_stop\", \"fault\", \"request_id\", \"user_agent\", \"referer\"]";
 
 /// Route "app" (`/bytes/`) to `app`, route "down" (`/down/`) to an upstream
 /// whose endpoint refuses connections, route "limited" (`/limited/`, one
@@ -175,7 +175,7 @@ async fn json_lines_carry_every_field_for_proxied_and_generated_responses() {
         "method": "GET", "path": "/bytes/1234", "query": "x=1&y=%22", "uri": "/bytes/1234?x=1&y=%22",
         "host": "a.test", "protocol": "HTTP/1.1", "status": 200, "bytes_sent": 1234, "route": "app",
         "upstream": "app", "region": "local", "endpoint": app.addr().to_string(), "attempts": 1,
-        "proxy_status": null, "retry_stop": null, "user_agent": "agent/1.0 \"quoted\"", "referer": "http://r.test/",
+        "proxy_status": null, "retry_stop": null, "fault": null, "user_agent": "agent/1.0 \"quoted\"", "referer": "http://r.test/",
     });
     for (key, value) in expected.as_object().expect("object") {
         assert_eq!(&ok_line[key], value, "{key} of the proxied request: {ok_line:?}");
@@ -282,6 +282,7 @@ async fn the_default_fields_leave_the_query_and_headers_out() {
             "attempts",
             "proxy_status",
             "retry_stop",
+            "fault",
             "request_id"
         ]
     );

@@ -686,6 +686,9 @@ async fn the_openapi_document_matches_the_api() {
         "GET /api/v1/status",
         "GET /api/v1/listeners",
         "GET /api/v1/routes",
+        "GET /api/v1/routes/{route}/fault",
+        "PUT /api/v1/routes/{route}/fault",
+        "DELETE /api/v1/routes/{route}/fault",
         "GET /api/v1/upstreams",
         "GET /api/v1/upstreams/{upstream}",
         "POST /api/v1/upstreams/{upstream}/endpoints/{endpoint}/drain",
@@ -712,8 +715,13 @@ async fn the_openapi_document_matches_the_api() {
         }
         let path = template
             .replace("{upstream}", "app")
-            .replace("{endpoint}", &endpoint);
-        let body = if method == "PUT" { r#"{"weight": 2}"# } else { "" };
+            .replace("{endpoint}", &endpoint)
+            .replace("{route}", "all");
+        let body = match (method, template.ends_with("/fault")) {
+            ("PUT", true) => r#"{"delay": "1ms", "delay_percent": 0.5}"#,
+            ("PUT", false) => r#"{"weight": 2}"#,
+            _ => "",
+        };
         let (status, value) = {
             let mut req = http::Request::builder().method(method).uri(&path);
             if method == "PUT" {

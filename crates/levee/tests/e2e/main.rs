@@ -13,6 +13,7 @@ mod dashboard;
 mod demo;
 mod errors;
 mod failover;
+mod faults;
 mod h2abuse;
 mod health;
 mod metrics;
