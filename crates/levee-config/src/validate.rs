@@ -635,7 +635,6 @@ fn access(e: &mut Errors, path: &str, allow: Option<Vec<String>>, deny: Option<V
     }
 }
 
-
 /// Certificate files are not read here (validation does no I/O): they are
 /// loaded, and their errors reported with these paths, when the listeners
 /// are built, by `levee check` as by `levee run` and every reload.
