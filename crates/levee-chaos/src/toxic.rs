@@ -146,19 +146,10 @@ impl Kind {
         }))
     }
 
-    /// The attributes as the API shows them.
+    /// The attributes as a JSON object.
     pub fn attributes(&self) -> Value {
-        let value = match self {
-            Kind::Noop => Ok(Value::Object(serde_json::Map::new())),
-            Kind::Latency(a) => serde_json::to_value(a),
-            Kind::Bandwidth(a) => serde_json::to_value(a),
-            Kind::SlowClose(a) => serde_json::to_value(a),
-            Kind::Timeout(a) | Kind::ResetPeer(a) => serde_json::to_value(a),
-            Kind::Slicer(a) => serde_json::to_value(a),
-            Kind::LimitData(a) => serde_json::to_value(a),
-        };
         // Plain structs of integers always serialise.
-        value.unwrap_or(Value::Null)
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
     /// These attributes with the fields present in `patch` replaced, as a
@@ -194,24 +185,39 @@ pub struct Toxic {
 }
 
 /// A toxic as the API shows it, in Toxiproxy's field order.
-#[derive(Serialize)]
-pub struct ToxicJson<'a> {
-    pub attributes: Value,
-    pub name: &'a str,
+#[derive(Clone, Debug, Serialize)]
+pub struct ToxicJson {
+    pub attributes: Kind,
+    pub name: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub stream: &'a str,
+    pub stream: String,
     pub toxicity: f32,
 }
 
 impl Toxic {
-    pub fn to_json(&self) -> ToxicJson<'_> {
+    pub fn to_json(&self) -> ToxicJson {
         ToxicJson {
-            attributes: self.kind.attributes(),
-            name: &self.name,
+            attributes: self.kind,
+            name: self.name.clone(),
             kind: self.kind.type_name(),
-            stream: &self.stream_label,
+            stream: self.stream_label.clone(),
             toxicity: self.toxicity,
+        }
+    }
+}
+
+/// A kind serialises as its attributes, fields in Toxiproxy's order.
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Kind::Noop => serde_json::Map::new().serialize(s),
+            Kind::Latency(a) => a.serialize(s),
+            Kind::Bandwidth(a) => a.serialize(s),
+            Kind::SlowClose(a) => a.serialize(s),
+            Kind::Timeout(a) | Kind::ResetPeer(a) => a.serialize(s),
+            Kind::Slicer(a) => a.serialize(s),
+            Kind::LimitData(a) => a.serialize(s),
         }
     }
 }
