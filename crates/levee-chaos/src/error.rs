@@ -14,7 +14,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(message: impl Into<String>, status: u16) -> ApiError {
-        ApiError { message: message.into(), status }
+        ApiError {
+            message: message.into(),
+            status,
+        }
     }
 
     /// The body is not the JSON asked for; `why` is the parser's reason.

@@ -77,7 +77,10 @@ impl Running {
     pub async fn stop(self) {
         self.stop.cancel();
         self.tasks.close();
-        if tokio::time::timeout(STOP_TIMEOUT, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(STOP_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(addr = %self.addr, "a proxy's tasks did not stop in time");
         }
     }

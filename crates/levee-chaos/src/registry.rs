@@ -151,7 +151,12 @@ impl Entry {
             listen: self.listen.clone(),
             upstream: self.upstream.clone(),
             enabled: self.enabled(),
-            toxics: set.upstream.iter().chain(&set.downstream).map(|t| t.to_json()).collect(),
+            toxics: set
+                .upstream
+                .iter()
+                .chain(&set.downstream)
+                .map(|t| t.to_json())
+                .collect(),
         }
     }
 
@@ -207,8 +212,15 @@ impl Registry {
     /// `seed` makes toxicity draws repeatable; `shutdown` ends every proxy.
     pub fn new(seed: Option<u64>, shutdown: CancellationToken) -> Registry {
         let seeds = seed.map_or_else(Rng::new, Rng::with_seed);
-        let inner = Inner { proxies: BTreeMap::new(), next_id: 1, seeds };
-        Registry { inner: Mutex::new(inner), shutdown }
+        let inner = Inner {
+            proxies: BTreeMap::new(),
+            next_id: 1,
+            seeds,
+        };
+        Registry {
+            inner: Mutex::new(inner),
+            shutdown,
+        }
     }
 
     /// `GET /proxies`: every proxy by name.
@@ -220,7 +232,11 @@ impl Registry {
     /// `GET /proxies/{name}`.
     pub async fn get(&self, name: &str) -> Result<ProxyJson, ApiError> {
         let inner = self.inner.lock().await;
-        inner.proxies.get(name).map(Entry::json).ok_or_else(ApiError::proxy_not_found)
+        inner
+            .proxies
+            .get(name)
+            .map(Entry::json)
+            .ok_or_else(ApiError::proxy_not_found)
     }
 
     /// `POST /proxies`: a new proxy, listening unless `enabled` is false.
@@ -256,7 +272,10 @@ impl Registry {
     pub async fn update(&self, name: &str, body: &[u8]) -> Result<ProxyJson, ApiError> {
         let mut inner = self.inner.lock().await;
         let seed = inner.seeds.u64(..);
-        let entry = inner.proxies.get_mut(name).ok_or_else(ApiError::proxy_not_found)?;
+        let entry = inner
+            .proxies
+            .get_mut(name)
+            .ok_or_else(ApiError::proxy_not_found)?;
         let patch: ProxyPatch = parse(body)?;
         let listen = patch.listen.unwrap_or_else(|| entry.listen.clone());
         let upstream = patch.upstream.unwrap_or_else(|| entry.upstream.clone());
@@ -279,7 +298,10 @@ impl Registry {
     /// Proxies not in the list stay. Stops at the first failure, and
     /// answers with it and the proxies done before it, as Toxiproxy does.
     pub async fn populate(&self, body: &[u8]) -> Populated {
-        let failed = |e: ApiError, proxies: Vec<ProxyJson>| Populated { error: Some(e), proxies };
+        let failed = |e: ApiError, proxies: Vec<ProxyJson>| Populated {
+            error: Some(e),
+            proxies,
+        };
         let list: Vec<NewProxy> = match parse(body) {
             Ok(list) => list,
             Err(e) => return failed(e, Vec::new()),
@@ -302,7 +324,10 @@ impl Registry {
                 Err(e) => return failed(e, done),
             }
         }
-        Populated { error: None, proxies: done }
+        Populated {
+            error: None,
+            proxies: done,
+        }
     }
 
     async fn add_or_replace(&self, inner: &mut Inner, p: NewProxy) -> Result<ProxyJson, ApiError> {

@@ -26,7 +26,11 @@ pub struct Options {
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then stops
 /// every proxy (closing their listeners and connections) and returns.
-pub async fn serve(listener: TcpListener, options: Options, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    options: Options,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let registry = Arc::new(Registry::new(options.seed, shutdown.child_token()));
     let app = api::router(Arc::clone(&registry));
     let stopping = shutdown.clone();

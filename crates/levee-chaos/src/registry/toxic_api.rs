@@ -18,14 +18,22 @@ impl Registry {
     pub async fn toxics(&self, name: &str) -> Result<Vec<ToxicJson>, ApiError> {
         let mut inner = self.inner.lock().await;
         let set = ToxicSet::of(&proxy(&mut inner, name)?.toxics);
-        Ok(set.upstream.iter().chain(&set.downstream).map(|t| t.to_json()).collect())
+        Ok(set
+            .upstream
+            .iter()
+            .chain(&set.downstream)
+            .map(|t| t.to_json())
+            .collect())
     }
 
     /// `GET /proxies/{proxy}/toxics/{toxic}`.
     pub async fn toxic(&self, name: &str, toxic: &str) -> Result<ToxicJson, ApiError> {
         let mut inner = self.inner.lock().await;
         let entry = proxy(&mut inner, name)?;
-        entry.toxic(toxic).map(|t| t.to_json()).ok_or_else(ApiError::toxic_not_found)
+        entry
+            .toxic(toxic)
+            .map(|t| t.to_json())
+            .ok_or_else(ApiError::toxic_not_found)
     }
 
     /// `POST /proxies/{proxy}/toxics`. Defaults as Toxiproxy's: stream

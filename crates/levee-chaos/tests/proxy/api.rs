@@ -12,7 +12,10 @@ async fn version_is_a_toxiproxy_2() {
     let s = server().await;
     let r = get(s.api, "/version").await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json;charset=utf-8"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json;charset=utf-8")
+    );
     assert!(r.json()["version"].as_str().unwrap().starts_with("2."), "{r:?}");
 }
 
@@ -26,7 +29,10 @@ async fn a_proxy_is_created_shown_listed_and_deleted() {
     assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
     let made = r.json();
     let listen = made["listen"].as_str().unwrap().to_string();
-    assert!(listen.starts_with("127.0.0.1:") && !listen.ends_with(":0"), "the real port: {listen}");
+    assert!(
+        listen.starts_with("127.0.0.1:") && !listen.ends_with(":0"),
+        "the real port: {listen}"
+    );
     assert_eq!(
         made,
         json!({"name": "echo", "listen": listen, "upstream": echo.addr().to_string(), "enabled": true, "toxics": []})
@@ -40,13 +46,22 @@ async fn a_proxy_is_created_shown_listed_and_deleted() {
     assert_eq!((all.status, all.json()), (200, json!({"echo": made})));
 
     let again = post(s.api, "/proxies", &body.to_string()).await;
-    assert_eq!((again.status, again.json()), (409, json!({"error": "proxy already exists", "status": 409})));
+    assert_eq!(
+        (again.status, again.json()),
+        (409, json!({"error": "proxy already exists", "status": 409}))
+    );
 
     let gone = call(s.api, "DELETE", "/proxies/echo", None).await;
     assert_eq!((gone.status, gone.body.as_str()), (204, ""));
     let r = get(s.api, "/proxies/echo").await;
-    assert_eq!((r.status, r.json()), (404, json!({"error": "proxy not found", "status": 404})));
-    assert!(TcpStream::connect(&listen).await.is_err(), "a deleted proxy refuses connections");
+    assert_eq!(
+        (r.status, r.json()),
+        (404, json!({"error": "proxy not found", "status": 404}))
+    );
+    assert!(
+        TcpStream::connect(&listen).await.is_err(),
+        "a deleted proxy refuses connections"
+    );
     let r = call(s.api, "DELETE", "/proxies/echo", None).await;
     assert_eq!(r.status, 404);
 }
@@ -61,7 +76,10 @@ async fn bad_input_is_a_400_that_says_why() {
         (r#"{"name": 5}"#, "bad request body: "),
         (r#"{"upstream": "127.0.0.1:1"}"#, "missing required field: name"),
         (r#"{"name": "x"}"#, "missing required field: upstream"),
-        (r#"{"name": "x", "upstream": "127.0.0.1:1", "listen": "nowhere"}"#, "bad request body: listen"),
+        (
+            r#"{"name": "x", "upstream": "127.0.0.1:1", "listen": "nowhere"}"#,
+            "bad request body: listen",
+        ),
     ];
     for (body, error) in cases {
         let r = post(s.api, "/proxies", body).await;
@@ -81,7 +99,12 @@ async fn a_port_in_use_is_toxiproxys_500() {
     let body = json!({"name": "x", "listen": at.to_string(), "upstream": "127.0.0.1:1"});
     let r = post(s.api, "/proxies", &body.to_string()).await;
     assert_eq!(r.status, 500, "{r:?}");
-    assert!(r.json()["error"].as_str().unwrap().starts_with(&format!("listen tcp {at}: bind: ")));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("listen tcp {at}: bind: "))
+    );
     assert_eq!(get(s.api, "/proxies/x").await.status, 404);
 }
 
@@ -94,7 +117,10 @@ async fn disabling_closes_the_listener_and_enabling_reopens_it() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["enabled"], false);
     assert_eq!(r.json()["listen"], addr.to_string(), "the address stays");
-    assert!(TcpStream::connect(addr).await.is_err(), "a disabled proxy refuses");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "a disabled proxy refuses"
+    );
     // PATCH is the same call (Toxiproxy 2.6 and later).
     let r = call(s.api, "PATCH", "/proxies/echo", Some(r#"{"enabled": true}"#)).await;
     assert_eq!((r.status, r.json()["enabled"].clone()), (200, json!(true)));
@@ -105,11 +131,19 @@ async fn disabling_closes_the_listener_and_enabling_reopens_it() {
 #[tokio::test]
 async fn a_new_upstream_restarts_the_proxy_and_cuts_its_connections() {
     let s = server().await;
-    let (a, b) = (levee_testkit::Echo::start().await.unwrap(), levee_testkit::Echo::start().await.unwrap());
+    let (a, b) = (
+        levee_testkit::Echo::start().await.unwrap(),
+        levee_testkit::Echo::start().await.unwrap(),
+    );
     let addr = proxy(s.api, "p", a.addr()).await;
     let mut old = connect(addr).await;
     round_trip(&mut old, b"a").await;
-    let r = post(s.api, "/proxies/p", &json!({"upstream": b.addr().to_string()}).to_string()).await;
+    let r = post(
+        s.api,
+        "/proxies/p",
+        &json!({"upstream": b.addr().to_string()}).to_string(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["upstream"], b.addr().to_string());
     let (_, _) = read_to_end(&mut old).await;
@@ -127,14 +161,24 @@ async fn toxics_have_toxiproxys_defaults_shapes_and_errors() {
     let s = server().await;
     let echo = levee_testkit::Echo::start().await.unwrap();
     proxy(s.api, "p", echo.addr()).await;
-    let r = post(s.api, "/proxies/p/toxics", r#"{"type": "latency", "attributes": {"latency": 300}}"#).await;
+    let r = post(
+        s.api,
+        "/proxies/p/toxics",
+        r#"{"type": "latency", "attributes": {"latency": 300}}"#,
+    )
+    .await;
     assert_eq!(r.status, 200, "Toxiproxy answers a new toxic with 200: {r:?}");
     let latency = json!({
         "attributes": {"latency": 300, "jitter": 0},
         "name": "latency_downstream", "type": "latency", "stream": "downstream", "toxicity": 1.0
     });
     assert_eq!(r.json(), latency);
-    assert!(r.body.starts_with(r#"{"attributes":{"latency":300,"jitter":0},"name":"#), "{}", r.body);
+    assert!(
+        r.body
+            .starts_with(r#"{"attributes":{"latency":300,"jitter":0},"name":"#),
+        "{}",
+        r.body
+    );
 
     let body = json!({"name": "cut", "type": "limit_data", "stream": "upstream", "toxicity": 0.5, "attributes": {"bytes": 9}});
     let r = post(s.api, "/proxies/p/toxics", &body.to_string()).await;
@@ -142,29 +186,57 @@ async fn toxics_have_toxiproxys_defaults_shapes_and_errors() {
     // Upstream first, as Toxiproxy lists them.
     let all = get(s.api, "/proxies/p/toxics").await;
     assert_eq!((all.status, all.json()), (200, json!([body, latency])));
-    assert_eq!(get(s.api, "/proxies/p").await.json()["toxics"], json!([body, latency]));
+    assert_eq!(
+        get(s.api, "/proxies/p").await.json()["toxics"],
+        json!([body, latency])
+    );
     assert_eq!(get(s.api, "/proxies/p/toxics/cut").await.json(), body);
 
     let errors = [
         (r#"{"type": "latency"}"#, 409, "toxic already exists"),
         (r#"{"type": "nope"}"#, 400, "invalid toxic type"),
         (r#"{}"#, 400, "invalid toxic type"),
-        (r#"{"type": "latency", "stream": "sideways"}"#, 400, "stream was invalid, can be either upstream or downstream"),
-        (r#"{"type": "slicer", "attributes": {"delay": "soon"}}"#, 400, "bad request body: "),
-        (r#"{"type": "slicer", "attributes": [1]}"#, 400, "bad request body: "),
-        (r#"{"type": "slicer", "toxicity": "high"}"#, 400, "bad request body: "),
+        (
+            r#"{"type": "latency", "stream": "sideways"}"#,
+            400,
+            "stream was invalid, can be either upstream or downstream",
+        ),
+        (
+            r#"{"type": "slicer", "attributes": {"delay": "soon"}}"#,
+            400,
+            "bad request body: ",
+        ),
+        (
+            r#"{"type": "slicer", "attributes": [1]}"#,
+            400,
+            "bad request body: ",
+        ),
+        (
+            r#"{"type": "slicer", "toxicity": "high"}"#,
+            400,
+            "bad request body: ",
+        ),
         ("not json", 400, "bad request body: "),
     ];
     for (body, status, error) in errors {
         let r = post(s.api, "/proxies/p/toxics", body).await;
         assert_eq!(r.status, status, "{body}: {r:?}");
         assert_eq!(r.json()["status"], status);
-        assert!(r.json()["error"].as_str().unwrap().starts_with(error), "{body}: {r:?}");
+        assert!(
+            r.json()["error"].as_str().unwrap().starts_with(error),
+            "{body}: {r:?}"
+        );
     }
     let r = post(s.api, "/proxies/nope/toxics", r#"{"type": "latency"}"#).await;
-    assert_eq!((r.status, r.json()), (404, json!({"error": "proxy not found", "status": 404})));
+    assert_eq!(
+        (r.status, r.json()),
+        (404, json!({"error": "proxy not found", "status": 404}))
+    );
     let r = get(s.api, "/proxies/p/toxics/nope").await;
-    assert_eq!((r.status, r.json()), (404, json!({"error": "toxic not found", "status": 404})));
+    assert_eq!(
+        (r.status, r.json()),
+        (404, json!({"error": "toxic not found", "status": 404}))
+    );
 }
 
 #[tokio::test]
@@ -172,27 +244,63 @@ async fn a_toxic_update_changes_only_what_it_names() {
     let s = server().await;
     let echo = levee_testkit::Echo::start().await.unwrap();
     proxy(s.api, "p", echo.addr()).await;
-    add_toxic(s.api, "p", json!({"type": "latency", "attributes": {"latency": 300, "jitter": 10}})).await;
-    let r = post(s.api, "/proxies/p/toxics/latency_downstream", r#"{"attributes": {"jitter": 50}}"#).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "latency", "attributes": {"latency": 300, "jitter": 10}}),
+    )
+    .await;
+    let r = post(
+        s.api,
+        "/proxies/p/toxics/latency_downstream",
+        r#"{"attributes": {"jitter": 50}}"#,
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["attributes"], json!({"latency": 300, "jitter": 50}));
     assert_eq!(r.json()["toxicity"], 1.0);
-    let r = call(s.api, "PATCH", "/proxies/p/toxics/latency_downstream", Some(r#"{"toxicity": 0.25}"#)).await;
-    assert_eq!((r.json()["toxicity"].clone(), r.json()["attributes"]["jitter"].clone()), (json!(0.25), json!(50)));
-    let r = post(s.api, "/proxies/p/toxics/latency_downstream", r#"{"attributes": {"latency": "x"}}"#).await;
+    let r = call(
+        s.api,
+        "PATCH",
+        "/proxies/p/toxics/latency_downstream",
+        Some(r#"{"toxicity": 0.25}"#),
+    )
+    .await;
+    assert_eq!(
+        (
+            r.json()["toxicity"].clone(),
+            r.json()["attributes"]["jitter"].clone()
+        ),
+        (json!(0.25), json!(50))
+    );
+    let r = post(
+        s.api,
+        "/proxies/p/toxics/latency_downstream",
+        r#"{"attributes": {"latency": "x"}}"#,
+    )
+    .await;
     assert_eq!(r.status, 400);
     let r = post(s.api, "/proxies/p/toxics/nope", "{}").await;
-    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("toxic not found")));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (404, json!("toxic not found"))
+    );
     remove_toxic(s.api, "p", "latency_downstream").await;
     let r = call(s.api, "DELETE", "/proxies/p/toxics/latency_downstream", None).await;
-    assert_eq!((r.status, r.json()["error"].clone()), (404, json!("toxic not found")));
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (404, json!("toxic not found"))
+    );
     assert_eq!(get(s.api, "/proxies/p/toxics").await.json(), json!([]));
 }
 
 #[tokio::test]
 async fn populate_makes_keeps_or_replaces() {
     let s = server().await;
-    let (a, b) = (levee_testkit::Echo::start().await.unwrap(), levee_testkit::Echo::start().await.unwrap());
+    let (a, b) = (
+        levee_testkit::Echo::start().await.unwrap(),
+        levee_testkit::Echo::start().await.unwrap(),
+    );
     let list = json!([
         {"name": "one", "listen": "127.0.0.1:0", "upstream": a.addr().to_string()},
         {"name": "two", "listen": "127.0.0.1:0", "upstream": a.addr().to_string(), "enabled": false},
@@ -202,7 +310,10 @@ async fn populate_makes_keeps_or_replaces() {
     let proxies = r.json()["proxies"].as_array().unwrap().clone();
     assert_eq!(r.json().as_object().unwrap().len(), 1, "no error field: {r:?}");
     assert_eq!(proxies.len(), 2);
-    assert_eq!((proxies[0]["enabled"].clone(), proxies[1]["enabled"].clone()), (json!(true), json!(false)));
+    assert_eq!(
+        (proxies[0]["enabled"].clone(), proxies[1]["enabled"].clone()),
+        (json!(true), json!(false))
+    );
     let one = proxies[0]["listen"].as_str().unwrap().to_string();
     add_toxic(s.api, "one", json!({"type": "latency"})).await;
 
@@ -219,7 +330,11 @@ async fn populate_makes_keeps_or_replaces() {
     let mut c = connect(one.parse().unwrap()).await;
     round_trip(&mut c, b"to b").await;
     assert_eq!(b.accepted(), 1);
-    assert_eq!(get(s.api, "/proxies").await.json().as_object().unwrap().len(), 2, "\"two\" stays");
+    assert_eq!(
+        get(s.api, "/proxies").await.json().as_object().unwrap().len(),
+        2,
+        "\"two\" stays"
+    );
 
     let bad = json!([{"name": "three", "upstream": "127.0.0.1:1"}, {"upstream": "127.0.0.1:1"}]);
     let r = post(s.api, "/populate", &bad.to_string()).await;
@@ -228,10 +343,19 @@ async fn populate_makes_keeps_or_replaces() {
         r.json(),
         json!({"error": "missing required field: name at proxy 2", "status": 400, "proxies": []})
     );
-    assert_eq!(get(s.api, "/proxies/three").await.status, 404, "checked before anything is made");
+    assert_eq!(
+        get(s.api, "/proxies/three").await.status,
+        404,
+        "checked before anything is made"
+    );
     let r = post(s.api, "/populate", r#"{"name": "x"}"#).await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().starts_with("bad request body: "));
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad request body: ")
+    );
 }
 
 #[tokio::test]
@@ -239,12 +363,23 @@ async fn reset_enables_every_proxy_and_removes_every_toxic() {
     let s = server().await;
     let echo = levee_testkit::Echo::start().await.unwrap();
     let addr = proxy(s.api, "p", echo.addr()).await;
-    add_toxic(s.api, "p", json!({"type": "timeout", "attributes": {"timeout": 0}})).await;
-    assert_eq!(post(s.api, "/proxies/p", r#"{"enabled": false}"#).await.status, 200);
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "timeout", "attributes": {"timeout": 0}}),
+    )
+    .await;
+    assert_eq!(
+        post(s.api, "/proxies/p", r#"{"enabled": false}"#).await.status,
+        200
+    );
     let r = post(s.api, "/reset", "").await;
     assert_eq!((r.status, r.body.as_str()), (204, ""));
     let p = get(s.api, "/proxies/p").await.json();
-    assert_eq!((p["enabled"].clone(), p["toxics"].clone()), (json!(true), json!([])));
+    assert_eq!(
+        (p["enabled"].clone(), p["toxics"].clone()),
+        (json!(true), json!([]))
+    );
     let mut c = connect(addr).await;
     round_trip(&mut c, b"clean").await;
 }

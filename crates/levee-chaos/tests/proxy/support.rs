@@ -73,10 +73,20 @@ pub async fn call_as(api: SocketAddr, method: &str, path: &str, body: Option<&st
         s.read_to_end(&mut out).await.unwrap();
         String::from_utf8(out).unwrap()
     };
-    let text = tokio::time::timeout(DEADLINE, request).await.expect("the API answers in time");
+    let text = tokio::time::timeout(DEADLINE, request)
+        .await
+        .expect("the API answers in time");
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    Reply { status, head: head.to_string(), body: body.to_string() }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
 }
 
 pub async fn get(api: SocketAddr, path: &str) -> Reply {

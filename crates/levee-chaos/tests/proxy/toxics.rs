@@ -22,10 +22,18 @@ async fn latency_delays_the_round_trip() {
     let (s, _echo, addr) = setup().await;
     let mut c = connect(addr).await;
     assert!(round_trip(&mut c, b"warm").await < Duration::from_millis(300));
-    add_toxic(s.api, "p", json!({"type": "latency", "attributes": {"latency": 300}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "latency", "attributes": {"latency": 300}}),
+    )
+    .await;
     let mut c = connect(addr).await;
     let took = round_trip(&mut c, b"ping").await;
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -33,9 +41,17 @@ async fn a_toxic_acts_on_a_connection_already_open_and_stops_when_removed() {
     let (s, _echo, addr) = setup().await;
     let mut c = connect(addr).await;
     assert!(round_trip(&mut c, b"before").await < Duration::from_millis(300));
-    add_toxic(s.api, "p", json!({"type": "latency", "stream": "upstream", "attributes": {"latency": 400}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "latency", "stream": "upstream", "attributes": {"latency": 400}}),
+    )
+    .await;
     let took = round_trip(&mut c, b"during").await;
-    assert!(took >= Duration::from_millis(400), "the open connection is slowed: {took:?}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "the open connection is slowed: {took:?}"
+    );
     remove_toxic(s.api, "p", "latency_upstream").await;
     assert!(round_trip(&mut c, b"after").await < Duration::from_millis(400));
 }
@@ -43,7 +59,12 @@ async fn a_toxic_acts_on_a_connection_already_open_and_stops_when_removed() {
 #[tokio::test]
 async fn bandwidth_limits_the_rate() {
     let (s, _echo, addr) = setup().await;
-    add_toxic(s.api, "p", json!({"type": "bandwidth", "attributes": {"rate": 100}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "bandwidth", "attributes": {"rate": 100}}),
+    )
+    .await;
     let c = connect(addr).await;
     let (mut r, mut w) = c.into_split();
     let payload = levee_testkit::pattern_bytes(200_000);
@@ -54,31 +75,51 @@ async fn bandwidth_limits_the_rate() {
         w
     });
     let mut got = vec![0; payload.len()];
-    tokio::time::timeout(DEADLINE, r.read_exact(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(DEADLINE, r.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     let took = start.elapsed();
     let _w = writer.await.unwrap();
     assert_eq!(got, payload);
     // 200 KB at 100 KB/s is 2 s.
-    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(8), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
 async fn slow_close_delays_the_end_only() {
     let (s, _echo, addr) = setup().await;
-    add_toxic(s.api, "p", json!({"type": "slow_close", "attributes": {"delay": 500}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "slow_close", "attributes": {"delay": 500}}),
+    )
+    .await;
     let mut c = connect(addr).await;
     assert!(round_trip(&mut c, b"quick").await < Duration::from_millis(500));
     let start = Instant::now();
     c.shutdown().await.unwrap();
     let (rest, end) = read_to_end(&mut c).await;
     assert!(rest.is_empty() && end.is_ok(), "{rest:?} {end:?}");
-    assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn timeout_zero_drops_data_and_holds_the_connection_until_removed() {
     let (s, _echo, addr) = setup().await;
-    add_toxic(s.api, "p", json!({"type": "timeout", "attributes": {"timeout": 0}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "timeout", "attributes": {"timeout": 0}}),
+    )
+    .await;
     let mut c = connect(addr).await;
     c.write_all(b"anyone?").await.unwrap();
     let mut buf = [0u8; 16];
@@ -93,20 +134,33 @@ async fn timeout_zero_drops_data_and_holds_the_connection_until_removed() {
 #[tokio::test]
 async fn timeout_closes_after_its_time() {
     let (s, _echo, addr) = setup().await;
-    add_toxic(s.api, "p", json!({"type": "timeout", "attributes": {"timeout": 300}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "timeout", "attributes": {"timeout": 300}}),
+    )
+    .await;
     let mut c = connect(addr).await;
     let start = Instant::now();
     c.write_all(b"hello").await.unwrap();
     let (rest, _) = read_to_end(&mut c).await;
     assert!(rest.is_empty(), "{rest:?}");
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
 async fn reset_peer_resets_the_connection() {
     let (s, _echo, addr) = setup().await;
-    add_toxic(s.api, "p", json!({"type": "reset_peer", "attributes": {"timeout": 0}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "reset_peer", "attributes": {"timeout": 0}}),
+    )
+    .await;
     let mut c = connect(addr).await;
     c.write_all(b"hello").await.unwrap();
     let (rest, end) = read_to_end(&mut c).await;
@@ -129,20 +183,32 @@ async fn slicer_cuts_the_stream_into_spaced_pieces() {
     let mut reads = 0;
     while got.len() < msg.len() {
         let mut buf = [0u8; 2048];
-        let n = tokio::time::timeout(DEADLINE, c.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(DEADLINE, c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "ended early");
         got.extend_from_slice(&buf[..n]);
         reads += 1;
     }
     assert_eq!(got, msg);
-    assert!(start.elapsed() >= Duration::from_millis(200), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(reads > 10, "arrived in pieces: {reads} reads");
 }
 
 #[tokio::test]
 async fn limit_data_passes_exactly_its_bytes_then_closes() {
     let (s, _echo, addr) = setup().await;
-    add_toxic(s.api, "p", json!({"type": "limit_data", "attributes": {"bytes": 50}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "limit_data", "attributes": {"bytes": 50}}),
+    )
+    .await;
     let mut c = connect(addr).await;
     let msg = levee_testkit::pattern_bytes(100);
     c.write_all(&msg[..30]).await.unwrap();
@@ -156,13 +222,22 @@ async fn limit_data_passes_exactly_its_bytes_then_closes() {
 #[tokio::test]
 async fn an_upstream_toxic_acts_on_what_the_client_sends() {
     let (s, echo, addr) = setup().await;
-    add_toxic(s.api, "p", json!({"type": "limit_data", "stream": "upstream", "attributes": {"bytes": 10}})).await;
+    add_toxic(
+        s.api,
+        "p",
+        json!({"type": "limit_data", "stream": "upstream", "attributes": {"bytes": 10}}),
+    )
+    .await;
     let mut c = connect(addr).await;
     c.write_all(&[1u8; 20]).await.unwrap();
     // The upstream side closes after 10 bytes, which closes the whole
     // connection (as in Toxiproxy, the echo's answer may not make it).
     let (got, _) = read_to_end(&mut c).await;
-    assert!(got.len() <= 10, "at most 10 bytes reached the echo: {}", got.len());
+    assert!(
+        got.len() <= 10,
+        "at most 10 bytes reached the echo: {}",
+        got.len()
+    );
     assert_eq!(echo.accepted(), 1);
 }
 
@@ -180,7 +255,10 @@ async fn disabling_a_proxy_cuts_its_open_connections() {
     let (s, _echo, addr) = setup().await;
     let mut c = connect(addr).await;
     round_trip(&mut c, b"hi").await;
-    assert_eq!(post(s.api, "/proxies/p", r#"{"enabled": false}"#).await.status, 200);
+    assert_eq!(
+        post(s.api, "/proxies/p", r#"{"enabled": false}"#).await.status,
+        200
+    );
     let (rest, _) = read_to_end(&mut c).await;
     assert!(rest.is_empty());
 }
@@ -189,7 +267,11 @@ async fn disabling_a_proxy_cuts_its_open_connections() {
 async fn an_unreachable_upstream_closes_the_client() {
     let s = server().await;
     // A port that was free a moment ago: nothing listens there.
-    let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let addr = proxy(s.api, "p", free).await;
     let mut c = connect(addr).await;
     let (rest, _) = read_to_end(&mut c).await;
