@@ -24,6 +24,7 @@
 //!   rate limit tests.
 //! - [`receiver`]: webhook receivers for the alerting tests, one that
 //!   records every notification and one that never answers.
+//! - [`tcp`]: a raw TCP [`Echo`] server, for the byte-level fault proxy.
 //! - [`browser`]: a headless Chromium driven over the DevTools protocol,
 //!   for the dashboard's browser test.
 //!
@@ -44,6 +45,7 @@ pub mod h2wire;
 pub mod ledger;
 pub mod receiver;
 pub mod redis;
+pub mod tcp;
 pub mod wire;
 
 pub use backend::{Backend, BackendBuilder, Behaviour, pattern_bytes, pattern_sha256};
@@ -55,4 +57,5 @@ pub use h2wire::H2Conn;
 pub use ledger::{Arrival, Ledger, sha256_hex};
 pub use receiver::{Blackhole, Received, Receiver};
 pub use redis::RedisServer;
+pub use tcp::Echo;
 pub use wire::{RawConn, RawResponse};

@@ -1,4 +1,4 @@
-//! The `levee` command: `run`, `check`, `demo`.
+//! The `levee` command: `run`, `check`, `demo`, `chaos proxy`.
 //!
 //! Exit codes: 0 success, 78 (EX_CONFIG) for an invalid config, 1 when
 //! levee cannot start (a port in use, no runtime).
@@ -38,6 +38,25 @@ enum Command {
     },
     /// Run the reference topology with five built-in backends, no files needed.
     Demo,
+    /// Fault injection tools.
+    Chaos {
+        #[command(subcommand)]
+        command: ChaosCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChaosCommand {
+    /// A TCP fault proxy that serves Toxiproxy's HTTP API, so Toxiproxy's
+    /// clients drive it unchanged (docs/chaos.md). Ctrl-C or SIGTERM ends it.
+    Proxy {
+        /// Where the API listens (Toxiproxy's port by default).
+        #[arg(long, default_value = levee_chaos::DEFAULT_API)]
+        api: std::net::SocketAddr,
+        /// Seeds the toxicity draws, so that a run can be repeated.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +66,9 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config, no_watch } => run(config, !no_watch),
         Command::Demo => demo(),
+        Command::Chaos {
+            command: ChaosCommand::Proxy { api, seed },
+        } => chaos_proxy(api, seed),
     }
 }
 
@@ -168,4 +190,58 @@ fn demo() -> ExitCode {
             }
         }
     })
+}
+
+fn chaos_proxy(api: std::net::SocketAddr, seed: Option<u64>) -> ExitCode {
+    let rt = match runtime(0) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("levee: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(api).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("levee chaos proxy: cannot listen on {api}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(api = %api, "chaos proxy: Toxiproxy API listening");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let options = levee_chaos::Options { seed };
+        let serve = levee_chaos::serve(listener, options, shutdown.clone());
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            r = &mut serve => r,
+            () = stop_signal() => {
+                // Stops the API and every proxy, each within its deadline.
+                shutdown.cancel();
+                serve.await
+            }
+        };
+        match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("levee chaos proxy: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGINT or SIGTERM (or signals that cannot be installed: then stop at
+/// once rather than run unstoppable).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        eprintln!("levee chaos proxy: cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

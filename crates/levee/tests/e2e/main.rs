@@ -8,6 +8,7 @@ mod access_log;
 mod admin;
 mod alertmanager;
 mod alerts;
+mod chaos;
 mod cli;
 mod dashboard;
 mod demo;
