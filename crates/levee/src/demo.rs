@@ -12,8 +12,7 @@
 //! Tests start the same demo on free ports ([`Ports::Ephemeral`]), beside
 //! each other and beside a demo someone is running.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,6 +92,25 @@ pub enum DemoError {
     Start(#[from] StartError),
 }
 
+/// What a demo backend does with the requests it gets, health checks
+/// included: a chaos scenario sets it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Behaviour {
+    /// Answers at once.
+    Normal,
+    /// Reads requests and never answers, like a frozen process; when the
+    /// behaviour changes, the connections it held are reset (the requests
+    /// were never processed).
+    Hang,
+    /// Answers after this long.
+    Latency(Duration),
+    /// Answers this share of requests (0 to 1) with `status`, unprocessed;
+    /// health checks pass.
+    Errors { status: u16, ratio: f64 },
+    /// Resets each connection once a request head arrives.
+    Reset,
+}
+
 /// One demo backend that can be failed and restored.
 pub struct DemoBackend {
     pub name: &'static str,
@@ -101,8 +119,25 @@ pub struct DemoBackend {
     served: AtomicU64,
     /// `Some` while up: cancelling it stops the listener and its connections.
     running: Mutex<Option<CancellationToken>>,
+    behaviour: Mutex<Behaviour>,
+    /// Wakes the requests a hanging backend holds when its behaviour changes.
+    changed: tokio::sync::Notify,
+    /// Request ids processed, and how many times each, while recording.
+    ledger: Mutex<Option<HashMap<String, u32>>>,
     tracker: TaskTracker,
 }
+
+/// Why a request gets no answer: its connection is reset.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the backend drops the connection")
+    }
+}
+
+impl std::error::Error for Dropped {}
 
 impl DemoBackend {
     fn new(
@@ -117,8 +152,34 @@ impl DemoBackend {
             address,
             served: AtomicU64::new(0),
             running: Mutex::new(None),
+            behaviour: Mutex::new(Behaviour::Normal),
+            changed: tokio::sync::Notify::new(),
+            ledger: Mutex::new(None),
             tracker,
         })
+    }
+
+    /// What the backend does with requests from now on.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *lock(&self.behaviour) = behaviour;
+        self.changed.notify_waiters();
+    }
+
+    pub fn behaviour(&self) -> Behaviour {
+        *lock(&self.behaviour)
+    }
+
+    /// Records, from now on, the id (`x-request-id`) of every request the
+    /// backend processes: what a chaos run checks "lost" and "duplicated"
+    /// against.
+    pub fn start_recording(&self) {
+        lock(&self.ledger).get_or_insert_with(HashMap::new);
+    }
+
+    /// The request ids processed since recording started, with how many
+    /// times each was.
+    pub fn processed(&self) -> HashMap<String, u32> {
+        lock(&self.ledger).clone().unwrap_or_default()
     }
 
     pub fn is_up(&self) -> bool {
@@ -173,7 +234,7 @@ impl DemoBackend {
                 let io = TokioIo::new(stream);
                 let service = service_fn(|req: Request<Incoming>| {
                     let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.respond(&req)) }
+                    async move { me.handle(req).await }
                 });
                 let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
                 tokio::pin!(conn);
@@ -185,8 +246,39 @@ impl DemoBackend {
         }
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> http::Response<Full<Bytes>> {
-        if req.uri().path() == "/healthz" {
+    /// A request as the backend's behaviour says: answered, delayed,
+    /// failed, or its connection reset.
+    async fn handle(&self, req: Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Dropped> {
+        let health = req.uri().path() == "/healthz";
+        match self.behaviour() {
+            Behaviour::Normal => {}
+            Behaviour::Latency(delay) => tokio::time::sleep(delay).await,
+            Behaviour::Errors { status, ratio } if !health && fastrand::f64() < ratio => {
+                let mut res = http::Response::new(Full::new(Bytes::from_static(b"injected error\n")));
+                *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Ok(res);
+            }
+            Behaviour::Errors { .. } => {}
+            Behaviour::Hang => {
+                // Held until the behaviour changes, then dropped unanswered.
+                while self.behaviour() == Behaviour::Hang {
+                    let changed = self.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    if self.behaviour() != Behaviour::Hang {
+                        break;
+                    }
+                    changed.await;
+                }
+                return Err(Dropped);
+            }
+            Behaviour::Reset => return Err(Dropped),
+        }
+        Ok(self.respond(&req, health))
+    }
+
+    fn respond(&self, req: &Request<Incoming>, health: bool) -> http::Response<Full<Bytes>> {
+        if health {
             return http::Response::new(Full::new(Bytes::from_static(b"ok\n")));
         }
         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
@@ -195,6 +287,9 @@ impl DemoBackend {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        if let Some(ledger) = lock(&self.ledger).as_mut() {
+            *ledger.entry(request_id.to_string()).or_default() += 1;
+        }
         let body = serde_json::json!({
             "backend": self.name,
             "region": self.region,
