@@ -18,6 +18,7 @@ pub mod error;
 pub mod pipe;
 pub mod proxy;
 pub mod registry;
+pub mod scenario;
 pub mod server;
 pub mod stage;
 pub mod toxic;
