@@ -33,3 +33,14 @@ max_duplicated = 0
 failover_within = "2s"
 max_lost = 0
 "#;
+
+/// The scenario file in docs/chaos.md is the example, and parses.
+#[test]
+fn the_docs_example_is_this_one() {
+    let docs = include_str!("../../../../docs/chaos.md");
+    let section = &docs[docs.find("### The scenario file").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let documented = crate::scenario::parse(block).unwrap();
+    assert_eq!(documented, crate::scenario::parse(EXAMPLE).unwrap());
+}

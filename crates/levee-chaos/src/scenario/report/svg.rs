@@ -55,6 +55,18 @@ fn nice(v: f64) -> f64 {
         .unwrap_or(10.0 * p)
 }
 
+/// The top of a y axis: a round number with a little room above `max`,
+/// whose quarters (the grid lines) are round too.
+fn headroom(max: f64) -> f64 {
+    let v = max.max(1.0) * 1.1;
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 1.2, 1.6, 2.0, 2.4, 3.2, 4.0, 5.0, 6.0, 8.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|n| *n >= v)
+        .unwrap_or(10.0 * p)
+}
+
 fn label_num(v: f64) -> String {
     crate::scenario::model::trim_float(v)
 }
@@ -222,7 +234,7 @@ pub fn timeline(s: &Scenario, run: &Run) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height:.0}" width="{WIDTH}" height="{height:.0}" role="img" aria-label="timeline of the run">"##
     );
     bands(&mut out, s, run, &axis, 3.0 * (PANEL + GAP) - GAP);
-    let rate_max = nice(seconds.iter().map(|s| s.requests as f64).fold(1.0, f64::max));
+    let rate_max = headroom(seconds.iter().map(|s| s.requests as f64).fold(1.0, f64::max));
     frame(
         &mut out,
         &axis,
@@ -253,7 +265,7 @@ pub fn timeline(s: &Scenario, run: &Run) -> String {
     );
     let top = TOP + PANEL + GAP;
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
-    let lat_max = nice(seconds.iter().filter_map(|s| ms(s.p99)).fold(1.0, f64::max));
+    let lat_max = headroom(seconds.iter().filter_map(|s| ms(s.p99)).fold(1.0, f64::max));
     frame(
         &mut out,
         &axis,
