@@ -1,4 +1,4 @@
-//! levee's chaos tools. For now, `levee chaos proxy`: a TCP fault proxy
+//! levee's chaos tools. `levee chaos proxy`: a TCP fault proxy
 //! that serves Toxiproxy's HTTP API, so Toxiproxy's clients drive it
 //! unchanged (docs/chaos.md).
 //!
@@ -7,6 +7,9 @@
 //! `pipe.rs` copies one direction of a connection through its chain,
 //! `proxy.rs` listens and connects, `registry.rs` keeps the proxies with
 //! Toxiproxy's rules, `api.rs` is the HTTP API and `server.rs` runs it.
+//!
+//! `scenario` is the pure core of `levee chaos run`: the scenario file,
+//! the fault schedule and load plan, the SLO verdict and the reports.
 
 // Library code avoids `unwrap`; the crate's own tests use it freely, as a
 // failed unwrap there is a failed test.
@@ -18,6 +21,7 @@ pub mod error;
 pub mod pipe;
 pub mod proxy;
 pub mod registry;
+pub mod scenario;
 pub mod server;
 pub mod stage;
 pub mod toxic;
