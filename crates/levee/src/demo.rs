@@ -59,12 +59,16 @@ pub enum Ports {
 }
 
 /// How the demo starts.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Options {
     pub ports: Ports,
     /// Requests per second the demo sends through its own gateway, so
     /// that the dashboard has traffic to show; `None` sends none.
     pub traffic: Option<u32>,
+    /// Puts a fault proxy of this registry in front of each backend (named
+    /// after it), for a chaos run's network faults: the gateway then
+    /// reaches each backend through its proxy.
+    pub front: Option<Arc<levee_chaos::registry::Registry>>,
 }
 
 impl Options {
@@ -73,6 +77,7 @@ impl Options {
         Options {
             ports: Ports::Reference,
             traffic: Some(20),
+            front: None,
         }
     }
 }
@@ -86,6 +91,8 @@ pub enum DemoError {
         #[source]
         source: std::io::Error,
     },
+    #[error("demo backend {name}: cannot put a fault proxy in front of it: {message}")]
+    Front { name: &'static str, message: String },
     #[error("the embedded demo config is invalid: {0}")]
     Config(levee_config::ConfigErrors),
     #[error(transparent)]
@@ -313,6 +320,9 @@ impl DemoBackend {
 pub struct Demo {
     pub app: App,
     pub backends: Arc<Vec<Arc<DemoBackend>>>,
+    /// Each backend's endpoint address in the gateway's config (its fault
+    /// proxy's, when it has one).
+    pub endpoints: HashMap<&'static str, String>,
     tracker: TaskTracker,
     /// Stops the demo's own traffic.
     stop_traffic: CancellationToken,
@@ -325,6 +335,7 @@ impl Demo {
         Demo::start_with(Options {
             ports: Ports::Reference,
             traffic: None,
+            front: None,
         })
         .await
     }
@@ -334,6 +345,7 @@ impl Demo {
         let tracker = TaskTracker::new();
         let mut config_text = CONFIG.to_string();
         let mut backends = Vec::with_capacity(BACKENDS.len());
+        let mut endpoints = HashMap::new();
         for (name, region, addr) in BACKENDS {
             let reference: SocketAddr = addr.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
             let backend = match options.ports {
@@ -359,6 +371,13 @@ impl Demo {
                     b
                 }
             };
+            let mut endpoint = backend.address.to_string();
+            if let Some(registry) = &options.front {
+                let proxy = front(registry, &backend).await?;
+                config_text = config_text.replace(&endpoint, &proxy);
+                endpoint = proxy;
+            }
+            endpoints.insert(name, endpoint);
             backends.push(backend);
         }
         if options.ports == Ports::Ephemeral {
@@ -392,6 +411,7 @@ impl Demo {
         Ok(Demo {
             app,
             backends,
+            endpoints,
             tracker,
             stop_traffic,
         })
@@ -458,6 +478,10 @@ the whole primary region and the traffic moves to secondary at once;
 restore it and the traffic stays on secondary for 5 s, then ramps back to
 primary over 10 s (damped failback: see docs/failover.md). The dashboard
 shows each step as it happens.
+
+To prove it with load, faults on a schedule and SLO verdicts (stop this
+demo first: the scenario runs its own on the same ports):
+  levee chaos run examples/chaos/region-outage.toml --report chaos-report/
 Press Ctrl-C to stop.
 "#
         )
@@ -601,6 +625,28 @@ fn act(all: &[Arc<DemoBackend>], chosen: &[Arc<DemoBackend>], action: &str, miss
         by_name.insert(v.name, v.up);
     }
     axum::Json(by_name).into_response()
+}
+
+/// A fault proxy in front of `backend`, named after it: the address the
+/// gateway is to use instead of the backend's.
+async fn front(
+    registry: &levee_chaos::registry::Registry,
+    backend: &DemoBackend,
+) -> Result<String, DemoError> {
+    let body = serde_json::json!({
+        "name": backend.name,
+        "listen": "127.0.0.1:0",
+        "upstream": backend.address.to_string(),
+        "enabled": true,
+    });
+    registry
+        .create(body.to_string().as_bytes())
+        .await
+        .map(|proxy| proxy.listen)
+        .map_err(|e| DemoError::Front {
+            name: backend.name,
+            message: e.to_string(),
+        })
 }
 
 fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {

@@ -4,6 +4,7 @@
 //! tests start the same [`App`] in-process.
 
 pub mod app;
+pub mod chaos;
 pub mod demo;
 mod reload;
 

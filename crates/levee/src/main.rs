@@ -1,4 +1,4 @@
-//! The `levee` command: `run`, `check`, `demo`, `chaos proxy`.
+//! The `levee` command: `run`, `check`, `demo`, `chaos proxy`, `chaos run`.
 //!
 //! Exit codes: 0 success, 78 (EX_CONFIG) for an invalid config, 1 when
 //! levee cannot start (a port in use, no runtime).
@@ -57,11 +57,33 @@ enum ChaosCommand {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Run a chaos scenario: load, faults on a schedule, SLO verdicts
+    /// (docs/chaos.md). Exit 0 when every SLO holds, 1 when one fails, 78
+    /// for an invalid scenario.
+    Run {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Write report.json, junit.xml and report.html into this directory.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Run the demo target on free ports instead of the reference ones
+        /// (8080, 9901, 9101-9103, 9201-9202), beside anything using those.
+        #[arg(long)]
+        ephemeral_ports: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A chaos run prints its own progress: the gateway's info lines would
+    // bury it.
+    let quiet = matches!(
+        cli.command,
+        Command::Chaos {
+            command: ChaosCommand::Run { .. }
+        }
+    );
+    init_logging(if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config, no_watch } => run(config, !no_watch),
@@ -69,13 +91,21 @@ fn main() -> ExitCode {
         Command::Chaos {
             command: ChaosCommand::Proxy { api, seed },
         } => chaos_proxy(api, seed),
+        Command::Chaos {
+            command:
+                ChaosCommand::Run {
+                    scenario,
+                    report,
+                    ephemeral_ports,
+                },
+        } => chaos_run(&scenario, report, ephemeral_ports),
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEVEE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -229,6 +259,59 @@ fn chaos_proxy(api: std::net::SocketAddr, seed: Option<u64>) -> ExitCode {
             }
         }
     })
+}
+
+fn chaos_run(path: &std::path::Path, report: Option<PathBuf>, ephemeral_ports: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read the file: {e}", path.display());
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let rt = match runtime(0) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("levee: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = levee::chaos::RunOptions {
+        report,
+        ports: if ephemeral_ports {
+            levee::demo::Ports::Ephemeral
+        } else {
+            levee::demo::Ports::Reference
+        },
+    };
+    let finished = rt.block_on(async move {
+        let interrupted = tokio_util::sync::CancellationToken::new();
+        let on_signal = interrupted.clone();
+        // Ends the run early; it still closes everything it opened.
+        let watcher = tokio::spawn(async move {
+            stop_signal().await;
+            on_signal.cancel();
+        });
+        let mut out = std::io::stdout();
+        let finished = levee::chaos::run(&text, options, &mut out, interrupted).await;
+        watcher.abort();
+        finished
+    });
+    use levee::chaos::Finished;
+    match finished {
+        Finished::Passed => ExitCode::SUCCESS,
+        Finished::Failed => ExitCode::FAILURE,
+        Finished::Invalid(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: invalid scenario", path.display());
+            ExitCode::from(EX_CONFIG)
+        }
+        Finished::Error(why) => {
+            eprintln!("levee chaos run: {why}");
+            ExitCode::FAILURE
+        }
+        Finished::Interrupted => ExitCode::from(130),
+    }
 }
 
 /// SIGINT or SIGTERM (or signals that cannot be installed: then stop at

@@ -72,6 +72,7 @@ async fn the_dashboard_shows_a_region_fail_and_recover() {
     let demo = Demo::start_with(Options {
         ports: Ports::Ephemeral,
         traffic: Some(20),
+        front: None,
     })
     .await
     .expect("demo starts");

@@ -130,6 +130,7 @@ async fn the_reference_topology_loses_a_region_with_almost_no_error() {
     let demo = Demo::start_with(Options {
         ports: Ports::Ephemeral,
         traffic: None,
+        front: None,
     })
     .await
     .expect("demo starts");
