@@ -29,4 +29,4 @@ pub use plan::{Plan, as_run, label, plan, schedule};
 pub use progress::progress_line;
 pub use report::{html_page, junit, report_json, write_report};
 pub use series::{Second, per_second, percentile};
-pub use verdict::{NEEDS_LEDGERS, evaluate};
+pub use verdict::{NEEDS_LEDGERS, duplicated, evaluate, lost};

@@ -171,6 +171,7 @@ async fn drive(
 fn verdict(scenario: &Scenario, run: &Run, options: &RunOptions, out: &mut dyn Write) -> Finished {
     let verdict = scenario::evaluate(scenario, run);
     let _ = writeln!(out, "\n{}", verdict.table());
+    evidence(run, out);
     if let Some(dir) = &options.report {
         if let Err(e) =
             std::fs::create_dir_all(dir).and_then(|()| scenario::write_report(dir, scenario, run, &verdict))
@@ -183,6 +184,36 @@ fn verdict(scenario: &Scenario, run: &Run, options: &RunOptions, out: &mut dyn W
         Finished::Passed
     } else {
         Finished::Failed
+    }
+}
+
+/// The evidence behind "lost" and "duplicated": each such request with
+/// what its client got and which backends processed it (the first ten).
+fn evidence(run: &Run, out: &mut dyn Write) {
+    let Some(processed) = &run.processed else {
+        return;
+    };
+    let load: Vec<_> = run.outcomes.iter().filter(|o| !o.flood).collect();
+    let lost = scenario::lost(&load, processed);
+    let duplicated = scenario::duplicated(&load, processed);
+    for (what, ids) in [("lost", lost), ("duplicated", duplicated)] {
+        for id in ids.iter().take(10) {
+            let Some(o) = load.iter().find(|o| &o.id == id) else {
+                continue;
+            };
+            let status = o
+                .status
+                .map_or_else(|| "no answer".to_string(), |s| s.to_string());
+            let _ = writeln!(
+                out,
+                "{what}: {id} {} at {:.3}s: {status} after {:?} ({}), processed by {}",
+                o.method,
+                o.at.as_secs_f64(),
+                o.latency,
+                o.proxy_status.as_deref().unwrap_or("no proxy-status"),
+                processed.get(id).map(|b| b.join(", ")).unwrap_or_default(),
+            );
+        }
     }
 }
 
