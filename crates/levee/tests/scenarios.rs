@@ -51,7 +51,7 @@ fn every_shipped_scenario_passes_and_reports() {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 7, "{files:?}");
+    assert!(files.len() >= 8, "{files:?}");
     for file in files {
         let dir = tempfile::tempdir().expect("dir");
         let started = Instant::now();
@@ -105,6 +105,42 @@ fn an_slo_that_cannot_hold_exits_1_and_says_which() {
         .find(|l| l.starts_with("success_ratio "))
         .unwrap_or_default();
     assert!(success.contains("PASS"), "only the latency SLO fails: {stdout}");
+}
+
+#[test]
+fn ctrl_c_ends_a_run_early_and_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let scenario = dir.path().join("long.toml");
+    std::fs::write(
+        &scenario,
+        "[scenario]\nname = \"long\"\nduration = \"120s\"\n\n[target]\ndemo = true\n\n[load]\nrate = 20\n",
+    )
+    .expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .args(["chaos", "run"])
+        .arg(&scenario)
+        .arg("--ephemeral-ports")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("levee starts");
+    // Progress lines mean the load is running.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("a progress line");
+    assert!(line.contains("req/s"), "{line}");
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().expect("kill");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no end within 60 s of SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
 }
 
 #[test]

@@ -282,49 +282,9 @@ pub enum RowState {
     NotEvaluated(String),
 }
 
-/// One problem in a scenario file, at a path such as `fault[2].action`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScenarioError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every problem found in a scenario file, one `path: message` per line.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ScenarioErrors(pub Vec<ScenarioError>);
-
-impl ScenarioErrors {
-    pub fn iter(&self) -> impl Iterator<Item = &ScenarioError> {
-        self.0.iter()
-    }
-
-    /// The problems as `path: message` lines.
-    pub fn lines(&self) -> Vec<String> {
-        self.0.iter().map(ToString::to_string).collect()
-    }
-}
-
-impl fmt::Display for ScenarioErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
+/// Problems in a scenario file are reported as config problems are: one
+/// `path: message` line each (a path such as `fault[2].action`).
+pub use levee_config::{ConfigError as ScenarioError, ConfigErrors as ScenarioErrors};
 
 /// GET, HEAD, PUT, DELETE, OPTIONS and TRACE (RFC 9110 §9.2.2).
 pub fn is_idempotent(m: &http::Method) -> bool {
