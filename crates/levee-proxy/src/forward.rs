@@ -97,7 +97,9 @@ impl Handler for Proxy {
         };
         let response_rate = match fault::injected(&route.fault, view, conn.peer.ip()) {
             None => None,
-            Some(injected) => match suffer(&mut record, injected).await {
+            // Boxed: only a request with faults pays for their state, not
+            // every request's future.
+            Some(injected) => match Box::pin(suffer(&mut record, injected)).await {
                 Ok(rate) => rate,
                 Err(refusal) => return Box::new(record.refuse(refusal)),
             },
@@ -188,8 +190,7 @@ impl Handler for Proxy {
 async fn suffer(record: &mut Record<'_>, injected: Injected) -> Result<Option<u64>, Refusal> {
     record.faulted(&injected);
     if let Some(delay) = injected.delay {
-        // Boxed: the timer would otherwise grow every request's future.
-        Box::pin(tokio::time::sleep(delay)).await;
+        tokio::time::sleep(delay).await;
     }
     if let Some((status, grpc)) = injected.abort {
         return Err(Refusal::fault(status, grpc));
