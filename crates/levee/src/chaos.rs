@@ -4,7 +4,6 @@
 //! (pure); this module runs them: the target ([`target`]), the load
 //! ([`load`]) and the schedule, with a progress line once a second.
 
-mod client;
 mod load;
 mod target;
 
@@ -21,9 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::client::Client;
 use self::load::{Recorder, Shot};
 use self::target::Live;
+use crate::client::Client;
 use crate::demo::Ports;
 
 /// How a run is made.

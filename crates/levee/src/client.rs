@@ -1,6 +1,7 @@
-//! The load's HTTP/1.1 client: keep-alive connections to one address,
-//! reused one request at a time, opened as the load needs them. Every
-//! exchange has a deadline; a connection whose exchange failed is dropped.
+//! levee's own HTTP/1.1 client, for the load it sends itself (the demo's
+//! traffic, a chaos run's): keep-alive connections to one address, reused
+//! one request at a time, opened as the load needs them. Every exchange
+//! has a deadline; a connection whose exchange failed is dropped.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::Client;
 use crate::{App, ConfigSource, StartError};
 
 /// The reference topology, the demo's config.
@@ -488,62 +489,25 @@ Press Ctrl-C to stop.
     }
 }
 
-/// Sends `per_second` GET requests a second through the gateway on one
-/// keep-alive connection, one at a time, until `stop`; a failed connection
-/// is replaced at the next tick. The answers are read and dropped.
+/// Sends `per_second` GET requests a second through the gateway, one at a
+/// time on a keep-alive connection, until `stop`. The answers are read and
+/// dropped.
 async fn traffic(gateway: SocketAddr, per_second: u32, stop: CancellationToken, tracker: TaskTracker) {
+    let client = Client::new(gateway, tracker, stop.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            conn = connect(gateway, &stop, &tracker).await;
-        }
-        let Some(sender) = conn.as_mut() else { continue };
         let request = Request::get("/demo-traffic")
             .header(http::header::HOST, gateway.to_string())
-            .body(Empty::new());
+            .body(Full::new(Bytes::new()));
         let Ok(request) = request else { return };
-        let exchange = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            response.into_body().collect().await.map(|_| ())
-        };
-        let done = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(15), exchange) => matches!(r, Ok(Ok(()))),
-        };
-        if !done {
-            conn = None;
-        }
+        // Ends early at `stop`; a failure is the demo's to show, not ours.
+        let _ = client.send(request, Duration::from_secs(15)).await;
     }
-}
-
-async fn connect(
-    gateway: SocketAddr,
-    stop: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(gateway))
-        .await
-        .ok()?
-        .ok()?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    // The connection ends when its sender is dropped, or at shutdown.
-    let stop = stop.clone();
-    tracker.spawn(async move {
-        tokio::select! {
-            _ = conn => {}
-            _ = stop.cancelled() => {}
-        }
-    });
-    Some(sender)
 }
 
 #[derive(Serialize)]
@@ -654,4 +618,18 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BACKENDS;
+
+    /// A chaos scenario names the demo's backends and regions from
+    /// `levee_chaos` (which cannot depend on this crate): the two lists
+    /// must agree.
+    #[test]
+    fn chaos_scenarios_know_the_demo_backends() {
+        let here: Vec<(&str, &str)> = BACKENDS.iter().map(|(n, r, _)| (*n, *r)).collect();
+        assert_eq!(here, levee_chaos::scenario::DEMO_ENDPOINTS.to_vec());
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod chaos;
+mod client;
 pub mod demo;
 mod reload;
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::Client;
+use crate::client::Client;
 
 /// Where outcomes are collected, with what names a backend's region.
 pub(crate) struct Recorder {

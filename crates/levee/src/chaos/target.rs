@@ -14,7 +14,7 @@ use levee_chaos::registry::Registry;
 use levee_chaos::scenario::{Action, Selector, Step};
 use tokio_util::sync::CancellationToken;
 
-use super::client::Client;
+use crate::client::Client;
 use crate::demo::{Behaviour, Demo, DemoBackend, Options, Ports};
 
 /// How long an admin API call may take.

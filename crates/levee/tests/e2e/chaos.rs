@@ -4,7 +4,7 @@
 //! `crates/levee-chaos/tests/proxy`.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,16 +13,13 @@ use levee_testkit::{Client, Echo, eventually_async};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const DEADLINE: Duration = Duration::from_secs(15);
+use crate::support::{Spawned, free_port};
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+const DEADLINE: Duration = Duration::from_secs(15);
 
 /// The running command, killed by its PID if a test ends early.
 struct Chaos {
-    child: Option<Child>,
+    child: Spawned,
     api: SocketAddr,
 }
 
@@ -37,7 +34,7 @@ impl Chaos {
             .spawn()
             .expect("spawn");
         let chaos = Chaos {
-            child: Some(child),
+            child: Spawned::new(child),
             api,
         };
         eventually_async(DEADLINE, "the chaos API answers", || async move {
@@ -59,35 +56,11 @@ impl Chaos {
     }
 
     fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.child.signal(name);
     }
 
     async fn exit_code(&mut self) -> Option<i32> {
-        let mut child = self.child.take().expect("running");
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
-impl Drop for Chaos {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.exit_code(DEADLINE).await
     }
 }
 

@@ -2,7 +2,7 @@
 //! refused, idle connections close at once, and there is a deadline.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use levee_testkit::{Backend, Behaviour, Client, Reply, eventually, eventually_async};
@@ -81,16 +81,11 @@ async fn the_drain_has_a_deadline() {
 
 /// The real binary, killed by PID if a test fails before it exits.
 struct Levee {
-    child: Option<Child>,
+    child: Spawned,
     addr: SocketAddr,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 impl Levee {
@@ -116,7 +111,7 @@ impl Levee {
             .spawn()
             .expect("spawn");
         let levee = Levee {
-            child: Some(child),
+            child: Spawned::new(child),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             _dir: dir,
@@ -134,38 +129,12 @@ impl Levee {
     }
 
     fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.child.signal(name);
     }
 
     /// Waits for the process to exit; returns its exit code.
     async fn exit_code(&mut self) -> Option<i32> {
-        let mut child = self.child.take().expect("running");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status.code();
-            }
-            if tokio::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Levee {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.exit_code(Duration::from_secs(40)).await
     }
 }
 

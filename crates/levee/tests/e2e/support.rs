@@ -135,3 +135,55 @@ pub async fn api_reload(admin: SocketAddr) -> anyhow::Result<Reply> {
         .expect("request");
     Client::http1(admin).send(req).await
 }
+
+/// A free loopback port (bound and released: for a process that must be
+/// told its port before it starts).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A child process of a test: signalled and waited for by its PID, and
+/// killed by it if the test ends first.
+pub struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    pub fn new(child: std::process::Child) -> Spawned {
+        Spawned(Some(child))
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`, `HUP`) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let pid = self.0.as_ref().expect("running").id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits up to `within` for the process to exit: its exit code, or
+    /// `None` (then it is killed) when it did not.
+    pub async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.0.take().expect("running");
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
